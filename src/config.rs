@@ -1,0 +1,677 @@
+//! The plugin configuration: the JSON in envoy.yaml, deserialized into a raw form, then
+//! checked into a [`Config`] that later code can trust. Every problem is reported with the
+//! name of its field, all at once, so one Envoy restart shows them all.
+
+use crate::secret::Secret;
+use crate::session::KeyRing;
+use crate::url::AbsoluteUrl;
+use serde::Deserialize;
+use std::fmt;
+use std::time::Duration;
+
+pub const DEFAULT_PREFIX: &str = "/private";
+pub const DEFAULT_COOKIE_NAME: &str = "__Host-bff-session";
+pub const DEFAULT_CLIENT_SECRET_ENV: &str = "BFF_CLIENT_SECRET";
+pub const DEFAULT_COOKIE_KEYS_ENV: &str = "BFF_COOKIE_KEYS";
+
+/// Where a secret comes from: `{"env": "NAME"}` (production) or `{"value": "..."}` (demos).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    env: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCookie {
+    name: Option<String>,
+    same_site: Option<String>,
+    secure: Option<bool>,
+    transaction_max_age_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamToken {
+    header: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuer: Option<String>,
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+    idp_cluster: Option<String>,
+    idp_authority: Option<String>,
+    idp_timeout_ms: Option<u64>,
+    client_id: Option<String>,
+    client_secret: Option<RawSecret>,
+    redirect_uri: Option<String>,
+    trust_forwarded_headers: Option<bool>,
+    scopes: Option<Vec<String>>,
+    prefix: Option<String>,
+    login_path: Option<String>,
+    post_login_url: Option<String>,
+    cookie: Option<RawCookie>,
+    cookie_keys: Option<RawSecret>,
+    upstream_token: Option<RawUpstreamToken>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    /// The session cookie's name; every cookie the filter owns is this name or starts with
+    /// `name.` (login transactions: `name.tx.<flow>`).
+    pub name: String,
+    pub same_site: SameSite,
+    pub secure: bool,
+    pub transaction_max_age: u64,
+}
+
+/// Where the IdP redirects the browser back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectUri {
+    /// Given whole in the configuration.
+    Absolute(AbsoluteUrl),
+    /// Only the path is configured; scheme and host come from each request (`:scheme` and
+    /// `:authority`, or X-Forwarded-Proto/-Host when `trust_forwarded` is set).
+    Path { path: String, trust_forwarded: bool },
+}
+
+impl RedirectUri {
+    pub fn path(&self) -> &str {
+        match self {
+            RedirectUri::Absolute(url) => url.path(),
+            RedirectUri::Path { path, .. } => path,
+        }
+    }
+}
+
+/// How the access token is put on the upstream request: `header: prefix<token>suffix`.
+#[derive(Debug, Clone)]
+pub struct TokenHeader {
+    pub name: String,
+    prefix: String,
+    suffix: String,
+}
+
+impl TokenHeader {
+    pub fn value(&self, token: &Secret) -> String {
+        format!("{}{}{}", self.prefix, token.expose(), self.suffix)
+    }
+}
+
+/// The token endpoint, split for `dispatch_http_call`.
+#[derive(Debug, Clone)]
+pub struct IdpEndpoint {
+    pub url: AbsoluteUrl,
+    /// The `:authority` sent to the IdP cluster.
+    pub authority: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub issuer: String,
+    pub authorization_endpoint: AbsoluteUrl,
+    pub token_endpoint: IdpEndpoint,
+    pub idp_cluster: String,
+    pub idp_timeout: Duration,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub redirect_uri: RedirectUri,
+    /// Space-separated, always with `openid` first.
+    pub scope: String,
+    pub prefix: String,
+    pub login_path: String,
+    pub post_login_url: String,
+    pub cookie: CookieSettings,
+    pub keys: KeyRing,
+    pub upstream_token: TokenHeader,
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub problem: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid bff filter configuration: ")?;
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.field, e.problem)?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems while the raw config is checked.
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, field: &str, problem: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.to_string(),
+            problem: problem.into(),
+        });
+    }
+
+    fn required(&mut self, field: &str, value: Option<String>) -> String {
+        match value {
+            Some(v) if !v.trim().is_empty() => v,
+            _ => {
+                self.add(field, "is required");
+                String::new()
+            }
+        }
+    }
+
+    fn url(&mut self, field: &str, value: &str) -> Option<AbsoluteUrl> {
+        match AbsoluteUrl::parse(value) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                if !value.is_empty() {
+                    self.add(field, e.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, field: &str, value: String) -> String {
+        if !value.starts_with('/') || value.contains(['?', '#', ' ', '\\']) {
+            self.add(
+                field,
+                "must be a path starting with '/' without query or fragment",
+            );
+        }
+        value
+    }
+
+    fn secret(
+        &mut self,
+        field: &str,
+        raw: Option<RawSecret>,
+        default_env: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<Secret> {
+        let raw = raw.unwrap_or(RawSecret {
+            env: Some(default_env.to_string()),
+            value: None,
+        });
+        match (raw.env, raw.value) {
+            (Some(_), Some(_)) => {
+                self.add(field, "give either \"env\" or \"value\", not both");
+                None
+            }
+            (None, None) => {
+                self.add(
+                    field,
+                    "give \"env\" (an environment variable name) or \"value\"",
+                );
+                None
+            }
+            (None, Some(value)) => Some(Secret::new(value)),
+            (Some(name), None) => match env(&name) {
+                Some(value) if !value.is_empty() => Some(Secret::new(value)),
+                _ => {
+                    self.add(
+                        field,
+                        format!(
+                            "environment variable {name} is not set in the wasm VM \
+                             (add it to vm_config.environment_variables)"
+                        ),
+                    );
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// Header names as Envoy stores them: lowercase tokens, no pseudo-headers.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
+
+/// RFC 6265 cookie-name characters (an HTTP token).
+pub fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl Config {
+    /// Parses and checks the plugin configuration. `env` reads the VM's environment.
+    pub fn parse(
+        json: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let raw: RawConfig = serde_json::from_slice(json).map_err(|e| {
+            ConfigErrors(vec![FieldError {
+                field: "(json)".to_string(),
+                problem: e.to_string(),
+            }])
+        })?;
+        Self::check(raw, env)
+    }
+
+    fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut p = Problems::default();
+
+        let issuer = p.required("issuer", raw.issuer);
+        if !issuer.is_empty() {
+            p.url("issuer", &issuer);
+        }
+        let authz = p.required("authorization_endpoint", raw.authorization_endpoint);
+        let authorization_endpoint = p.url("authorization_endpoint", &authz);
+        let token = p.required("token_endpoint", raw.token_endpoint);
+        let token_url = p.url("token_endpoint", &token);
+        let idp_cluster = p.required("idp_cluster", raw.idp_cluster);
+        let idp_timeout_ms = raw.idp_timeout_ms.unwrap_or(5000);
+        if !(100..=60_000).contains(&idp_timeout_ms) {
+            p.add("idp_timeout_ms", "must be between 100 and 60000");
+        }
+        let client_id = p.required("client_id", raw.client_id);
+        let client_secret = p.secret(
+            "client_secret",
+            raw.client_secret,
+            DEFAULT_CLIENT_SECRET_ENV,
+            env,
+        );
+
+        let prefix = p.path(
+            "prefix",
+            raw.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string()),
+        );
+        let prefix = if prefix.len() > 1 {
+            prefix.trim_end_matches('/').to_string()
+        } else {
+            prefix
+        };
+        let login_path = p.path(
+            "login_path",
+            raw.login_path.unwrap_or_else(|| format!("{prefix}/login")),
+        );
+        if !crate::url::is_under(&login_path, &prefix) {
+            p.add("login_path", format!("must lie under the prefix {prefix}"));
+        }
+
+        let trust_forwarded = raw.trust_forwarded_headers.unwrap_or(false);
+        let redirect = raw
+            .redirect_uri
+            .unwrap_or_else(|| format!("{prefix}/callback"));
+        let redirect_uri = if redirect.starts_with('/') {
+            RedirectUri::Path {
+                path: p.path("redirect_uri", redirect),
+                trust_forwarded,
+            }
+        } else {
+            match p.url("redirect_uri", &redirect) {
+                Some(url) => {
+                    if url.path_and_query.contains('?') {
+                        p.add("redirect_uri", "must not have a query");
+                    }
+                    RedirectUri::Absolute(url)
+                }
+                None => RedirectUri::Path {
+                    path: String::new(),
+                    trust_forwarded,
+                },
+            }
+        };
+        if redirect_uri.path() == login_path {
+            p.add("redirect_uri", "must differ from login_path");
+        }
+
+        let mut scopes = vec!["openid".to_string()];
+        for s in raw
+            .scopes
+            .unwrap_or_else(|| vec!["profile".into(), "email".into()])
+        {
+            if s.is_empty() || s.contains([' ', '"', '\\']) || !s.is_ascii() {
+                p.add(
+                    "scopes",
+                    format!("{s:?} is not a valid scope token (RFC 6749 §3.3)"),
+                );
+            } else if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
+
+        let post_login_url = raw.post_login_url.unwrap_or_else(|| "/".to_string());
+        if !post_login_url.starts_with('/') {
+            p.url("post_login_url", &post_login_url);
+        }
+
+        let rc = raw.cookie.unwrap_or_default();
+        let name = rc.name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_string());
+        if !is_cookie_name(&name) {
+            p.add(
+                "cookie.name",
+                "must be a valid cookie name (letters, digits, -_.!#$%&'*+^`|~)",
+            );
+        }
+        let secure = rc.secure.unwrap_or(true);
+        if !secure && (name.starts_with("__Host-") || name.starts_with("__Secure-")) {
+            p.add(
+                "cookie.secure",
+                "must be true for a __Host- or __Secure- cookie name",
+            );
+        }
+        let same_site = match rc.same_site.as_deref().unwrap_or("Lax") {
+            s if s.eq_ignore_ascii_case("lax") => SameSite::Lax,
+            s if s.eq_ignore_ascii_case("strict") => SameSite::Strict,
+            _ => {
+                // None would let other sites send the session along; the login callback
+                // needs Lax at least, and Strict breaks it (see README).
+                p.add("cookie.same_site", "must be \"Lax\" or \"Strict\"");
+                SameSite::Lax
+            }
+        };
+        let transaction_max_age = rc.transaction_max_age_s.unwrap_or(600);
+        if !(30..=3600).contains(&transaction_max_age) {
+            p.add(
+                "cookie.transaction_max_age_s",
+                "must be between 30 and 3600",
+            );
+        }
+
+        let keys = p
+            .secret("cookie_keys", raw.cookie_keys, DEFAULT_COOKIE_KEYS_ENV, env)
+            .and_then(|secret| match KeyRing::from_base64_list(secret.expose()) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    p.add("cookie_keys", e.to_string());
+                    None
+                }
+            });
+
+        let rt = raw.upstream_token.unwrap_or_default();
+        let header = rt
+            .header
+            .unwrap_or_else(|| "authorization".to_string())
+            .to_ascii_lowercase();
+        if !is_header_name(&header) {
+            p.add(
+                "upstream_token.header",
+                "must be a header name (letters, digits, '-', '_')",
+            );
+        }
+        if matches!(
+            header.as_str(),
+            "cookie" | "host" | "content-length" | "transfer-encoding"
+        ) {
+            p.add(
+                "upstream_token.header",
+                format!("{header} cannot carry the token"),
+            );
+        }
+        let format = rt.format.unwrap_or_else(|| "Bearer {token}".to_string());
+        let (prefix_part, suffix_part) = match format.split_once("{token}") {
+            Some((a, b)) if !b.contains("{token}") => (a.to_string(), b.to_string()),
+            _ => {
+                p.add("upstream_token.format", "must contain {token} exactly once");
+                (String::new(), String::new())
+            }
+        };
+        if format.chars().any(|c| c.is_control()) {
+            p.add(
+                "upstream_token.format",
+                "must not contain control characters",
+            );
+        }
+
+        let token_endpoint = token_url.map(|url| IdpEndpoint {
+            authority: raw
+                .idp_authority
+                .clone()
+                .unwrap_or_else(|| url.authority.clone()),
+            url,
+        });
+
+        match (authorization_endpoint, token_endpoint, client_secret, keys) {
+            (
+                Some(authorization_endpoint),
+                Some(token_endpoint),
+                Some(client_secret),
+                Some(keys),
+            ) if p.0.is_empty() => Ok(Config {
+                issuer,
+                authorization_endpoint,
+                token_endpoint,
+                idp_cluster,
+                idp_timeout: Duration::from_millis(idp_timeout_ms),
+                client_id,
+                client_secret,
+                redirect_uri,
+                scope: scopes.join(" "),
+                prefix,
+                login_path,
+                post_login_url,
+                cookie: CookieSettings {
+                    name,
+                    same_site,
+                    secure,
+                    transaction_max_age,
+                },
+                keys,
+                upstream_token: TokenHeader {
+                    name: header,
+                    prefix: prefix_part,
+                    suffix: suffix_part,
+                },
+            }),
+            _ => Err(ConfigErrors(p.0)),
+        }
+    }
+
+    /// The callback path the IdP redirects to.
+    pub fn callback_path(&self) -> &str {
+        self.redirect_uri.path()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub const KEY_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    pub const KEY_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+    pub fn minimal_json() -> serde_json::Value {
+        serde_json::json!({
+            "issuer": "http://127.0.0.1:9000",
+            "authorization_endpoint": "http://127.0.0.1:9000/auth",
+            "token_endpoint": "http://127.0.0.1:9000/token",
+            "idp_cluster": "idp",
+            "client_id": "bff",
+            "client_secret": {"value": "s3cret"},
+            "cookie_keys": {"value": KEY_A},
+        })
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    pub fn config_from(v: serde_json::Value) -> Config {
+        Config::parse(v.to_string().as_bytes(), &no_env).unwrap()
+    }
+
+    fn errors_of(v: serde_json::Value) -> Vec<FieldError> {
+        Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .0
+    }
+
+    fn fields(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_are_secure() {
+        let c = config_from(minimal_json());
+        assert_eq!(c.prefix, "/private");
+        assert_eq!(c.login_path, "/private/login");
+        assert_eq!(c.callback_path(), "/private/callback");
+        assert_eq!(c.post_login_url, "/");
+        assert_eq!(c.scope, "openid profile email");
+        assert_eq!(c.cookie.name, "__Host-bff-session");
+        assert!(c.cookie.secure);
+        assert_eq!(c.cookie.same_site, SameSite::Lax);
+        assert_eq!(c.upstream_token.name, "authorization");
+        assert_eq!(c.upstream_token.value(&Secret::new("t")), "Bearer t");
+        assert_eq!(c.token_endpoint.authority, "127.0.0.1:9000");
+        assert_eq!(c.idp_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment_by_default() {
+        let mut v = minimal_json();
+        let o = v.as_object_mut().unwrap();
+        o.remove("client_secret");
+        o.remove("cookie_keys");
+        let env = |name: &str| match name {
+            "BFF_CLIENT_SECRET" => Some("from-env".to_string()),
+            "BFF_COOKIE_KEYS" => Some(format!("{KEY_B}, {KEY_A}")),
+            _ => None,
+        };
+        let c = Config::parse(v.to_string().as_bytes(), &env).unwrap();
+        assert_eq!(c.client_secret.expose(), "from-env");
+        assert_eq!(c.keys.len(), 2);
+
+        let errs = Config::parse(v.to_string().as_bytes(), &no_env).unwrap_err();
+        let text = errs.to_string();
+        assert!(text.contains("client_secret: environment variable BFF_CLIENT_SECRET is not set"));
+        assert!(text.contains("cookie_keys: environment variable BFF_COOKIE_KEYS is not set"));
+    }
+
+    #[test]
+    fn the_seeds_header_format_is_expressible() {
+        let mut v = minimal_json();
+        v["upstream_token"] =
+            serde_json::json!({"header": "oidc_access_token", "format": "{token}"});
+        let c = config_from(v);
+        assert_eq!(c.upstream_token.name, "oidc_access_token");
+        assert_eq!(c.upstream_token.value(&Secret::new("abc")), "abc");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let v = serde_json::json!({
+            "issuer": "not a url",
+            "authorization_endpoint": "ftp://x",
+            "idp_timeout_ms": 5,
+            "client_secret": {"env": "A", "value": "b"},
+            "cookie_keys": {"value": "c2hvcnQ="},
+            "prefix": "private",
+            "scopes": ["bad scope"],
+            "cookie": {"name": "__Host-x", "secure": false, "same_site": "None"},
+            "upstream_token": {"header": "Bad Header", "format": "Bearer"},
+            "post_login_url": "javascript:alert(1)",
+        });
+        let errs = errors_of(v);
+        let f = fields(&errs);
+        for expected in [
+            "issuer",
+            "authorization_endpoint",
+            "token_endpoint",
+            "idp_cluster",
+            "idp_timeout_ms",
+            "client_id",
+            "client_secret",
+            "cookie_keys",
+            "prefix",
+            "scopes",
+            "cookie.secure",
+            "cookie.same_site",
+            "upstream_token.header",
+            "upstream_token.format",
+            "post_login_url",
+        ] {
+            assert!(f.contains(&expected), "{expected} missing from {f:?}");
+        }
+    }
+
+    #[test]
+    fn key_material_never_appears_in_errors() {
+        let mut v = minimal_json();
+        v["cookie_keys"] = serde_json::json!({"value": "dG9vLXNob3J0LXNlY3JldA=="});
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("cookie_keys"));
+        assert!(!text.contains("dG9vLXNob3J0LXNlY3JldA"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_json_are_named() {
+        let mut v = minimal_json();
+        v["isuer"] = serde_json::json!("x");
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("unknown field `isuer`"), "{text}");
+        let text = Config::parse(b"{", &no_env).unwrap_err().to_string();
+        assert!(text.contains("(json)"), "{text}");
+    }
+
+    #[test]
+    fn redirect_uri_may_be_absolute_or_a_path() {
+        let mut v = minimal_json();
+        v["redirect_uri"] = serde_json::json!("https://app.example.com/private/cb");
+        let c = config_from(v);
+        assert_eq!(c.callback_path(), "/private/cb");
+        assert!(matches!(c.redirect_uri, RedirectUri::Absolute(_)));
+
+        let mut v = minimal_json();
+        v["redirect_uri"] = serde_json::json!("/auth/callback");
+        v["trust_forwarded_headers"] = serde_json::json!(true);
+        let c = config_from(v);
+        assert_eq!(
+            c.redirect_uri,
+            RedirectUri::Path {
+                path: "/auth/callback".into(),
+                trust_forwarded: true
+            }
+        );
+    }
+
+    #[test]
+    fn openid_is_always_requested_once() {
+        let mut v = minimal_json();
+        v["scopes"] = serde_json::json!(["email", "openid", "offline_access"]);
+        assert_eq!(config_from(v).scope, "openid email offline_access");
+    }
+}

@@ -1,0 +1,19 @@
+//! envoy-bff: a proxy-wasm filter that makes Envoy the Backend-for-Frontend of a single-page
+//! app — a confidential OpenID Connect client that keeps every token out of the browser.
+//!
+//! Everything outside `filter` is plain Rust with no host calls, tested natively; `filter`
+//! is the thin proxy-wasm shell, compiled only for wasm.
+
+pub mod config;
+pub mod login;
+pub mod oidc;
+pub mod random;
+pub mod reply;
+pub mod request;
+pub mod route;
+pub mod secret;
+pub mod session;
+pub mod url;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -1,0 +1,464 @@
+//! The login flow: start it (authorization request), take the callback, and finish it with
+//! the token endpoint's answer.
+
+use crate::config::{Config, RedirectUri};
+use crate::oidc::authorize::authorization_url;
+use crate::oidc::callback::{self, AuthorizationResponse};
+use crate::oidc::id_token::{self, Expectations};
+use crate::oidc::token::{self, IdpRequest};
+use crate::random::Random;
+use crate::reply::{Client, Failure, Reply};
+use crate::request::Request;
+use crate::route::CodeExchange;
+use crate::session::{cookie, LoginTransaction, Session, TransactionError};
+use crate::url::query_of;
+
+/// Allowed clock difference with the IdP when checking `exp` and `iat`.
+const CLOCK_LEEWAY_S: u64 = 60;
+/// Access-token lifetime assumed when the token endpoint omits `expires_in` (RFC 6749 §5.1
+/// only recommends it).
+const DEFAULT_ACCESS_TOKEN_LIFETIME_S: u64 = 3600;
+
+/// A login paused while the token endpoint answers.
+#[derive(Debug)]
+pub struct PendingLogin {
+    tx: LoginTransaction,
+    tx_cookie: String,
+    client: Client,
+}
+
+/// Starts the authorization-code flow: a new transaction cookie and a redirect to the IdP.
+pub fn start(
+    config: &Config,
+    req: &Request,
+    client: Client,
+    return_to: String,
+    now: u64,
+    rng: &mut dyn Random,
+) -> Reply {
+    match try_start(config, req, return_to, now, rng) {
+        Ok(reply) => reply,
+        Err(failure) => Reply::failure(client, &failure),
+    }
+}
+
+fn try_start(
+    config: &Config,
+    req: &Request,
+    return_to: String,
+    now: u64,
+    rng: &mut dyn Random,
+) -> Result<Reply, Failure> {
+    let redirect_uri = redirect_uri(config, req)?;
+    let tx = LoginTransaction::begin(rng, return_to, redirect_uri, now)
+        .map_err(|_| Failure::Internal("no randomness for the login"))?;
+    let (name, value) = tx
+        .seal(&config.keys, &config.cookie.name, rng)
+        .map_err(|_| Failure::Internal("could not seal the login transaction"))?;
+    let location = authorization_url(
+        &config.authorization_endpoint,
+        &config.client_id,
+        &config.scope,
+        &tx,
+    );
+    Ok(Reply::redirect(&location).with_cookie(cookie::set_cookie(
+        &config.cookie,
+        &name,
+        &value,
+        Some(config.cookie.transaction_max_age),
+    )))
+}
+
+/// The first value of a comma-separated header (the client-facing proxy's).
+fn first(v: Option<&str>) -> Option<&str> {
+    v.and_then(|v| v.split(',').next()).map(str::trim)
+}
+
+/// The absolute redirect URI for this request.
+fn redirect_uri(config: &Config, req: &Request) -> Result<String, Failure> {
+    match &config.redirect_uri {
+        RedirectUri::Absolute(url) => Ok(url.to_string()),
+        RedirectUri::Path {
+            path,
+            trust_forwarded,
+        } => {
+            // Behind a load balancer the original scheme and host arrive in X-Forwarded-*;
+            // only trusted when configured, since a client can send them too.
+            let (scheme, host) = if *trust_forwarded {
+                (
+                    first(req.forwarded_proto).unwrap_or(req.scheme),
+                    first(req.forwarded_host).unwrap_or(req.authority),
+                )
+            } else {
+                (req.scheme, req.authority)
+            };
+            let scheme = match scheme {
+                "http" | "https" => scheme,
+                _ => return Err(Failure::BadHost),
+            };
+            let host_ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+            if !host_ok {
+                return Err(Failure::BadHost);
+            }
+            Ok(format!("{scheme}://{host}{path}"))
+        }
+    }
+}
+
+/// Takes the IdP's redirect back: checks it against the transaction cookie and builds the
+/// token request. Any failure is already a reply (and deletes a transaction cookie it found).
+pub fn callback(
+    config: &Config,
+    req: &Request,
+    client: Client,
+    now: u64,
+) -> Result<CodeExchange, Reply> {
+    let response = callback::parse(query_of(req.path))
+        .map_err(|e| Reply::failure(client, &Failure::BadCallback(e)))?;
+    let cookies = req.cookie_header();
+    let open = |state: &str| {
+        LoginTransaction::open(
+            &config.keys,
+            &config.cookie.name,
+            cookies,
+            state,
+            now,
+            config.cookie.transaction_max_age,
+        )
+    };
+    let forget = |reply: Reply, state: &str| {
+        // The transaction is single-use: whatever happened, drop its cookie.
+        if cookies.is_some_and(|h| {
+            cookie::find(
+                h,
+                &LoginTransaction::cookie_name(&config.cookie.name, state),
+            )
+            .is_some()
+        }) {
+            reply.with_cookie(cookie::delete_cookie(
+                &config.cookie,
+                &LoginTransaction::cookie_name(&config.cookie.name, state),
+            ))
+        } else {
+            reply
+        }
+    };
+    match response {
+        AuthorizationResponse::Error {
+            error,
+            description,
+            state,
+        } => {
+            let reply = Reply::failure(client, &Failure::IdpRefused { error, description });
+            Err(match state {
+                Some(s) => forget(reply, &s),
+                None => reply,
+            })
+        }
+        AuthorizationResponse::Code { code, state, iss } => {
+            let tx = open(&state).map_err(|e| {
+                let failure = match e {
+                    TransactionError::StateMismatch => Failure::StateMismatch,
+                    TransactionError::Missing
+                    | TransactionError::Invalid
+                    | TransactionError::Expired => Failure::LoginExpired,
+                };
+                forget(Reply::failure(client, &failure), &state)
+            })?;
+            // RFC 9207 §2.4: when the IdP names itself, it must be the one we started with.
+            if iss.as_deref().is_some_and(|i| i != config.issuer) {
+                return Err(forget(
+                    Reply::failure(client, &Failure::IssuerMismatch),
+                    &state,
+                ));
+            }
+            let endpoint = &config.token_endpoint;
+            let request = IdpRequest {
+                path: endpoint.url.path_and_query.clone(),
+                authority: endpoint.authority.clone(),
+                headers: vec![
+                    (
+                        "content-type",
+                        "application/x-www-form-urlencoded".to_string(),
+                    ),
+                    ("accept", "application/json".to_string()),
+                    (
+                        "authorization",
+                        token::client_secret_basic(&config.client_id, &config.client_secret),
+                    ),
+                ],
+                body: token::authorization_code_body(&code, &tx.redirect_uri, tx.verifier.secret()),
+            };
+            Ok(CodeExchange {
+                request,
+                pending: PendingLogin {
+                    tx_cookie: LoginTransaction::cookie_name(&config.cookie.name, &state),
+                    tx,
+                    client,
+                },
+            })
+        }
+    }
+}
+
+/// Finishes the login with the token endpoint's answer (`status` is `None` when the call
+/// failed or timed out): a session cookie and a redirect to where the user was going.
+pub fn finish(
+    config: &Config,
+    pending: PendingLogin,
+    status: Option<u16>,
+    body: &[u8],
+    now: u64,
+    rng: &mut dyn Random,
+) -> Reply {
+    let delete_tx = cookie::delete_cookie(&config.cookie, &pending.tx_cookie);
+    match try_finish(config, &pending.tx, status, body, now, rng) {
+        Ok(sealed) => Reply::redirect(&pending.tx.return_to)
+            .with_cookie(delete_tx)
+            .with_cookie(cookie::set_cookie(
+                &config.cookie,
+                &config.cookie.name,
+                &sealed,
+                None,
+            )),
+        Err(failure) => Reply::failure(pending.client, &failure).with_cookie(delete_tx),
+    }
+}
+
+fn try_finish(
+    config: &Config,
+    tx: &LoginTransaction,
+    status: Option<u16>,
+    body: &[u8],
+    now: u64,
+    rng: &mut dyn Random,
+) -> Result<String, Failure> {
+    let tokens = token::parse_token_response(status, body).map_err(Failure::TokenExchange)?;
+    let id_token = tokens.id_token.as_ref().ok_or(Failure::NoIdToken)?;
+    let claims = id_token::validate(
+        id_token.expose(),
+        &Expectations {
+            issuer: &config.issuer,
+            client_id: &config.client_id,
+            nonce: &tx.nonce,
+            now,
+            leeway: CLOCK_LEEWAY_S,
+        },
+    )
+    .map_err(Failure::IdToken)?;
+    let session = Session {
+        access_token: tokens.access_token,
+        access_expires_at: now
+            .saturating_add(tokens.expires_in.unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME_S)),
+        refresh_token: tokens.refresh_token,
+        subject: claims.subject,
+        created: now,
+    };
+    session
+        .seal(&config.keys, &config.cookie.name, rng)
+        .map_err(|_| Failure::Internal("could not seal the session"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{config_from, minimal_json};
+    use crate::oidc::id_token::jwt_for_test;
+    use crate::random::CountingRandom;
+    use crate::route::tests::{get, NAV};
+    use crate::route::{decide, Decision};
+    use crate::session::KeyRing;
+    use serde_json::json;
+
+    /// Starts a login and returns (state, nonce, cookie header carrying the transaction).
+    fn started(config: &Config) -> (String, String, String) {
+        let h = get("/private/login?return_to=/app", &[NAV]);
+        let Decision::Reply(r) = decide(
+            config,
+            &Request::from_headers(&h),
+            1000,
+            &mut CountingRandom(5),
+        ) else {
+            panic!()
+        };
+        let location = r.header("location").unwrap();
+        let q: Vec<(String, String)> =
+            form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+                .into_owned()
+                .collect();
+        let get_q = |k: &str| q.iter().find(|(n, _)| n == k).unwrap().1.clone();
+        let set_cookie = r.cookies().next().unwrap();
+        let pair = set_cookie.split(';').next().unwrap().to_string();
+        (get_q("state"), get_q("nonce"), pair)
+    }
+
+    fn callback_at(config: &Config, query: &str, cookie: &str) -> Result<CodeExchange, Reply> {
+        let h = get(
+            &format!("/private/callback?{query}"),
+            &[NAV, ("cookie", cookie)],
+        );
+        callback(config, &Request::from_headers(&h), Client::Navigation, 1010)
+    }
+
+    fn id_token(nonce: &str) -> String {
+        jwt_for_test(
+            json!({"alg": "RS256"}),
+            json!({"iss": "http://127.0.0.1:9000", "aud": "bff", "sub": "alice", "exp": 5000, "iat": 1000, "nonce": nonce}),
+        )
+    }
+
+    #[test]
+    fn the_whole_flow() {
+        let c = config_from(minimal_json());
+        let (state, nonce, cookie) = started(&c);
+        let exchange = callback_at(
+            &c,
+            &format!("code=the-code&state={state}&iss=http%3A%2F%2F127.0.0.1%3A9000"),
+            &cookie,
+        )
+        .unwrap();
+        assert_eq!(exchange.request.path, "/token");
+        assert_eq!(exchange.request.authority, "127.0.0.1:9000");
+        assert!(exchange.request.body.starts_with("grant_type=authorization_code&code=the-code&redirect_uri=http%3A%2F%2Fapp.local%3A8080%2Fprivate%2Fcallback&code_verifier="));
+        assert!(exchange
+            .request
+            .headers
+            .iter()
+            .any(|(n, v)| *n == "authorization" && v.starts_with("Basic ")));
+
+        let body = json!({"access_token": "AT", "token_type": "Bearer", "expires_in": 300, "id_token": id_token(&nonce)});
+        let r = finish(
+            &c,
+            exchange.pending,
+            Some(200),
+            body.to_string().as_bytes(),
+            1010,
+            &mut CountingRandom(1),
+        );
+        assert_eq!(r.status, 302);
+        assert_eq!(r.header("location"), Some("/app"));
+        let cookies: Vec<&str> = r.cookies().collect();
+        assert!(
+            cookies[0].starts_with("__Host-bff-session.tx.") && cookies[0].contains("Max-Age=0")
+        );
+        assert!(cookies[1].starts_with("__Host-bff-session=v1."));
+        assert!(cookies[1].ends_with("; Path=/; HttpOnly; Secure; SameSite=Lax"));
+        let header = cookies[1].split(';').next().unwrap();
+        let keys = KeyRing::from_base64_list(crate::config::tests::KEY_A).unwrap();
+        let s = Session::from_cookies(&keys, "__Host-bff-session", Some(header), 1010).unwrap();
+        assert_eq!(s.access_token.expose(), "AT");
+        assert_eq!(s.access_expires_at, 1310);
+        assert_eq!(s.subject, "alice");
+    }
+
+    #[test]
+    fn callback_rejections() {
+        let c = config_from(minimal_json());
+        let (state, _, cookie) = started(&c);
+        let status = |q: &str, ck: &str| callback_at(&c, q, ck).err().map(|r| r.status);
+        assert_eq!(
+            status(&format!("code=x&state={state}"), ""),
+            Some(400),
+            "no transaction cookie"
+        );
+        assert_eq!(
+            status("code=x&state=forged", &cookie),
+            Some(400),
+            "forged state"
+        );
+        assert_eq!(
+            status(&format!("state={state}"), &cookie),
+            Some(400),
+            "no code"
+        );
+        assert_eq!(
+            status(
+                &format!("code=x&state={state}&iss=http%3A%2F%2Fevil"),
+                &cookie
+            ),
+            Some(400),
+            "mix-up"
+        );
+        let denied = callback_at(&c, &format!("error=access_denied&state={state}"), &cookie)
+            .err()
+            .unwrap();
+        assert_eq!(denied.status, 401);
+        assert!(denied.body.contains("access_denied"));
+        assert!(
+            denied
+                .cookies()
+                .any(|c| c.contains(".tx.") && c.contains("Max-Age=0")),
+            "transaction dropped"
+        );
+    }
+
+    #[test]
+    fn token_endpoint_failures() {
+        let c = config_from(minimal_json());
+        let cases: Vec<(Option<u16>, String, u16)> = vec![
+            (None, String::new(), 504),
+            (Some(500), "oops".into(), 502),
+            (Some(400), r#"{"error":"invalid_grant"}"#.into(), 502),
+            (Some(200), "garbage".into(), 502),
+            (Some(200), json!({"access_token": "AT", "token_type": "Bearer"}).to_string(), 502),
+            (Some(200), json!({"access_token": "AT", "token_type": "Bearer", "id_token": id_token("wrong")}).to_string(), 401),
+        ];
+        for (status, body, want) in cases {
+            let (state, _, cookie) = started(&c);
+            let exchange = callback_at(&c, &format!("code=x&state={state}"), &cookie).unwrap();
+            let r = finish(
+                &c,
+                exchange.pending,
+                status,
+                body.as_bytes(),
+                1010,
+                &mut CountingRandom(1),
+            );
+            assert_eq!(r.status, want, "{status:?} {body}");
+            assert!(!r.body.contains("AT"), "no token in errors");
+            assert!(
+                r.cookies().all(|c| !c.starts_with("__Host-bff-session=")),
+                "no session"
+            );
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_only_when_trusted() {
+        let h = get(
+            "/private/login",
+            &[
+                NAV,
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "app.example.com, lb"),
+            ],
+        );
+        let req = Request::from_headers(&h);
+        let c = config_from(minimal_json());
+        assert_eq!(
+            redirect_uri(&c, &req).unwrap(),
+            "http://app.local:8080/private/callback"
+        );
+        let mut v = minimal_json();
+        v["trust_forwarded_headers"] = json!(true);
+        let c = config_from(v);
+        assert_eq!(
+            redirect_uri(&c, &req).unwrap(),
+            "https://app.example.com/private/callback"
+        );
+        let h = get("/private/login", &[NAV, ("x-forwarded-host", "evil/\"><")]);
+        assert_eq!(
+            redirect_uri(&c, &Request::from_headers(&h)),
+            Err(Failure::BadHost)
+        );
+        let mut v = minimal_json();
+        v["redirect_uri"] = json!("https://bff.example.com/private/callback");
+        assert_eq!(
+            redirect_uri(&config_from(v), &req).unwrap(),
+            "https://bff.example.com/private/callback"
+        );
+    }
+}

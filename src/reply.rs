@@ -1,0 +1,272 @@
+//! Every answer the filter gives itself (redirects and errors), and the one place where a
+//! failure becomes a status code and a message.
+
+use crate::oidc::callback::CallbackError;
+use crate::oidc::id_token::IdTokenError;
+use crate::oidc::token::TokenError;
+use serde_json::json;
+
+/// Who asked: a browser navigation gets an HTML page, anything else JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Navigation,
+    Api,
+}
+
+/// A complete local response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn redirect(location: &str) -> Reply {
+        Reply {
+            status: 302,
+            headers: vec![
+                ("location".into(), location.into()),
+                ("cache-control".into(), "no-store".into()),
+            ],
+            body: String::new(),
+        }
+    }
+
+    pub fn with_cookie(mut self, set_cookie: String) -> Reply {
+        self.headers.push(("set-cookie".into(), set_cookie));
+        self
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn cookies(&self) -> impl Iterator<Item = &str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "set-cookie")
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The answer for a failure, shaped for the client.
+    pub fn failure(client: Client, failure: &Failure) -> Reply {
+        let status = failure.status();
+        let message = failure.message();
+        let (content_type, body) = match client {
+            Client::Api => {
+                let mut body = json!({"error": failure.code(), "message": message});
+                if let Failure::Unauthenticated { login_url } = failure {
+                    if let Some(fields) = body.as_object_mut() {
+                        fields.insert("login".into(), json!(login_url));
+                    }
+                }
+                ("application/json", body.to_string())
+            }
+            Client::Navigation => (
+                "text/html; charset=utf-8",
+                error_page(status, failure, &message),
+            ),
+        };
+        let mut headers = vec![
+            ("content-type".to_string(), content_type.to_string()),
+            ("cache-control".to_string(), "no-store".to_string()),
+        ];
+        if status == 503 {
+            headers.push(("retry-after".to_string(), "5".to_string()));
+        }
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+fn error_page(status: u16, failure: &Failure, message: &str) -> String {
+    let retry = match failure {
+        Failure::Unauthenticated { login_url } => login_url.as_str(),
+        _ => "/",
+    };
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{status} {code}</title></head>\
+         <body><h1>Sign-in problem</h1><p>{msg}</p><p><a href=\"{href}\">Continue</a></p></body></html>\n",
+        code = failure.code(),
+        msg = html_escape(message),
+        href = html_escape(retry),
+    )
+}
+
+fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Everything that can stop a request from going through. Messages never contain tokens,
+/// codes or secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// An API call without a valid session.
+    Unauthenticated {
+        login_url: String,
+    },
+    /// `return_to` is not a same-origin relative path.
+    UnsafeReturnTo,
+    /// The Host or X-Forwarded-Host header cannot form a redirect URI.
+    BadHost,
+    BadCallback(CallbackError),
+    /// No login transaction for the callback's state: expired, used, or another browser's.
+    LoginExpired,
+    StateMismatch,
+    /// RFC 9207: the callback's `iss` names another issuer (mix-up attack).
+    IssuerMismatch,
+    IdpRefused {
+        error: String,
+        description: Option<String>,
+    },
+    TokenExchange(TokenError),
+    NoIdToken,
+    IdToken(IdTokenError),
+    /// `dispatch_http_call` was refused (e.g. unknown cluster).
+    IdpUnavailable,
+    /// Randomness or sealing failed.
+    Internal(&'static str),
+}
+
+impl Failure {
+    pub fn status(&self) -> u16 {
+        match self {
+            Failure::Unauthenticated { .. } | Failure::IdpRefused { .. } | Failure::IdToken(_) => {
+                401
+            }
+            Failure::UnsafeReturnTo
+            | Failure::BadHost
+            | Failure::BadCallback(_)
+            | Failure::LoginExpired
+            | Failure::StateMismatch
+            | Failure::IssuerMismatch => 400,
+            Failure::TokenExchange(TokenError::Unreachable) => 504,
+            Failure::TokenExchange(_) | Failure::NoIdToken => 502,
+            Failure::IdpUnavailable => 503,
+            Failure::Internal(_) => 500,
+        }
+    }
+
+    /// A stable machine-readable code for the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Failure::Unauthenticated { .. } => "unauthenticated",
+            Failure::UnsafeReturnTo => "invalid_return_to",
+            Failure::BadHost => "invalid_host",
+            Failure::BadCallback(_) => "invalid_callback",
+            Failure::LoginExpired => "login_expired",
+            Failure::StateMismatch => "state_mismatch",
+            Failure::IssuerMismatch => "issuer_mismatch",
+            Failure::IdpRefused { .. } => "login_refused",
+            Failure::TokenExchange(TokenError::Unreachable) => "idp_timeout",
+            Failure::TokenExchange(_) | Failure::NoIdToken => "token_exchange_failed",
+            Failure::IdToken(_) => "id_token_invalid",
+            Failure::IdpUnavailable => "idp_unavailable",
+            Failure::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Failure::Unauthenticated { .. } => "Log in first.".into(),
+            Failure::UnsafeReturnTo => "return_to must be a relative path on this site.".into(),
+            Failure::BadHost => "The request's host cannot be used for the login redirect.".into(),
+            Failure::BadCallback(e) => format!("Invalid login callback: {e}."),
+            Failure::LoginExpired => {
+                "No login is in progress for this callback (it expired, was already used, or \
+                 started in another browser). Start the login again."
+                    .into()
+            }
+            Failure::StateMismatch => {
+                "The login callback does not match the login in progress.".into()
+            }
+            Failure::IssuerMismatch => {
+                "The login callback comes from another identity provider.".into()
+            }
+            Failure::IdpRefused { error, description } => match description {
+                Some(d) if !d.is_empty() => {
+                    format!("The identity provider refused the login: {error} ({d}).")
+                }
+                _ => format!("The identity provider refused the login: {error}."),
+            },
+            Failure::TokenExchange(e) => format!("Login could not be completed: {e}."),
+            Failure::NoIdToken => {
+                "Login could not be completed: the token endpoint sent no ID token.".into()
+            }
+            Failure::IdToken(e) => format!("Login rejected: {e}."),
+            Failure::IdpUnavailable => {
+                "The identity provider cannot be reached; try again shortly.".into()
+            }
+            Failure::Internal(what) => format!("Internal error: {what}."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_failures_are_json() {
+        let r = Reply::failure(
+            Client::Api,
+            &Failure::Unauthenticated {
+                login_url: "/private/login".into(),
+            },
+        );
+        assert_eq!(r.status, 401);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["error"], "unauthenticated");
+        assert_eq!(v["login"], "/private/login");
+    }
+
+    #[test]
+    fn navigation_failures_are_escaped_html() {
+        let r = Reply::failure(
+            Client::Navigation,
+            &Failure::IdpRefused {
+                error: "access_denied".into(),
+                description: Some("<script>alert(1)</script>".into()),
+            },
+        );
+        assert_eq!(r.status, 401);
+        assert!(r.header("content-type").unwrap().starts_with("text/html"));
+        assert!(r.body.contains("access_denied"));
+        assert!(r.body.contains("&lt;script&gt;"));
+        assert!(!r.body.contains("<script>"));
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            Failure::TokenExchange(TokenError::Unreachable).status(),
+            504
+        );
+        assert_eq!(
+            Failure::TokenExchange(TokenError::Failed { status: 500 }).status(),
+            502
+        );
+        assert_eq!(Failure::LoginExpired.status(), 400);
+        let r = Reply::failure(Client::Api, &Failure::IdpUnavailable);
+        assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
+    }
+}

@@ -1,0 +1,99 @@
+//! The facts about an incoming request that the decision needs, taken from its headers once.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Default, Clone)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// `:path`, with the query.
+    pub path: &'a str,
+    pub scheme: &'a str,
+    pub authority: &'a str,
+    /// Every `Cookie` header joined (HTTP/2 sends one per cookie).
+    pub cookie: Option<Cow<'a, str>>,
+    pub accept: Option<&'a str>,
+    pub sec_fetch_mode: Option<&'a str>,
+    pub x_requested_with: Option<&'a str>,
+    pub forwarded_proto: Option<&'a str>,
+    pub forwarded_host: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    /// Picks the facts out of Envoy's header list (names arrive lowercase).
+    pub fn from_headers(headers: &'a [(String, String)]) -> Request<'a> {
+        let mut r = Request::default();
+        for (name, value) in headers {
+            let v = value.as_str();
+            match name.as_str() {
+                ":method" => r.method = v,
+                ":path" => r.path = v,
+                ":scheme" => r.scheme = v,
+                ":authority" => r.authority = v,
+                "cookie" => {
+                    r.cookie = Some(match r.cookie.take() {
+                        None => Cow::Borrowed(v),
+                        Some(prev) => Cow::Owned(format!("{prev}; {v}")),
+                    })
+                }
+                "accept" => r.accept = Some(v),
+                "sec-fetch-mode" => r.sec_fetch_mode = Some(v),
+                "x-requested-with" => r.x_requested_with = Some(v),
+                "x-forwarded-proto" => r.forwarded_proto = Some(v),
+                "x-forwarded-host" => r.forwarded_host = Some(v),
+                _ => {}
+            }
+        }
+        r
+    }
+
+    pub fn cookie_header(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
+    /// A top-level browser navigation, which may be redirected to the IdP. Browsers send
+    /// `Sec-Fetch-Mode` on every request, and it is exact; older clients fall back to
+    /// `Accept: text/html` without `X-Requested-With` (what jQuery-era XHR sets).
+    pub fn is_navigation(&self) -> bool {
+        if let Some(mode) = self.sec_fetch_mode {
+            return mode.eq_ignore_ascii_case("navigate");
+        }
+        self.x_requested_with.is_none() && self.accept.is_some_and(|a| a.contains("text/html"))
+    }
+
+    pub fn is_get_or_head(&self) -> bool {
+        self.method == "GET" || self.method == "HEAD"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn joins_cookie_headers() {
+        let h = headers(&[(":path", "/x"), ("cookie", "a=1"), ("cookie", "b=2")]);
+        let r = Request::from_headers(&h);
+        assert_eq!(r.path, "/x");
+        assert_eq!(r.cookie_header(), Some("a=1; b=2"));
+    }
+
+    #[test]
+    fn tells_navigations_from_api_calls() {
+        let nav = |list: &[(&str, &str)]| Request::from_headers(&headers(list)).is_navigation();
+        assert!(nav(&[("sec-fetch-mode", "navigate"), ("accept", "*/*")]));
+        assert!(!nav(&[("sec-fetch-mode", "cors"), ("accept", "text/html")]));
+        assert!(nav(&[("accept", "text/html,application/xhtml+xml")]));
+        assert!(!nav(&[
+            ("accept", "text/html"),
+            ("x-requested-with", "XMLHttpRequest")
+        ]));
+        assert!(!nav(&[("accept", "application/json")]));
+        assert!(!nav(&[]));
+    }
+}

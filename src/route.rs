@@ -1,0 +1,292 @@
+//! The decision for every request: one pure function over the request's facts. The wasm
+//! shell only carries the decision out (DESIGN.md, "What the filter does with a request").
+
+use crate::config::Config;
+use crate::login::{self, PendingLogin};
+use crate::oidc::token::IdpRequest;
+use crate::random::Random;
+use crate::reply::{Client, Failure, Reply};
+use crate::request::Request;
+use crate::session::{cookie, Session};
+use crate::url::{is_under, path_of, query_of, safe_return_to};
+
+#[derive(Debug)]
+pub enum Decision {
+    /// Not ours: leave the request exactly as it is.
+    PassThrough,
+    /// Authenticated: send upstream with the token and without the filter's cookies.
+    Forward(Forward),
+    /// Answer locally (redirect or error).
+    Reply(Reply),
+    /// Pause the request and exchange the code at the token endpoint.
+    ExchangeCode(Box<CodeExchange>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Forward {
+    pub token_header: (String, String),
+    /// The `Cookie` header to send upstream; `None` removes it.
+    pub cookie: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct CodeExchange {
+    pub request: IdpRequest,
+    pub pending: PendingLogin,
+}
+
+pub fn decide(config: &Config, req: &Request, now: u64, rng: &mut dyn Random) -> Decision {
+    let path = path_of(req.path);
+    let client = if req.is_navigation() {
+        Client::Navigation
+    } else {
+        Client::Api
+    };
+
+    if path == config.callback_path() {
+        return match login::callback(config, req, client, now) {
+            Ok(exchange) => Decision::ExchangeCode(Box::new(exchange)),
+            Err(reply) => Decision::Reply(reply),
+        };
+    }
+    if !is_under(path, &config.prefix) {
+        return Decision::PassThrough;
+    }
+    if path == config.login_path {
+        let return_to = match login_return_to(config, req.path) {
+            Ok(r) => r,
+            Err(f) => return Decision::Reply(Reply::failure(client, &f)),
+        };
+        return Decision::Reply(login::start(config, req, client, return_to, now, rng));
+    }
+    match Session::from_cookies(&config.keys, &config.cookie.name, req.cookie_header(), now) {
+        Ok(session) => Decision::Forward(Forward {
+            token_header: (
+                config.upstream_token.name.clone(),
+                config.upstream_token.value(&session.access_token),
+            ),
+            cookie: req
+                .cookie_header()
+                .and_then(|h| cookie::without_own(h, &config.cookie.name)),
+        }),
+        Err(_) if client == Client::Navigation && req.is_get_or_head() => {
+            // Come back to this very page after login, if it is a path we can safely return to.
+            let return_to = safe_return_to(req.path)
+                .map(str::to_string)
+                .unwrap_or_else(|_| config.post_login_url.clone());
+            Decision::Reply(login::start(config, req, client, return_to, now, rng))
+        }
+        Err(_) => Decision::Reply(Reply::failure(
+            Client::Api,
+            &Failure::Unauthenticated {
+                login_url: config.login_path.clone(),
+            },
+        )),
+    }
+}
+
+/// `?return_to=` on the login endpoint: a checked relative path, or the configured default.
+fn login_return_to(config: &Config, path_and_query: &str) -> Result<String, Failure> {
+    let mut found = None;
+    for (name, value) in form_urlencoded::parse(query_of(path_and_query).unwrap_or("").as_bytes()) {
+        if name == "return_to" {
+            if found.is_some() {
+                return Err(Failure::UnsafeReturnTo);
+            }
+            found = Some(value.into_owned());
+        }
+    }
+    match found {
+        None => Ok(config.post_login_url.clone()),
+        Some(r) => safe_return_to(&r)
+            .map(str::to_string)
+            .map_err(|_| Failure::UnsafeReturnTo),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::tests::{config_from, minimal_json, KEY_A};
+    use crate::random::CountingRandom;
+    use crate::secret::Secret;
+    use crate::session::KeyRing;
+
+    pub fn headers(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    pub fn get(path: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut h = headers(&[
+            (":method", "GET"),
+            (":path", path),
+            (":scheme", "http"),
+            (":authority", "app.local:8080"),
+        ]);
+        h.extend(headers(extra));
+        h
+    }
+
+    pub const NAV: (&str, &str) = ("sec-fetch-mode", "navigate");
+    pub const API: (&str, &str) = ("sec-fetch-mode", "cors");
+
+    fn decide_on(config: &Config, h: &[(String, String)], now: u64) -> Decision {
+        decide(
+            config,
+            &Request::from_headers(h),
+            now,
+            &mut CountingRandom(3),
+        )
+    }
+
+    pub fn session_cookie(expires_at: u64) -> String {
+        let s = Session {
+            access_token: Secret::new("the-access-token"),
+            access_expires_at: expires_at,
+            refresh_token: None,
+            subject: "alice".into(),
+            created: 0,
+        };
+        let k = KeyRing::from_base64_list(KEY_A).unwrap();
+        format!(
+            "__Host-bff-session={}",
+            s.seal(&k, "__Host-bff-session", &mut CountingRandom(9))
+                .unwrap()
+        )
+    }
+
+    fn reply(d: Decision) -> Reply {
+        match d {
+            Decision::Reply(r) => r,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outside_the_prefix_passes_through_untouched() {
+        let c = config_from(minimal_json());
+        for p in ["/", "/index.html", "/privateer", "/public/private"] {
+            let d = decide_on(&c, &get(p, &[("cookie", &session_cookie(99))]), 0);
+            assert!(matches!(d, Decision::PassThrough), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_valid_session_forwards_with_the_token_and_without_our_cookies() {
+        let c = config_from(minimal_json());
+        let cookies = format!(
+            "theme=dark; {}; __Host-bff-session.tx.abc=zzz",
+            session_cookie(2000)
+        );
+        let d = decide_on(
+            &c,
+            &get("/private/api/items?x=1", &[API, ("cookie", &cookies)]),
+            1000,
+        );
+        let Decision::Forward(f) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            f.token_header,
+            ("authorization".into(), "Bearer the-access-token".into())
+        );
+        assert_eq!(f.cookie.as_deref(), Some("theme=dark"));
+
+        let d = decide_on(
+            &c,
+            &get("/private", &[API, ("cookie", &session_cookie(2000))]),
+            1000,
+        );
+        let Decision::Forward(f) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(f.cookie, None);
+    }
+
+    #[test]
+    fn api_call_without_session_gets_401_json() {
+        let c = config_from(minimal_json());
+        for cookie in [
+            "",
+            "__Host-bff-session=garbage",
+            "__Host-bff-session=v1.abc.def",
+        ] {
+            let r = reply(decide_on(
+                &c,
+                &get("/private/api", &[API, ("cookie", cookie)]),
+                1000,
+            ));
+            assert_eq!(r.status, 401);
+            assert!(
+                r.body.contains("\"login\":\"/private/login\""),
+                "{}",
+                r.body
+            );
+            assert_eq!(r.header("location"), None);
+        }
+        // Expired token, navigation by POST: still 401, never a redirect.
+        let mut h = get("/private/form", &[NAV, ("cookie", &session_cookie(999))]);
+        h[0].1 = "POST".into();
+        assert_eq!(reply(decide_on(&c, &h, 1000)).status, 401);
+    }
+
+    #[test]
+    fn navigation_without_session_starts_login_back_to_the_page() {
+        let c = config_from(minimal_json());
+        let r = reply(decide_on(&c, &get("/private/page?tab=2", &[NAV]), 1000));
+        assert_eq!(r.status, 302);
+        let location = r.header("location").unwrap();
+        assert!(
+            location.starts_with("http://127.0.0.1:9000/auth?"),
+            "{location}"
+        );
+        let tx_cookie = r.cookies().next().unwrap();
+        assert!(
+            tx_cookie.starts_with("__Host-bff-session.tx."),
+            "{tx_cookie}"
+        );
+        assert!(tx_cookie.contains("Max-Age=600; HttpOnly; Secure; SameSite=Lax"));
+        // The transaction holds the page to return to.
+        let (name, value) = tx_cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .split_once('=')
+            .unwrap();
+        let k = KeyRing::from_base64_list(KEY_A).unwrap();
+        let tx: serde_json::Value = serde_json::from_slice(&k.open(name, value).unwrap()).unwrap();
+        assert_eq!(tx["r"], "/private/page?tab=2");
+        assert_eq!(tx["u"], "http://app.local:8080/private/callback");
+    }
+
+    #[test]
+    fn login_endpoint_checks_return_to() {
+        let c = config_from(minimal_json());
+        let ok = reply(decide_on(
+            &c,
+            &get("/private/login?return_to=%2Fapp%3Fa%3D1", &[NAV]),
+            0,
+        ));
+        assert_eq!(ok.status, 302);
+        let default = reply(decide_on(&c, &get("/private/login", &[API]), 0));
+        assert_eq!(default.status, 302);
+        for bad in [
+            "//evil.example",
+            "%2F%2Fevil.example",
+            "/%5Cevil",
+            "https://evil.example",
+            "/ok%0d%0aSet-Cookie:x=1",
+            "/a&return_to=/b",
+        ] {
+            let r = reply(decide_on(
+                &c,
+                &get(&format!("/private/login?return_to={bad}"), &[NAV]),
+                0,
+            ));
+            assert_eq!(r.status, 400, "{bad}");
+            assert!(r.cookies().next().is_none());
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The browser-side state: sealed cookies for the session and for login transactions.
+
+pub mod contents;
+pub mod cookie;
+pub mod seal;
+pub mod transaction;
+
+pub use contents::{NoSession, Session};
+pub use seal::KeyRing;
+pub use transaction::{LoginTransaction, TransactionError};

@@ -1,0 +1,456 @@
+// The OpenID Provider the integration tests and the demo log in against: `oidc-provider`
+// (https://github.com/panva/node-oidc-provider) with one confidential client, one user, and
+// custom login pages (dev interactions are off). Listens on 127.0.0.1 only, over plain http.
+//
+// Configuration (environment; everything but IDP_PORT and IDP_REDIRECT_URIS has a default):
+//   IDP_PORT                       port to listen on (required; the harness picks a free one)
+//   IDP_HOST                       address to listen on, default 127.0.0.1
+//   IDP_ISSUER                     default http://127.0.0.1:${IDP_PORT}
+//   IDP_CLIENT_ID                  default bff
+//   IDP_CLIENT_SECRET              default bff-secret
+//   IDP_REDIRECT_URIS              comma-separated (required)
+//   IDP_POST_LOGOUT_REDIRECT_URIS  comma-separated (optional)
+//   IDP_ID_TOKEN_ALG               RS256 (default), PS256 or ES256
+//   IDP_ACCESS_TOKEN_TTL           seconds, default 3600
+//   IDP_ID_TOKEN_TTL               seconds, default 3600
+//   IDP_REFRESH_TOKEN_TTL          seconds, default 86400
+//   IDP_USER / IDP_PASSWORD        default alice / wonderland
+//
+// Prints exactly one line `IDP READY <issuer>` on stdout once listening; exits on SIGTERM/SIGINT.
+//
+// Test hooks (the only non-OIDC routes besides the login pages):
+//   GET /test/stats  -> {"token_requests": N, "refresh_requests": M, "revocations": K, ...}
+//     token_requests   POSTs to the token endpoint with grant_type=authorization_code
+//     refresh_requests POSTs to the token endpoint with grant_type=refresh_token
+//     revocations      POSTs to the revocation endpoint
+//     token_endpoint_calls  every POST to the token endpoint, whatever its grant_type
+//   Failed requests count too: they are counted by a middleware before the provider answers.
+//
+// One deliberate strictness beyond oidc-provider: an `Authorization: Basic` header whose
+// base64 is not canonical (RFC 4648 §4, padded) is refused with 400 invalid_request, so a
+// client that drops the padding is caught here rather than by a stricter IdP in production.
+
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+
+import Provider from 'oidc-provider';
+
+// --- configuration -------------------------------------------------------------------------
+
+function env(name, fallback) {
+  const value = process.env[name];
+  return value === undefined || value === '' ? fallback : value;
+}
+
+function envList(name) {
+  return env(name, '').split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+function envSeconds(name, fallback) {
+  const value = Number(env(name, String(fallback)));
+  if (!Number.isInteger(value) || value <= 0) {
+    throw new Error(`${name} must be a positive integer number of seconds`);
+  }
+  return value;
+}
+
+function fail(message) {
+  process.stderr.write(`idp: ${message}\n`);
+  process.exit(2);
+}
+
+const PORT = Number(env('IDP_PORT', ''));
+if (!Number.isInteger(PORT) || PORT <= 0 || PORT > 65535) fail('IDP_PORT is required');
+const HOST = env('IDP_HOST', '127.0.0.1');
+const ISSUER = env('IDP_ISSUER', `http://127.0.0.1:${PORT}`);
+const CLIENT_ID = env('IDP_CLIENT_ID', 'bff');
+const CLIENT_SECRET = env('IDP_CLIENT_SECRET', 'bff-secret');
+const REDIRECT_URIS = envList('IDP_REDIRECT_URIS');
+if (REDIRECT_URIS.length === 0) fail('IDP_REDIRECT_URIS is required');
+const POST_LOGOUT_REDIRECT_URIS = envList('IDP_POST_LOGOUT_REDIRECT_URIS');
+const ID_TOKEN_ALG = env('IDP_ID_TOKEN_ALG', 'RS256');
+if (!['RS256', 'PS256', 'ES256'].includes(ID_TOKEN_ALG)) fail('IDP_ID_TOKEN_ALG must be RS256, PS256 or ES256');
+let ACCESS_TOKEN_TTL;
+let ID_TOKEN_TTL;
+let REFRESH_TOKEN_TTL;
+try {
+  ACCESS_TOKEN_TTL = envSeconds('IDP_ACCESS_TOKEN_TTL', 3600);
+  ID_TOKEN_TTL = envSeconds('IDP_ID_TOKEN_TTL', 3600);
+  REFRESH_TOKEN_TTL = envSeconds('IDP_REFRESH_TOKEN_TTL', 86400);
+} catch (err) {
+  fail(err.message);
+}
+const USER = env('IDP_USER', 'alice');
+const PASSWORD = env('IDP_PASSWORD', 'wonderland');
+
+// The single test user. `sub` is stable across restarts so tests can assert on it.
+const ACCOUNT = {
+  sub: `${USER}-sub-0001`,
+  name: USER === 'alice' ? 'Alice Liddell' : USER,
+  preferred_username: USER,
+  email: `${USER}@example.test`,
+  email_verified: true,
+  groups: ['staff', 'beta'],
+};
+
+// --- signing keys: fresh at every start, one per algorithm so each JWK names its `alg` -----
+
+function signingJwk(kid, alg, type, options) {
+  const { privateKey } = crypto.generateKeyPairSync(type, options);
+  return { ...privateKey.export({ format: 'jwk' }), kid, alg, use: 'sig' };
+}
+
+const run = crypto.randomBytes(4).toString('hex');
+const jwks = {
+  keys: [
+    // The first key of each algorithm signs; RS256 first so it is oidc-provider's default.
+    signingJwk(`rs256-${run}`, 'RS256', 'rsa', { modulusLength: 2048 }),
+    signingJwk(`ps256-${run}`, 'PS256', 'rsa', { modulusLength: 2048 }),
+    signingJwk(`es256-${run}`, 'ES256', 'ec', { namedCurve: 'P-256' }),
+  ],
+};
+
+// --- small HTML helpers -------------------------------------------------------------------
+
+function escapeHtml(value) {
+  return String(value)
+    .replaceAll('&', '&amp;')
+    .replaceAll('<', '&lt;')
+    .replaceAll('>', '&gt;')
+    .replaceAll('"', '&quot;')
+    .replaceAll("'", '&#39;');
+}
+
+function page(title, body) {
+  return `<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>${escapeHtml(title)}</title></head>
+<body>
+${body}
+</body>
+</html>
+`;
+}
+
+// --- the provider -------------------------------------------------------------------------
+
+const configuration = {
+  clients: [
+    {
+      client_id: CLIENT_ID,
+      client_secret: CLIENT_SECRET,
+      client_name: `${CLIENT_ID} (BFF test client)`,
+      redirect_uris: REDIRECT_URIS,
+      post_logout_redirect_uris: POST_LOGOUT_REDIRECT_URIS,
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+      id_token_signed_response_alg: ID_TOKEN_ALG,
+    },
+  ],
+  jwks,
+  // Cookie signing keys for the provider's own session/interaction cookies. `secure` is set
+  // only when the request is https (ctx.secure), so they work over plain http on 127.0.0.1.
+  cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+
+  responseTypes: ['code'],
+  pkce: { required: () => true }, // oidc-provider 9 only implements S256
+  scopes: ['openid', 'offline_access', 'profile', 'email', 'groups'],
+  claims: {
+    openid: ['sub'],
+    // `groups` also rides on `profile` so the default BFF scopes carry it.
+    profile: ['name', 'preferred_username', 'groups'],
+    email: ['email', 'email_verified'],
+    groups: ['groups'],
+  },
+  // Put the scope claims into the ID token even in the code flow (the default keeps them for
+  // userinfo only); the BFF reads its user claims from the validated ID token.
+  conformIdTokenClaims: false,
+
+  async findAccount(_ctx, sub) {
+    if (sub !== ACCOUNT.sub) return undefined;
+    return {
+      accountId: sub,
+      async claims() {
+        return { ...ACCOUNT };
+      },
+    };
+  },
+
+  // First-party client: consent is implicit. Every authorization request gets a grant that
+  // covers exactly what it asks for, so the consent prompt never needs a page.
+  async loadExistingGrant(ctx) {
+    const { oidc } = ctx;
+    const grantId = oidc.result?.consent?.grantId || oidc.session.grantIdFor(oidc.client.clientId);
+    let grant = grantId ? await oidc.provider.Grant.find(grantId) : undefined;
+    if (!grant || grant.accountId !== oidc.session.accountId) {
+      grant = new oidc.provider.Grant({
+        clientId: oidc.client.clientId,
+        accountId: oidc.session.accountId,
+      });
+    }
+    const oidcScopes = [...oidc.requestParamOIDCScopes];
+    if (oidcScopes.length) grant.addOIDCScope(oidcScopes.join(' '));
+    const claims = [...oidc.requestParamClaims];
+    if (claims.length) grant.addOIDCClaims(claims);
+    for (const [indicator, resourceServer] of Object.entries(oidc.resourceServers ?? {})) {
+      const scopes = [...oidc.requestParamScopes].filter((s) => resourceServer.scopes.has(s));
+      if (scopes.length) grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    await grant.save();
+    return grant;
+  },
+
+  // oidc-provider applies OIDC Core §11 to the letter: it drops offline_access from any
+  // authorization request that lacks prompt=consent. Our client is first-party (consent is
+  // implicit, see loadExistingGrant) and the BFF never sends prompt=consent, so put
+  // offline_access back. An extraParams validator is the one hook that runs after that scope
+  // check (lib/actions/authorization/index.js: checkScope ... checkExtraParams); it runs
+  // whether or not its parameter is present. tests/test_idp.py asserts the outcome, so an
+  // upgrade that moves the hook is caught there.
+  extraParams: {
+    async first_party_offline_access(ctx, _value, client) {
+      if (!['authorization', 'pushed_authorization_request'].includes(ctx.oidc.route)) return;
+      const raw = ctx.method === 'POST' ? ctx.oidc.body : ctx.query;
+      const requested = String(raw?.scope ?? '').split(' ');
+      const scopes = new Set(String(ctx.oidc.params.scope ?? '').split(' ').filter(Boolean));
+      const codeFlow = String(ctx.oidc.params.response_type ?? '').split(' ').includes('code');
+      if (requested.includes('offline_access') && !scopes.has('offline_access')
+          && codeFlow && client.grantTypeAllowed('refresh_token')) {
+        scopes.add('offline_access');
+        ctx.oidc.params.scope = [...scopes].join(' ');
+      }
+    },
+  },
+
+  // A refresh token whenever offline_access was granted (the default, made explicit).
+  async issueRefreshToken(_ctx, client, code) {
+    return client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access');
+  },
+  // Rotate on every use; presenting a rotated (consumed) refresh token again revokes the grant.
+  rotateRefreshToken: () => true,
+
+  ttl: {
+    AccessToken: () => ACCESS_TOKEN_TTL,
+    AuthorizationCode: () => 60,
+    IdToken: () => ID_TOKEN_TTL,
+    RefreshToken: () => REFRESH_TOKEN_TTL,
+    Interaction: () => 3600,
+    Session: () => 14 * 24 * 3600,
+    Grant: () => 14 * 24 * 3600,
+  },
+
+  interactions: {
+    url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
+  },
+
+  features: {
+    devInteractions: { enabled: false },
+    revocation: { enabled: true },
+    userinfo: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // Our own page: the confirm button sits inside the form so a scripted client can post
+      // it as is; id="logout" for the browser test.
+      async logoutSource(ctx, form) {
+        const button = '<button id="logout" type="submit" name="logout" value="yes">Yes, sign me out</button>';
+        ctx.body = page('Sign out', `<h1>Sign out of ${escapeHtml(ctx.host)}?</h1>\n${form.replace('</form>', `${button}</form>`)}`);
+      },
+      async postLogoutSuccessSource(ctx) {
+        ctx.body = page('Signed out', '<h1>Signed out</h1>');
+      },
+    },
+  },
+
+  clientBasedCORS: () => false,
+
+  async renderError(ctx, out) {
+    ctx.type = 'html';
+    const rows = Object.entries(out).map(([k, v]) => `<p><strong>${escapeHtml(k)}</strong>: ${escapeHtml(v)}</p>`);
+    ctx.body = page('Error', `<h1>Error</h1>\n${rows.join('\n')}`);
+  },
+};
+
+const provider = new Provider(ISSUER, configuration);
+provider.proxy = false;
+
+// --- test statistics and Basic-auth strictness (Koa middleware, outermost) ---------------
+
+const stats = {
+  token_requests: 0,
+  refresh_requests: 0,
+  revocations: 0,
+  token_endpoint_calls: 0,
+};
+
+const tokenPath = new URL(provider.urlFor('token')).pathname;
+const revocationPath = new URL(provider.urlFor('revocation')).pathname;
+
+provider.use(async (ctx, next) => {
+  const isToken = ctx.method === 'POST' && ctx.path === tokenPath;
+  const isRevocation = ctx.method === 'POST' && ctx.path === revocationPath;
+  try {
+    if (isToken || isRevocation) {
+      const auth = ctx.get('authorization');
+      const m = /^basic\s+(\S*)$/i.exec(auth);
+      if (m && !/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/.test(m[1])) {
+        ctx.status = 400;
+        ctx.set('cache-control', 'no-store');
+        ctx.body = {
+          error: 'invalid_request',
+          error_description: 'Authorization: Basic credentials must be standard, padded base64 (RFC 7617, RFC 4648 section 4)',
+        };
+        return;
+      }
+    }
+    await next();
+  } finally {
+    if (isToken) {
+      stats.token_endpoint_calls += 1;
+      // Parsed by the provider; a request it refused before parsing counts by total only.
+      const grantType = ctx.oidc?.params?.grant_type ?? ctx.request.body?.grant_type;
+      if (grantType === 'authorization_code') stats.token_requests += 1;
+      if (grantType === 'refresh_token') stats.refresh_requests += 1;
+    }
+    if (isRevocation) stats.revocations += 1;
+  }
+});
+
+// --- login interactions -------------------------------------------------------------------
+
+async function readForm(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 64 * 1024) throw new Error('form too large');
+    chunks.push(chunk);
+  }
+  return new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
+}
+
+function sendHtml(res, status, html) {
+  res.writeHead(status, {
+    'content-type': 'text/html; charset=utf-8',
+    'cache-control': 'no-store',
+    'content-length': Buffer.byteLength(html),
+  });
+  res.end(html);
+}
+
+async function clientLabel(clientId) {
+  const client = await provider.Client.find(clientId);
+  return client?.clientName || clientId;
+}
+
+function loginForm(uid, clientName, { error, login } = {}) {
+  const message = error ? `<p id="error" role="alert">${escapeHtml(error)}</p>\n` : '';
+  return page('Sign in', `<h1>Sign in to continue to ${escapeHtml(clientName)}</h1>
+${message}<form method="post" action="/interaction/${escapeHtml(uid)}/login" autocomplete="off">
+<label>Username <input name="login" id="login" value="${escapeHtml(login ?? '')}" autofocus></label>
+<label>Password <input name="password" id="password" type="password"></label>
+<button type="submit" id="submit">Sign in</button>
+</form>
+<p><a href="/interaction/${escapeHtml(uid)}/abort">Cancel</a></p>`);
+}
+
+// Consent should never be prompted (see loadExistingGrant); if it is, grant it here too.
+async function finishConsent(req, res, details) {
+  const { prompt: { details: missing }, params, session } = details;
+  let grant = details.grantId ? await provider.Grant.find(details.grantId) : undefined;
+  grant ??= new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  if (missing.missingOIDCScope) grant.addOIDCScope(missing.missingOIDCScope.join(' '));
+  if (missing.missingOIDCClaims) grant.addOIDCClaims(missing.missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  const grantId = await grant.save();
+  await provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+}
+
+async function interaction(req, res, uid, action) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.uid !== uid) {
+    sendHtml(res, 400, page('Error', '<h1>Interaction mismatch</h1>'));
+    return;
+  }
+  const clientName = await clientLabel(details.params.client_id);
+
+  if (action === undefined && req.method === 'GET') {
+    if (details.prompt.name === 'consent') {
+      await finishConsent(req, res, details);
+      return;
+    }
+    sendHtml(res, 200, loginForm(uid, clientName));
+    return;
+  }
+  if (action === 'login' && req.method === 'POST') {
+    const form = await readForm(req);
+    const login = form.get('login') ?? '';
+    const password = form.get('password') ?? '';
+    const ok = crypto.timingSafeEqual(
+      crypto.createHash('sha256').update(`${login}\0${password}`).digest(),
+      crypto.createHash('sha256').update(`${USER}\0${PASSWORD}`).digest(),
+    );
+    if (!ok) {
+      sendHtml(res, 200, loginForm(uid, clientName, { error: 'Invalid credentials', login }));
+      return;
+    }
+    await provider.interactionFinished(req, res, {
+      login: { accountId: ACCOUNT.sub, amr: ['pwd'] },
+    }, { mergeWithLastSubmission: false });
+    return;
+  }
+  if (action === 'abort' && req.method === 'GET') {
+    await provider.interactionFinished(req, res, {
+      error: 'access_denied',
+      error_description: 'End-User aborted interaction',
+    }, { mergeWithLastSubmission: false });
+    return;
+  }
+  sendHtml(res, 405, page('Error', '<h1>Method not allowed</h1>'));
+}
+
+// --- HTTP front: our routes, then the provider ---------------------------------------------
+
+const providerCallback = provider.callback();
+
+const server = http.createServer(async (req, res) => {
+  const { pathname } = new URL(req.url, 'http://idp.invalid');
+  try {
+    if (req.method === 'GET' && pathname === '/test/stats') {
+      const body = JSON.stringify(stats);
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(body);
+      return;
+    }
+    const m = /^\/interaction\/([A-Za-z0-9_-]+)(?:\/(login|abort))?$/.exec(pathname);
+    if (m) {
+      await interaction(req, res, m[1], m[2]);
+      return;
+    }
+    providerCallback(req, res);
+  } catch (err) {
+    // Typically an expired or missing interaction (its cookie is gone): say so, don't crash.
+    process.stderr.write(`idp: ${req.method} ${pathname}: ${err?.name}: ${err?.message}\n`);
+    if (!res.headersSent) {
+      const status = err?.statusCode ?? err?.status ?? 500;
+      sendHtml(res, status >= 400 && status < 600 ? status : 500,
+        page('Error', `<h1>Error</h1><p>${escapeHtml(err?.error_description ?? err?.message ?? 'error')}</p>`));
+    } else {
+      res.destroy();
+    }
+  }
+});
+
+server.listen(PORT, HOST, () => {
+  process.stdout.write(`IDP READY ${ISSUER}\n`);
+});
+
+function shutdown() {
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
