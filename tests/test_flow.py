@@ -174,3 +174,40 @@ def test_requests_outside_the_prefix_pass_untouched(stack):
     # Not fooled by a look-alike prefix.
     seen = upstream_view(requests.get(stack.envoy.url("/privateer"), timeout=10))
     assert "authorization" not in seen["headers"]
+
+
+# --- behind a load balancer, with the seed's header format -----------------------------------
+
+LB = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example.com"}
+
+
+def test_behind_a_load_balancer_with_the_seeds_header(procs):
+    """The seed's deployment: TLS ends at a load balancer, the SPA lives on another origin
+    (FRONT_URL), and the API expects the token in `oidc_access_token` (mod_auth_openidc)."""
+    from harness.envoy import filter_config, start_envoy
+    from harness.idp import start_idp
+    from harness.upstream import start_echo
+
+    idp = start_idp(procs, ["https://app.example.com/private/callback"], client_secret=CLIENT_SECRET)
+    config = filter_config(idp.issuer, redirect_uri="/private/callback", trust_forwarded_headers=True,
+                           post_login_url="https://front.example.com/",
+                           upstream_token={"header": "oidc_access_token", "format": "{token}"})
+    envoy = start_envoy(procs, config, start_echo(procs), idp.port, client_secret=CLIENT_SECRET,
+                        name="envoy-lb", edge=False)
+    b = Browser(envoy)
+    start = b.get("/private/login", headers=LB)
+    assert query_of(start.headers["Location"])["redirect_uri"] == "https://app.example.com/private/callback"
+    callback = login_at_idp(b.idp, start.headers["Location"])
+    assert callback.startswith("https://app.example.com/private/callback?")
+    # The load balancer forwards the browser's https request to Envoy.
+    r = b.get(callback.replace("https://app.example.com", ""), headers=LB)
+    assert r.status_code == 302 and r.headers["Location"] == "https://front.example.com/"
+    seen = upstream_view(b.get("/private/data", navigate=False, headers=LB))
+    token = seen["headers"]["oidc_access_token"]
+    assert token and not token.startswith("Bearer")
+    assert "authorization" not in seen["headers"]
+
+
+def test_forwarded_headers_are_ignored_unless_trusted(stack):
+    r = Browser(stack.envoy).get("/private/login", headers=LB)
+    assert query_of(r.headers["Location"])["redirect_uri"] == stack.envoy.url("/private/callback")

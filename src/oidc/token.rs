@@ -97,6 +97,9 @@ pub fn parse_token_response(status: Option<u16>, body: &[u8]) -> Result<TokenRes
     let status = status.ok_or(TokenError::Unreachable)?;
     match status {
         200 => {}
+        // Envoy answers a call that timed out with a local 504, and a gateway in front of the
+        // IdP means the same by it.
+        504 => return Err(TokenError::Unreachable),
         400..=499 => {
             let error = serde_json::from_slice::<RawTokenError>(body)
                 .ok()

@@ -55,7 +55,10 @@ def _cluster(name: str, port: int, timeout_s: float = 2) -> dict:
 
 
 def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_port: int,
-                    config: dict, secret_env_keys=("BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS")) -> dict:
+                    config: dict, secret_env_keys=("BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS"),
+                    edge: bool = True) -> dict:
+    """`edge`: Envoy faces browsers directly, so it sets X-Forwarded-Proto itself
+    (use_remote_address); otherwise it trusts the load balancer in front of it."""
     wasm_filter = {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -78,6 +81,7 @@ def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_p
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
+        "use_remote_address": edge,
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
@@ -129,6 +133,14 @@ class Envoy:
                 out[name] = int(value)
         return out
 
+    def assert_vm_healthy(self) -> None:
+        """No wasm VM has panicked or trapped: the log is clean and nothing was reloaded."""
+        log = self.log()
+        for sign in ("panicked at", "Function: proxy_on", "Uncaught RuntimeError", "Wasm VM failed"):
+            assert sign not in log, f"{sign!r} in the Envoy log:\n{log[-3000:]}"
+        reloads = {k: v for k, v in self.stats("wasm.").items() if "vm_reload" in k and v}
+        assert not reloads, reloads
+
     def alive(self) -> bool:
         return self.process.running()
 
@@ -139,7 +151,7 @@ class Envoy:
 def start_envoy(procs: ProcessGroup, config: dict, upstream_port: int, idp_port: int,
                 client_secret: str = "bff-secret", cookie_keys: str = KEY_A,
                 concurrency: int = 2, wait: bool = True, timeout: float = 30.0,
-                name: str = "envoy", port: int | None = None) -> Envoy:
+                name: str = "envoy", port: int | None = None, edge: bool = True) -> Envoy:
     """Start Envoy with the filter; secrets reach the VM through Envoy's own environment."""
     if not WASM.exists():
         raise RuntimeError(f"{WASM} is missing: build it with cargo build --target wasm32-wasip1 --release")
@@ -147,7 +159,7 @@ def start_envoy(procs: ProcessGroup, config: dict, upstream_port: int, idp_port:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     config_path = ARTIFACTS / f"{name}-{listen_port}.json"
     config_path.write_text(json.dumps(
-        envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config), indent=1))
+        envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config, edge=edge), indent=1))
     env = {"BFF_CLIENT_SECRET": client_secret, "BFF_COOKIE_KEYS": cookie_keys}
     proc = procs.start(name, [ENVOY_BIN, "-c", config_path, "--concurrency", concurrency,
                               "--disable-hot-restart", "--log-level", "info",

@@ -1,0 +1,312 @@
+"""Runs the demo: the OpenID Provider, the API and Envoy with the BFF filter, on fixed ports.
+
+Started by scripts/demo (which installs, builds the module and writes .demo/secrets.env first):
+
+    scripts/demo            start everything, print what to try, wait; Ctrl-C stops it all
+    scripts/demo --check    start everything, log in once through Envoy, print OK, stop
+
+Every process is started and stopped by the test harness's ProcessGroup (by PID, whatever
+happens); their logs go to .demo/logs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+import requests  # noqa: E402  (after the path set-up, like the harness it comes with)
+
+from harness.idp import DEFAULT_PASSWORD, DEFAULT_USER, login_at_idp  # noqa: E402
+from harness.procs import ProcessGroup, ProcessStartError  # noqa: E402
+
+DEMO_DIR = REPO / ".demo"
+SECRETS = DEMO_DIR / "secrets.env"
+LOGS = DEMO_DIR / "logs"
+ENVOY_BIN = REPO / ".venv" / "bin" / "envoy"
+ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
+WASM = REPO / "target" / "wasm32-wasip1" / "release" / "envoy_bff.wasm"
+ECHO = REPO / "tests" / "upstream" / "echo.py"
+IDP = REPO / "tests" / "idp" / "server.mjs"
+
+# Fixed, as in envoy/envoy.yaml.
+APP_PORT = 8080
+API_PORT = 8081
+IDP_PORT = 9000
+ADMIN_PORT = 9901
+PORTS = {"app (Envoy)": APP_PORT, "API": API_PORT, "IdP": IDP_PORT, "Envoy admin": ADMIN_PORT}
+
+APP = f"http://localhost:{APP_PORT}"
+# The browser may use either name for the app; the IdP must know both callbacks.
+APP_ORIGINS = [f"http://localhost:{APP_PORT}", f"http://127.0.0.1:{APP_PORT}"]
+
+
+class DemoError(Exception):
+    """Something the person running the demo needs to fix or know."""
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def read_secrets(path: Path = SECRETS) -> dict[str, str]:
+    """KEY=VALUE lines (the env_file format docker compose reads too); # starts a comment."""
+    if not path.exists():
+        raise DemoError(f"{path} is missing: run scripts/demo (it generates it)")
+    secrets = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            secrets[key.strip()] = value.strip()
+    for key in ("BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS"):
+        if not secrets.get(key):
+            raise DemoError(f"{path} has no {key}; delete the file and run scripts/demo again")
+    return secrets
+
+
+def port_busy(port: int) -> bool:
+    """True if something listens on 127.0.0.1:port (SO_REUSEADDR: TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def check_prerequisites() -> None:
+    busy = [f"{port} ({name})" for name, port in PORTS.items() if port_busy(port)]
+    if busy:
+        raise DemoError("port(s) already in use: " + ", ".join(busy)
+                        + " (is the demo already running?)")
+    for path, fix in ((ENVOY_BIN, "run scripts/setup"),
+                      (WASM, "cargo build --target wasm32-wasip1 --release"),
+                      (REPO / "node_modules" / "oidc-provider", "run scripts/setup")):
+        if not path.exists():
+            raise DemoError(f"{path.relative_to(REPO)} is missing: {fix}")
+    if shutil.which("node") is None:
+        raise DemoError("node is not on PATH (the IdP needs Node.js)")
+
+
+def wait_envoy_ready(procs: ProcessGroup, envoy, timeout: float = 30.0) -> None:
+    """Envoy prints no ready line; its admin /ready answers 200 once listeners are up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not envoy.running():
+            raise ProcessStartError(f"envoy exited with {envoy.popen.poll()} during start-up; "
+                                    f"log {envoy.log_path}:\n{envoy.output()}")
+        try:
+            r = requests.get(f"http://127.0.0.1:{ADMIN_PORT}/ready", timeout=1)
+            if r.status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise ProcessStartError(f"envoy not ready within {timeout}s; log {envoy.log_path}:\n"
+                            f"{envoy.output()}")
+
+
+def start_all(procs: ProcessGroup, secrets: dict[str, str]) -> list:
+    """The IdP, the API, then Envoy; each one ready before the next starts."""
+    started = []
+    idp = procs.start("idp", ["node", IDP], ready_line_prefix="IDP READY", env={
+        "IDP_PORT": IDP_PORT,
+        "IDP_CLIENT_ID": "bff",
+        "IDP_CLIENT_SECRET": secrets["BFF_CLIENT_SECRET"],
+        "IDP_REDIRECT_URIS": ",".join(f"{o}/private/callback" for o in APP_ORIGINS),
+        "IDP_POST_LOGOUT_REDIRECT_URIS": ",".join(f"{o}/" for o in APP_ORIGINS),
+        "NO_COLOR": "1",
+    })
+    say(f"IdP started (pid {idp.pid}): {idp.ready_line.split(' ', 2)[2]}")
+    started.append(idp)
+
+    # The API behind the BFF. For now the echo server: it shows what Envoy sent it.
+    api = procs.start("api", [sys.executable, ECHO, "--port", API_PORT],
+                      ready_line_prefix="ECHO READY")
+    say(f"API started (pid {api.pid}): http://127.0.0.1:{API_PORT} (only Envoy calls it)")
+    started.append(api)
+
+    envoy = procs.start("envoy", [
+        ENVOY_BIN, "-c", ENVOY_YAML, "--concurrency", "2", "--log-level", "warn",
+        # The filter's own lines (configured, login failures) are worth seeing in the log.
+        "--component-log-level", "wasm:info",
+        # No shared-memory hot-restart region: another Envoy on this machine cannot clash.
+        "--disable-hot-restart",
+    ], env={
+        "BFF_CLIENT_SECRET": secrets["BFF_CLIENT_SECRET"],
+        "BFF_COOKIE_KEYS": secrets["BFF_COOKIE_KEYS"],
+    })
+    wait_envoy_ready(procs, envoy)
+    say(f"Envoy started (pid {envoy.pid}): {APP}")
+    started.append(envoy)
+    return started
+
+
+# --- the smoke check: one login through Envoy, as a browser on localhost does it ------------
+
+def set_cookies(response: requests.Response) -> dict[str, str]:
+    """name -> value of every Set-Cookie (requests' jar would drop Secure cookies over http,
+    which browsers accept on localhost); a Max-Age=0 cookie maps to None (deleted)."""
+    out = {}
+    for header in response.raw.headers.getlist("Set-Cookie"):
+        first, *attrs = [p.strip() for p in header.split(";")]
+        name, _, value = first.partition("=")
+        deleted = any(a.lower() == "max-age=0" for a in attrs)
+        out[name] = None if deleted else value
+    return out
+
+
+class Browser:
+    """Carries the app's cookies by hand; the IdP's live in their own requests.Session."""
+
+    NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Accept": "text/html"}
+
+    def __init__(self):
+        self.cookies: dict[str, str] = {}
+        self.idp = requests.Session()
+
+    def get(self, url: str, headers: dict | None = None) -> requests.Response:
+        h = dict(headers or self.NAVIGATE)
+        if self.cookies:
+            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        r = requests.get(url, headers=h, allow_redirects=False, timeout=20)
+        for name, value in set_cookies(r).items():
+            if value is None:
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+        return r
+
+
+def expect(condition: bool, message: str, response: requests.Response | None = None) -> None:
+    if not condition:
+        if response is not None:
+            message += (f"\n  {response.request.method} {response.url} -> "
+                        f"{response.status_code}\n  {response.text[:1000]}")
+        raise DemoError(message)
+
+
+def smoke_check() -> None:
+    """Log in through Envoy and see the access token arrive at the API."""
+    browser = Browser()
+
+    r = browser.get(f"{APP}/private/whoami",
+                    headers={"Sec-Fetch-Mode": "cors", "Accept": "application/json"})
+    expect(r.status_code == 401, "an API call without a session should get 401", r)
+
+    r = browser.get(f"{APP}/private/login")
+    expect(r.status_code == 302, "GET /private/login should redirect to the IdP", r)
+    authorize = r.headers["Location"]
+    expect(authorize.startswith(f"http://127.0.0.1:{IDP_PORT}/auth?"),
+           f"unexpected authorize URL {authorize}")
+    say("login started: redirected to the IdP")
+
+    callback = login_at_idp(browser.idp, authorize, DEFAULT_USER, DEFAULT_PASSWORD)
+    expect(callback.startswith(f"{APP}/private/callback?"),
+           f"the IdP sent the browser to {callback}, not to the callback")
+    say(f"signed in at the IdP as {DEFAULT_USER}")
+
+    r = browser.get(callback)
+    expect(r.status_code == 302, "the callback should redirect after the code exchange", r)
+    expect("__Host-bff-session" in browser.cookies,
+           f"no session cookie after the callback (cookies: {sorted(browser.cookies)})", r)
+    expect(not any(".tx." in name for name in browser.cookies),
+           "the login transaction cookie should be gone after the callback")
+    say(f"callback done: session cookie set, redirected to {r.headers['Location']}")
+
+    r = browser.get(f"{APP}/private/whoami")
+    expect(r.status_code == 200, "GET /private/whoami with a session should reach the API", r)
+    seen = r.json()["headers"]
+    expect(seen.get("authorization", "").startswith("Bearer "),
+           "the API did not receive Authorization: Bearer", r)
+    expect("__Host-bff-session" not in seen.get("cookie", ""),
+           "the session cookie leaked to the API", r)
+    say("the API received: authorization: Bearer " + seen["authorization"][7:19] + "...")
+
+
+# --- main ---------------------------------------------------------------------------------
+
+def print_welcome() -> None:
+    print(f"""
+  The demo is running.
+
+    Open        {APP}/private/login
+    Sign in as  {DEFAULT_USER} / {DEFAULT_PASSWORD}
+
+  Then try:
+    {APP}/private/whoami   the API (an echo server) shows the request Envoy sent it:
+        an "authorization: Bearer ..." header the browser never saw, and no session cookie
+    {APP}/                 outside /private: passed through untouched, no token
+    Your browser's cookies for localhost: only __Host-bff-session (sealed, HttpOnly)
+
+  Logs: {LOGS.relative_to(REPO)}/   Envoy admin: http://127.0.0.1:{ADMIN_PORT}/
+  Press Ctrl-C to stop.
+""", flush=True)
+
+
+def _stop_on_signal(signum, _frame):
+    # Ctrl-C, SIGTERM and SIGHUP all end the demo through main's finally.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="log in once through Envoy, print OK and stop")
+    args = parser.parse_args(argv)
+    # Set explicitly: a shell that starts us in the background ignores SIGINT otherwise.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _stop_on_signal)
+
+    procs = ProcessGroup(artifacts_dir=LOGS)
+    status = 0
+    try:
+        check_prerequisites()
+        for old in LOGS.glob("*.log"):  # the previous run's; nothing else can be running now
+            old.unlink()
+        started = start_all(procs, read_secrets())
+        if args.check:
+            t0 = time.monotonic()
+            smoke_check()
+            say(f"smoke check passed in {time.monotonic() - t0:.1f}s")
+            print("OK", flush=True)
+            return 0
+        print_welcome()
+        while True:
+            for proc in started:
+                if not proc.running():
+                    raise DemoError(f"{proc.name} (pid {proc.pid}) exited with "
+                                    f"{proc.popen.returncode}; log {proc.log_path}:\n"
+                                    f"{proc.output()}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print(flush=True)
+        status = 130 if args.check else 0
+    except (DemoError, ProcessStartError) as e:
+        print(f"[demo] FAILED: {e}", file=sys.stderr, flush=True)
+        status = 1
+    except Exception as e:  # noqa: BLE001 - report, then still stop everything below
+        print(f"[demo] FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        status = 1
+    finally:
+        # Ignore further Ctrl-C while stopping, so nothing is left half-stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for proc in reversed(procs.processes):
+            say(f"stopping {proc.name} (pid {proc.pid})")
+        procs.stop_all()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

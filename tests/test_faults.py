@@ -1,0 +1,229 @@
+"""Faults get short, clear answers and Envoy keeps serving: bad cookies count as no session,
+forged or broken callbacks are refused, and a token endpoint that fails in any way gives an
+error page or JSON, never a session, never a dead VM."""
+
+import base64
+import hashlib
+import http.client
+import sys
+
+import pytest
+import requests
+
+from conftest import CLIENT_SECRET, Stack
+from harness.envoy import KEY_B, Browser, filter_config, query_of, set_cookies, start_envoy
+from harness.idp import abort_login_at_idp, login_at_idp, start_idp
+from harness.procs import REPO, free_port
+from harness.upstream import start_echo
+
+SESSION = "__Host-bff-session"
+
+
+@pytest.fixture(scope="module")
+def two_envoys(procs):
+    """Two Envoys on one IdP, each with its own cookie key: B's cookies are foreign to A."""
+    echo = start_echo(procs)
+    port_a, port_b = free_port(), free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{p}/private/callback" for p in (port_a, port_b)],
+                    client_secret=CLIENT_SECRET)
+    config = filter_config(idp.issuer)
+    a = start_envoy(procs, config, echo, idp.port, client_secret=CLIENT_SECRET, port=port_a, name="envoy-a")
+    b = start_envoy(procs, config, echo, idp.port, client_secret=CLIENT_SECRET, port=port_b,
+                    cookie_keys=KEY_B, name="envoy-b")
+    return Stack(idp, a, echo), b
+
+
+@pytest.fixture(scope="module")
+def faulty(procs):
+    """An Envoy whose token endpoint is the fault server."""
+    port = free_port()
+    procs.start("faulty-idp", [sys.executable, REPO / "tests/upstream/faulty_idp.py", "--port", port],
+                ready_line_prefix="FAULTY READY")
+    issuer = f"http://127.0.0.1:{port}"
+    envoy = start_envoy(procs, filter_config(issuer, idp_timeout_ms=1000), start_echo(procs), port,
+                        client_secret=CLIENT_SECRET, name="envoy-faulty")
+    return envoy, issuer
+
+
+def assert_still_serving(stack_or_envoy, browser=None):
+    envoy = getattr(stack_or_envoy, "envoy", stack_or_envoy)
+    assert envoy.alive()
+    r = requests.get(envoy.url("/private/ping"), headers={"Accept": "application/json"}, timeout=10)
+    assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
+    if browser is not None:
+        r = browser.get("/private/ping", navigate=False)
+        assert r.status_code == 200 and r.json()["headers"]["authorization"].startswith("Bearer ")
+    envoy.assert_vm_healthy()
+
+
+# --- cookies ----------------------------------------------------------------------------------
+
+def bad_session_values(good: str, foreign: str) -> dict[str, str]:
+    middle = len(good) // 2
+    flipped = good[:middle] + ("A" if good[middle] != "A" else "B") + good[middle + 1:]
+    return {
+        "tampered": flipped,
+        "truncated": good[: len(good) - 10],
+        "cut in half": good[:middle],
+        "foreign key": foreign,
+        "garbage": "hello-world",
+        "empty": "",
+        "only prefix": "v1.",
+        "wrong version": "v9" + good[2:],
+        "oversized": "v1." + "A" * 7000,
+        "base64 junk": "v1.AAAAAAAA.////",
+    }
+
+
+def test_bad_session_cookies_count_as_no_session(two_envoys):
+    stack, other = two_envoys
+    mine, theirs = Browser(stack.envoy), Browser(other)
+    mine.login()
+    theirs.login()
+    good, foreign = mine.jar[SESSION], theirs.jar[SESSION]
+    for label, value in bad_session_values(good, foreign).items():
+        cookie = f"{SESSION}={value}"
+        api = requests.get(stack.envoy.url("/private/api"), timeout=10,
+                           headers={"Cookie": cookie, "Accept": "application/json"})
+        assert api.status_code == 401, label
+        nav = requests.get(stack.envoy.url("/private/page"), timeout=10, allow_redirects=False,
+                           headers={"Cookie": cookie, "Sec-Fetch-Mode": "navigate"})
+        assert nav.status_code == 302 and nav.headers["Location"].startswith(stack.idp.issuer), label
+    # A transaction cookie's value moved into the session cookie is bound to another name.
+    start = Browser(stack.envoy).get("/private/login")
+    [tx] = [c["value"] for n, c in set_cookies(start).items() if ".tx." in n]
+    r = requests.get(stack.envoy.url("/private/api"), headers={"Cookie": f"{SESSION}={tx}"}, timeout=10)
+    assert r.status_code == 401
+    assert_still_serving(stack, mine)
+
+
+def test_header_values_that_are_not_utf8_do_not_kill_the_vm(two_envoys):
+    stack, _ = two_envoys
+    b = Browser(stack.envoy)
+    b.login()
+    conn = http.client.HTTPConnection("127.0.0.1", stack.envoy.port, timeout=10)
+    conn.putrequest("GET", "/private/api")
+    conn.putheader("Accept", "application/json")
+    conn.putheader("X-Odd", b"caf\xe9 \xff")
+    conn.putheader("Cookie", f"{SESSION}=".encode() + b"\xff\xfe")
+    conn.endheaders()
+    assert conn.getresponse().status == 401
+    conn.close()
+    assert_still_serving(stack, b)
+
+
+# --- callbacks --------------------------------------------------------------------------------
+
+def test_forged_missing_and_foreign_state_is_refused(two_envoys):
+    stack, _ = two_envoys
+    b = Browser(stack.envoy)
+    start = b.get("/private/login")
+    callback = login_at_idp(b.idp, start.headers["Location"])
+    q = query_of(callback)
+    base = stack.envoy.url("/private/callback")
+    cases = {
+        "forged state": f"{base}?code={q['code']}&state=forged-{q['state']}",
+        "same flow id, other state": f"{base}?code={q['code']}&state={q['state']}x",
+        "missing state": f"{base}?code={q['code']}",
+        "missing code": f"{base}?state={q['state']}",
+        "repeated state": f"{base}?code={q['code']}&state={q['state']}&state={q['state']}",
+        "mix-up (iss)": f"{base}?code={q['code']}&state={q['state']}&iss=http%3A%2F%2Fevil.example",
+    }
+    for label, url in cases.items():
+        r = b.get(url)
+        assert r.status_code == 400, (label, r.status_code, r.text)
+        assert SESSION not in set_cookies(r), label
+        assert "text/html" in r.headers["Content-Type"]
+        b = Browser(stack.envoy)
+        start = b.get("/private/login")  # a fresh transaction for the next case
+        q = query_of(login_at_idp(b.idp, start.headers["Location"]))
+
+    # Another browser's transaction: the callback without its cookie.
+    stranger = Browser(stack.envoy)
+    r = stranger.get(f"{base}?code={q['code']}&state={q['state']}", navigate=False)
+    assert r.status_code == 400 and r.json()["error"] == "login_expired"
+    assert_still_serving(stack)
+
+
+def test_a_callback_works_once(two_envoys):
+    stack, _ = two_envoys
+    b = Browser(stack.envoy)
+    start = b.get("/private/login")
+    callback = login_at_idp(b.idp, start.headers["Location"])
+    tx_cookie = {n: v for n, v in b.jar.items() if ".tx." in n}
+    assert b.get(callback).status_code == 302
+    # Replaying the callback with the old transaction cookie: the code is spent at the IdP.
+    r = Browser(stack.envoy).get(callback, extra_cookies="; ".join(f"{n}={v}" for n, v in tx_cookie.items()))
+    assert r.status_code == 502
+    assert "refused" in r.text and "invalid_grant" in r.text
+    # Replaying it in the same browser: the transaction is gone.
+    assert b.get(callback).status_code == 400
+    assert_still_serving(stack)
+
+
+def test_the_idp_refusing_the_login_gives_an_error_page(two_envoys):
+    stack, _ = two_envoys
+    b = Browser(stack.envoy)
+    start = b.get("/private/login")
+    callback = abort_login_at_idp(b.idp, start.headers["Location"])
+    assert query_of(callback)["error"] == "access_denied"
+    r = b.get(callback)
+    assert r.status_code == 401
+    assert "access_denied" in r.text
+    assert not [n for n in b.jar if n.startswith(SESSION)], "transaction dropped, no session"
+    assert_still_serving(stack)
+
+
+# --- the token endpoint -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode, status, words", [
+    ("500", 502, "failed with status 500"),
+    ("garbage", 502, "unusable"),
+    ("huge", 502, "unusable"),
+    ("redirect", 502, "status 302"),
+    ("ok-no-id-token", 502, "no ID token"),
+    ("invalid-grant", 502, "invalid_grant"),
+    ("slow", 504, "did not answer in time"),
+])
+def test_token_endpoint_faults(faulty, mode, status, words):
+    envoy, issuer = faulty
+    requests.post(f"{issuer}/mode", data=mode, timeout=5)
+    for navigate in (True, False):
+        b = Browser(envoy)
+        state = query_of(b.get("/private/login").headers["Location"])["state"]
+        r = b.get(f"/private/callback?code=some-code&state={state}", navigate=navigate)
+        assert r.status_code == status, (mode, r.status_code, r.text)
+        text = r.text if navigate else r.json()["message"]
+        assert words in text, (mode, text)
+        assert len(r.content) < 2000
+        assert SESSION not in b.jar, "no session from a failed exchange"
+        assert not [n for n in b.jar if ".tx." in n], "transaction dropped"
+    assert_still_serving(envoy)
+
+
+def test_the_code_exchange_request_is_well_formed(faulty):
+    envoy, issuer = faulty
+    b = Browser(envoy)
+    location = b.get("/private/login").headers["Location"]
+    q = query_of(location)
+    b.get(f"/private/callback?code=c%2Bd&state={q['state']}")
+    last = requests.get(f"{issuer}/calls", timeout=5).json()["last"]
+    assert last["headers"]["content-type"] == "application/x-www-form-urlencoded"
+    assert last["headers"]["authorization"] == "Basic YmZmOnMzY3IlM0F0JTJGd2l0aCslMjVjaGFycyUyQg=="
+    form = query_of("?" + last["body"])
+    assert form["grant_type"] == "authorization_code"
+    assert form["code"] == "c+d"
+    assert form["redirect_uri"] == q["redirect_uri"]
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(form["code_verifier"].encode()).digest()).rstrip(b"=")
+    assert challenge.decode() == q["code_challenge"]
+
+
+def test_no_secret_or_token_in_envoy_logs(two_envoys):
+    stack, _ = two_envoys
+    b = Browser(stack.envoy)
+    b.login()
+    token = b.get("/private/x", navigate=False).json()["headers"]["authorization"].split(" ", 1)[1]
+    log = stack.envoy.log()
+    assert "configured for issuer" in log  # the log is really captured
+    for secret in (token, CLIENT_SECRET, b.jar[SESSION]):
+        assert secret not in log
