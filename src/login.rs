@@ -205,7 +205,8 @@ pub fn callback(
 }
 
 /// Finishes the login with the token endpoint's answer (`status` is `None` when the call
-/// failed or timed out): a session cookie and a redirect to where the user was going.
+/// failed or timed out): a session cookie and a redirect to where the user was going, or the
+/// failure (returned too, for the log) and its error reply.
 pub fn finish(
     config: &Config,
     pending: PendingLogin,
@@ -213,18 +214,24 @@ pub fn finish(
     body: &[u8],
     now: u64,
     rng: &mut dyn Random,
-) -> Reply {
+) -> (Reply, Option<Failure>) {
     let delete_tx = cookie::delete_cookie(&config.cookie, &pending.tx_cookie);
     match try_finish(config, &pending.tx, status, body, now, rng) {
-        Ok(sealed) => Reply::redirect(&pending.tx.return_to)
-            .with_cookie(delete_tx)
-            .with_cookie(cookie::set_cookie(
-                &config.cookie,
-                &config.cookie.name,
-                &sealed,
-                None,
-            )),
-        Err(failure) => Reply::failure(pending.client, &failure).with_cookie(delete_tx),
+        Ok(sealed) => (
+            Reply::redirect(&pending.tx.return_to)
+                .with_cookie(delete_tx)
+                .with_cookie(cookie::set_cookie(
+                    &config.cookie,
+                    &config.cookie.name,
+                    &sealed,
+                    None,
+                )),
+            None,
+        ),
+        Err(failure) => (
+            Reply::failure(pending.client, &failure).with_cookie(delete_tx),
+            Some(failure),
+        ),
     }
 }
 
@@ -330,7 +337,7 @@ mod tests {
             .any(|(n, v)| *n == "authorization" && v.starts_with("Basic ")));
 
         let body = json!({"access_token": "AT", "token_type": "Bearer", "expires_in": 300, "id_token": id_token(&nonce)});
-        let r = finish(
+        let (r, failure) = finish(
             &c,
             exchange.pending,
             Some(200),
@@ -338,6 +345,7 @@ mod tests {
             1010,
             &mut CountingRandom(1),
         );
+        assert_eq!(failure, None);
         assert_eq!(r.status, 302);
         assert_eq!(r.header("location"), Some("/app"));
         let cookies: Vec<&str> = r.cookies().collect();
@@ -409,7 +417,7 @@ mod tests {
         for (status, body, want) in cases {
             let (state, _, cookie) = started(&c);
             let exchange = callback_at(&c, &format!("code=x&state={state}"), &cookie).unwrap();
-            let r = finish(
+            let (r, failure) = finish(
                 &c,
                 exchange.pending,
                 status,
@@ -418,6 +426,7 @@ mod tests {
                 &mut CountingRandom(1),
             );
             assert_eq!(r.status, want, "{status:?} {body}");
+            assert_eq!(failure.map(|f| f.status()), Some(want));
             assert!(!r.body.contains("AT"), "no token in errors");
             assert!(
                 r.cookies().all(|c| !c.starts_with("__Host-bff-session=")),

@@ -115,7 +115,7 @@ impl Context for BffHttp {
             return;
         }
         let (status, body) = host::call_response(num_headers, body_size);
-        let reply = login::finish(
+        let (reply, failure) = login::finish(
             &self.config,
             pending,
             status,
@@ -123,30 +123,19 @@ impl Context for BffHttp {
             host::now(),
             &mut HostRandom,
         );
-        if reply.status >= 400 {
+        if let Some(failure) = failure {
+            // Failure messages are written to carry no token, code or secret.
             host::log(
                 LogLevel::Warn,
                 &format!(
-                    "bff: login failed with {}: {}",
-                    reply.status,
-                    first_line(&reply)
+                    "bff: login failed ({}): {}",
+                    failure.code(),
+                    failure.message()
                 ),
             );
         }
         host::send_reply(&reply);
     }
-}
-
-/// A short description of a failed reply for the log: the JSON error code or the status.
-fn first_line(reply: &Reply) -> String {
-    serde_json::from_str::<serde_json::Value>(&reply.body)
-        .ok()
-        .and_then(|v| {
-            v.get("message")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| format!("status {}", reply.status))
 }
 
 /// Stands in when the configuration was refused: every request gets a 503, never a pass.
