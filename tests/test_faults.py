@@ -227,3 +227,15 @@ def test_no_secret_or_token_in_envoy_logs(two_envoys):
     assert "configured for issuer" in log  # the log is really captured
     for secret in (token, CLIENT_SECRET, b.jar[SESSION]):
         assert secret not in log
+
+
+def test_an_idp_cluster_envoy_does_not_know_gives_503(procs):
+    envoy = start_envoy(procs, filter_config("http://127.0.0.1:1", idp_cluster="no-such-cluster"),
+                        upstream_port=1, idp_port=1, client_secret=CLIENT_SECRET, name="envoy-nocluster")
+    b = Browser(envoy)
+    state = query_of(b.get("/private/login").headers["Location"])["state"]
+    r = b.get(f"/private/callback?code=c&state={state}", navigate=False)
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "5"
+    assert r.json()["error"] == "idp_unavailable"
+    assert_still_serving(envoy)
