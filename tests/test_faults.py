@@ -12,7 +12,7 @@ import requests
 
 from conftest import CLIENT_SECRET, Stack
 from harness.envoy import KEY_B, Browser, filter_config, query_of, set_cookies, start_envoy
-from harness.idp import abort_login_at_idp, login_at_idp, start_idp
+from harness.idp import start_idp
 from harness.procs import REPO, free_port
 from harness.upstream import start_echo
 
@@ -117,9 +117,7 @@ def test_header_values_that_are_not_utf8_do_not_kill_the_vm(two_envoys):
 def test_forged_missing_and_foreign_state_is_refused(two_envoys):
     stack, _ = two_envoys
     b = Browser(stack.envoy)
-    start = b.get("/private/login")
-    callback = login_at_idp(b.idp, start.headers["Location"])
-    q = query_of(callback)
+    q = query_of(b.sign_in_at_idp())
     base = stack.envoy.url("/private/callback")
     cases = {
         "forged state": f"{base}?code={q['code']}&state=forged-{q['state']}",
@@ -135,8 +133,7 @@ def test_forged_missing_and_foreign_state_is_refused(two_envoys):
         assert SESSION not in set_cookies(r), label
         assert "text/html" in r.headers["Content-Type"]
         b = Browser(stack.envoy)
-        start = b.get("/private/login")  # a fresh transaction for the next case
-        q = query_of(login_at_idp(b.idp, start.headers["Location"]))
+        q = query_of(b.sign_in_at_idp())  # a fresh transaction for the next case
 
     # Another browser's transaction: the callback without its cookie.
     stranger = Browser(stack.envoy)
@@ -148,8 +145,7 @@ def test_forged_missing_and_foreign_state_is_refused(two_envoys):
 def test_a_callback_works_once(two_envoys):
     stack, _ = two_envoys
     b = Browser(stack.envoy)
-    start = b.get("/private/login")
-    callback = login_at_idp(b.idp, start.headers["Location"])
+    callback = b.sign_in_at_idp()
     tx_cookie = {n: v for n, v in b.jar.items() if ".tx." in n}
     assert b.get(callback).status_code == 302
     # Replaying the callback with the old transaction cookie: the code is spent at the IdP.
@@ -164,8 +160,7 @@ def test_a_callback_works_once(two_envoys):
 def test_the_idp_refusing_the_login_gives_an_error_page(two_envoys):
     stack, _ = two_envoys
     b = Browser(stack.envoy)
-    start = b.get("/private/login")
-    callback = abort_login_at_idp(b.idp, start.headers["Location"])
+    callback = b.sign_in_at_idp(abort=True)
     assert query_of(callback)["error"] == "access_denied"
     r = b.get(callback)
     assert r.status_code == 401

@@ -240,17 +240,22 @@ class Browser:
     def get(self, path: str, **kw) -> requests.Response:
         return self.request("GET", path, **kw)
 
-    def login(self, path: str = "/private/login", user: str = "alice",
-              password: str = "wonderland") -> requests.Response:
-        """Walks a whole login as a person would: the app sends the browser to the IdP, the
-        user signs in, the IdP sends the browser back to the callback. Returns the callback's
-        response (a redirect to where the user was going)."""
-        from .idp import login_at_idp
+    def sign_in_at_idp(self, path: str = "/private/login", abort: bool = False,
+                       user: str = "alice", password: str = "wonderland") -> str:
+        """The first half of a login: the app sends the browser to the IdP and the user signs
+        in (or cancels, with `abort`). Returns the callback URL the IdP redirects to, unvisited."""
+        from .idp import abort_login_at_idp, login_at_idp
 
         start = self.get(path)
         assert start.status_code == 302, (start.status_code, start.text)
-        callback_url = login_at_idp(self.idp, start.headers["Location"], user=user, password=password)
-        return self.get(callback_url)
+        if abort:
+            return abort_login_at_idp(self.idp, start.headers["Location"])
+        return login_at_idp(self.idp, start.headers["Location"], user=user, password=password)
+
+    def login(self, path: str = "/private/login", **kw) -> requests.Response:
+        """A whole login as a person would do it. Returns the callback's response (a redirect
+        to where the user was going)."""
+        return self.get(self.sign_in_at_idp(path, **kw))
 
     def session_cookies(self) -> dict[str, str]:
         return {k: v for k, v in self.jar.items() if k.startswith("__Host-bff-session")}
