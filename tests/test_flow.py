@@ -211,3 +211,16 @@ def test_behind_a_load_balancer_with_the_seeds_header(procs):
 def test_forwarded_headers_are_ignored_unless_trusted(stack):
     r = Browser(stack.envoy).get("/private/login", headers=LB)
     assert query_of(r.headers["Location"])["redirect_uri"] == stack.envoy.url("/private/callback")
+
+
+def test_an_absolute_redirect_uri_is_used_as_configured(procs, stack):
+    from harness.envoy import filter_config, start_envoy
+
+    config = filter_config(stack.idp.issuer, redirect_uri="https://bff.example.com/auth/cb")
+    envoy = start_envoy(procs, config, stack.echo_port, stack.idp.port, client_secret=CLIENT_SECRET,
+                        name="envoy-absolute")
+    r = Browser(envoy).get("/private/login", headers=LB)
+    assert query_of(r.headers["Location"])["redirect_uri"] == "https://bff.example.com/auth/cb"
+    # The callback is the configured path, even outside the prefix: the filter answers it.
+    r = Browser(envoy).get("/auth/cb?code=x&state=y", navigate=False)
+    assert r.status_code == 400 and r.json()["error"] == "login_expired"
