@@ -40,10 +40,24 @@ struct RawUpstreamToken {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSession {
+    max_lifetime_s: Option<u64>,
+    inactivity_timeout_s: Option<u64>,
+    refresh_leeway_s: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     issuer: Option<String>,
+    discovery: Option<bool>,
+    metadata_refresh_s: Option<u64>,
     authorization_endpoint: Option<String>,
     token_endpoint: Option<String>,
+    jwks_uri: Option<String>,
+    end_session_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
+    id_token_signing_algs: Option<Vec<String>>,
     idp_cluster: Option<String>,
     idp_authority: Option<String>,
     idp_timeout_ms: Option<u64>,
@@ -58,6 +72,7 @@ struct RawConfig {
     cookie: Option<RawCookie>,
     cookie_keys: Option<RawSecret>,
     upstream_token: Option<RawUpstreamToken>,
+    session: Option<RawSession>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,20 +133,39 @@ impl TokenHeader {
     }
 }
 
-/// The token endpoint, split for `dispatch_http_call`.
-#[derive(Debug, Clone)]
-pub struct IdpEndpoint {
-    pub url: AbsoluteUrl,
-    /// The `:authority` sent to the IdP cluster.
-    pub authority: String,
+/// Endpoints fixed in the configuration; discovery fills in the others.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    pub authorization: Option<AbsoluteUrl>,
+    pub token: Option<AbsoluteUrl>,
+    pub jwks: Option<AbsoluteUrl>,
+    pub end_session: Option<AbsoluteUrl>,
+    pub revocation: Option<AbsoluteUrl>,
+    pub signing_algs: Option<Vec<String>>,
+}
+
+/// How long a session lives, from data inside the sealed cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLifetime {
+    /// From login, whatever happens.
+    pub max_lifetime: u64,
+    /// Without a request.
+    pub inactivity_timeout: u64,
+    /// Refresh the access token this long before it expires.
+    pub refresh_leeway: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub issuer: String,
-    pub authorization_endpoint: AbsoluteUrl,
-    pub token_endpoint: IdpEndpoint,
+    /// Read `{issuer}/.well-known/openid-configuration` (else `endpoints` must be complete).
+    pub discovery: bool,
+    /// How often discovery and the JWKS are read again.
+    pub metadata_refresh: u64,
+    pub endpoints: Endpoints,
     pub idp_cluster: String,
+    /// `:authority` for calls to the IdP; by default each URL's own host.
+    pub idp_authority: Option<String>,
     pub idp_timeout: Duration,
     pub client_id: String,
     pub client_secret: Secret,
@@ -144,6 +178,7 @@ pub struct Config {
     pub cookie: CookieSettings,
     pub keys: KeyRing,
     pub upstream_token: TokenHeader,
+    pub session: SessionLifetime,
 }
 
 /// One problem with one field.
@@ -293,10 +328,44 @@ impl Config {
         if !issuer.is_empty() {
             p.url("issuer", &issuer);
         }
-        let authz = p.required("authorization_endpoint", raw.authorization_endpoint);
-        let authorization_endpoint = p.url("authorization_endpoint", &authz);
-        let token = p.required("token_endpoint", raw.token_endpoint);
-        let token_url = p.url("token_endpoint", &token);
+        let discovery = raw.discovery.unwrap_or(true);
+        let mut endpoint = |field: &str, value: Option<String>, needed: bool| match value {
+            Some(v) => p.url(field, &v).or_else(|| {
+                if v.is_empty() {
+                    p.add(field, "must not be empty");
+                }
+                None
+            }),
+            None => {
+                if needed {
+                    p.add(field, "is required when discovery is false");
+                }
+                None
+            }
+        };
+        let endpoints = Endpoints {
+            authorization: endpoint(
+                "authorization_endpoint",
+                raw.authorization_endpoint,
+                !discovery,
+            ),
+            token: endpoint("token_endpoint", raw.token_endpoint, !discovery),
+            jwks: endpoint("jwks_uri", raw.jwks_uri, !discovery),
+            end_session: endpoint("end_session_endpoint", raw.end_session_endpoint, false),
+            revocation: endpoint("revocation_endpoint", raw.revocation_endpoint, false),
+            signing_algs: raw.id_token_signing_algs,
+        };
+        if endpoints
+            .signing_algs
+            .as_ref()
+            .is_some_and(|a| a.is_empty())
+        {
+            p.add("id_token_signing_algs", "must name at least one algorithm");
+        }
+        let metadata_refresh = raw.metadata_refresh_s.unwrap_or(3600);
+        if !(60..=86_400).contains(&metadata_refresh) {
+            p.add("metadata_refresh_s", "must be between 60 and 86400");
+        }
         let idp_cluster = p.required("idp_cluster", raw.idp_cluster);
         let idp_timeout_ms = raw.idp_timeout_ms.unwrap_or(5000);
         if !(100..=60_000).contains(&idp_timeout_ms) {
@@ -452,25 +521,36 @@ impl Config {
             );
         }
 
-        let token_endpoint = token_url.map(|url| IdpEndpoint {
-            authority: raw
-                .idp_authority
-                .clone()
-                .unwrap_or_else(|| url.authority.clone()),
-            url,
-        });
+        let rs = raw.session.unwrap_or_default();
+        let session = SessionLifetime {
+            max_lifetime: rs.max_lifetime_s.unwrap_or(8 * 3600),
+            inactivity_timeout: rs.inactivity_timeout_s.unwrap_or(3600),
+            refresh_leeway: rs.refresh_leeway_s.unwrap_or(60),
+        };
+        if !(60..=30 * 86_400).contains(&session.max_lifetime) {
+            p.add(
+                "session.max_lifetime_s",
+                "must be between 60 and 2592000 (30 days)",
+            );
+        }
+        if !(60..=session.max_lifetime.max(60)).contains(&session.inactivity_timeout) {
+            p.add(
+                "session.inactivity_timeout_s",
+                "must be between 60 and session.max_lifetime_s",
+            );
+        }
+        if session.refresh_leeway > 86_400 {
+            p.add("session.refresh_leeway_s", "must be at most 86400");
+        }
 
-        match (authorization_endpoint, token_endpoint, client_secret, keys) {
-            (
-                Some(authorization_endpoint),
-                Some(token_endpoint),
-                Some(client_secret),
-                Some(keys),
-            ) if p.0.is_empty() => Ok(Config {
+        match (client_secret, keys) {
+            (Some(client_secret), Some(keys)) if p.0.is_empty() => Ok(Config {
                 issuer,
-                authorization_endpoint,
-                token_endpoint,
+                discovery,
+                metadata_refresh,
+                endpoints,
                 idp_cluster,
+                idp_authority: raw.idp_authority,
                 idp_timeout: Duration::from_millis(idp_timeout_ms),
                 client_id,
                 client_secret,
@@ -491,9 +571,15 @@ impl Config {
                     prefix: prefix_part,
                     suffix: suffix_part,
                 },
+                session,
             }),
             _ => Err(ConfigErrors(p.0)),
         }
+    }
+
+    /// The `:authority` for a call to `url` through the IdP cluster.
+    pub fn idp_authority_for<'a>(&'a self, url: &'a AbsoluteUrl) -> &'a str {
+        self.idp_authority.as_deref().unwrap_or(&url.authority)
     }
 
     /// The callback path the IdP redirects to.
@@ -552,7 +638,24 @@ pub(crate) mod tests {
         assert_eq!(c.cookie.same_site, SameSite::Lax);
         assert_eq!(c.upstream_token.name, "authorization");
         assert_eq!(c.upstream_token.value(&Secret::new("t")), "Bearer t");
-        assert_eq!(c.token_endpoint.authority, "127.0.0.1:9000");
+        assert!(c.discovery);
+        assert_eq!(c.metadata_refresh, 3600);
+        assert_eq!(
+            c.endpoints.token.as_ref().unwrap().authority,
+            "127.0.0.1:9000"
+        );
+        assert_eq!(
+            c.idp_authority_for(c.endpoints.token.as_ref().unwrap()),
+            "127.0.0.1:9000"
+        );
+        assert_eq!(
+            c.session,
+            SessionLifetime {
+                max_lifetime: 8 * 3600,
+                inactivity_timeout: 3600,
+                refresh_leeway: 60
+            }
+        );
         assert_eq!(c.idp_timeout, Duration::from_secs(5));
     }
 
@@ -606,7 +709,6 @@ pub(crate) mod tests {
         for expected in [
             "issuer",
             "authorization_endpoint",
-            "token_endpoint",
             "idp_cluster",
             "idp_timeout_ms",
             "client_id",
@@ -665,6 +767,39 @@ pub(crate) mod tests {
                 path: "/auth/callback".into(),
                 trust_forwarded: true
             }
+        );
+    }
+
+    #[test]
+    fn discovery_can_be_turned_off_only_with_every_endpoint() {
+        let mut v = minimal_json();
+        v["discovery"] = serde_json::json!(false);
+        let errs = errors_of(v.clone());
+        assert_eq!(fields(&errs), vec!["jwks_uri"]);
+        assert_eq!(errs[0].problem, "is required when discovery is false");
+        v["jwks_uri"] = serde_json::json!("http://127.0.0.1:9000/jwks");
+        let c = config_from(v);
+        assert!(!c.discovery);
+    }
+
+    #[test]
+    fn only_the_issuer_is_needed_with_discovery() {
+        let mut v = minimal_json();
+        let o = v.as_object_mut().unwrap();
+        o.remove("authorization_endpoint");
+        o.remove("token_endpoint");
+        let c = config_from(v);
+        assert!(c.endpoints.token.is_none() && c.endpoints.authorization.is_none());
+    }
+
+    #[test]
+    fn session_lifetimes_are_checked() {
+        let mut v = minimal_json();
+        v["session"] = serde_json::json!({"max_lifetime_s": 600, "inactivity_timeout_s": 900, "refresh_leeway_s": 100000});
+        let errs = errors_of(v);
+        assert_eq!(
+            fields(&errs),
+            vec!["session.inactivity_timeout_s", "session.refresh_leeway_s"]
         );
     }
 

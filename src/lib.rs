@@ -8,11 +8,14 @@ pub mod config;
 pub mod login;
 pub mod oidc;
 pub mod random;
+pub mod refresh;
+pub mod renew;
 pub mod reply;
 pub mod request;
 pub mod route;
 pub mod secret;
 pub mod session;
+pub mod store;
 pub mod url;
 
 #[cfg(target_arch = "wasm32")]

@@ -4,20 +4,25 @@
 use crate::config::{Config, RedirectUri};
 use crate::oidc::authorize::authorization_url;
 use crate::oidc::callback::{self, AuthorizationResponse};
-use crate::oidc::id_token::{self, Expectations};
-use crate::oidc::token::{self, IdpRequest};
+use crate::oidc::discovery::Provider;
+use crate::oidc::id_token::{self, Expectations, IdTokenError};
+use crate::oidc::idp_request::IdpRequest;
+use crate::oidc::jwks::{Alg, Jwks};
+use crate::oidc::jws::JwsError;
+use crate::oidc::token;
 use crate::random::Random;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::route::CodeExchange;
+use crate::session::contents::user_claims;
 use crate::session::{cookie, LoginTransaction, Session, TransactionError};
 use crate::url::query_of;
 
 /// Allowed clock difference with the IdP when checking `exp` and `iat`.
-const CLOCK_LEEWAY_S: u64 = 60;
+pub const CLOCK_LEEWAY_S: u64 = 60;
 /// Access-token lifetime assumed when the token endpoint omits `expires_in` (RFC 6749 §5.1
 /// only recommends it).
-const DEFAULT_ACCESS_TOKEN_LIFETIME_S: u64 = 3600;
+pub const DEFAULT_ACCESS_TOKEN_LIFETIME_S: u64 = 3600;
 
 /// A login paused while the token endpoint answers.
 #[derive(Debug)]
@@ -25,18 +30,36 @@ pub struct PendingLogin {
     tx: LoginTransaction,
     tx_cookie: String,
     client: Client,
+    /// The callback's cookies: a new session must delete chunks an old one left.
+    cookie_header: Option<String>,
+}
+
+impl PendingLogin {
+    pub fn client(&self) -> Client {
+        self.client
+    }
+}
+
+/// How a login ends once the token endpoint has answered.
+#[derive(Debug)]
+pub enum Finish {
+    /// The session (or the failure, also returned for the log) and the reply.
+    Done(Reply, Option<Failure>),
+    /// The ID token names a signing key we do not have: read the JWKS again, then retry.
+    UnknownKey,
 }
 
 /// Starts the authorization-code flow: a new transaction cookie and a redirect to the IdP.
 pub fn start(
     config: &Config,
+    provider: &Provider,
     req: &Request,
     client: Client,
     return_to: String,
     now: u64,
     rng: &mut dyn Random,
 ) -> Reply {
-    match try_start(config, req, return_to, now, rng) {
+    match try_start(config, provider, req, return_to, now, rng) {
         Ok(reply) => reply,
         Err(failure) => Reply::failure(client, &failure),
     }
@@ -44,6 +67,7 @@ pub fn start(
 
 fn try_start(
     config: &Config,
+    provider: &Provider,
     req: &Request,
     return_to: String,
     now: u64,
@@ -56,7 +80,7 @@ fn try_start(
         .seal(&config.keys, &config.cookie.name, rng)
         .map_err(|_| Failure::Internal("could not seal the login transaction"))?;
     let location = authorization_url(
-        &config.authorization_endpoint,
+        &provider.authorization_endpoint,
         &config.client_id,
         &config.scope,
         &tx,
@@ -112,6 +136,7 @@ fn redirect_uri(config: &Config, req: &Request) -> Result<String, Failure> {
 /// token request. Any failure is already a reply (and deletes a transaction cookie it found).
 pub fn callback(
     config: &Config,
+    provider: &Provider,
     req: &Request,
     client: Client,
     now: u64,
@@ -168,36 +193,32 @@ pub fn callback(
                 };
                 forget(Reply::failure(client, &failure), &state)
             })?;
-            // RFC 9207 §2.4: when the IdP names itself, it must be the one we started with.
-            if iss.as_deref().is_some_and(|i| i != config.issuer) {
+            // RFC 9207 §2.4: when the IdP names itself, it must be the one we started with;
+            // when it announces that it always does, a response without `iss` is refused.
+            let iss_ok = match iss.as_deref() {
+                Some(i) => i == config.issuer,
+                None => !provider.iss_parameter_supported,
+            };
+            if !iss_ok {
                 return Err(forget(
                     Reply::failure(client, &Failure::IssuerMismatch),
                     &state,
                 ));
             }
-            let endpoint = &config.token_endpoint;
-            let request = IdpRequest {
-                path: endpoint.url.path_and_query.clone(),
-                authority: endpoint.authority.clone(),
-                headers: vec![
-                    (
-                        "content-type",
-                        "application/x-www-form-urlencoded".to_string(),
-                    ),
-                    ("accept", "application/json".to_string()),
-                    (
-                        "authorization",
-                        token::client_secret_basic(&config.client_id, &config.client_secret),
-                    ),
-                ],
-                body: token::authorization_code_body(&code, &tx.redirect_uri, tx.verifier.secret()),
-            };
+            let request = IdpRequest::client_post(
+                &provider.token_endpoint,
+                config.idp_authority_for(&provider.token_endpoint),
+                &config.client_id,
+                &config.client_secret,
+                token::authorization_code_body(&code, &tx.redirect_uri, tx.verifier.secret()),
+            );
             Ok(CodeExchange {
                 request,
                 pending: PendingLogin {
                     tx_cookie: LoginTransaction::cookie_name(&config.cookie.name, &state),
                     tx,
                     client,
+                    cookie_header: cookies.map(str::to_string),
                 },
             })
         }
@@ -205,52 +226,73 @@ pub fn callback(
 }
 
 /// Finishes the login with the token endpoint's answer (`status` is `None` when the call
-/// failed or timed out): a session cookie and a redirect to where the user was going, or the
-/// failure (returned too, for the log) and its error reply.
+/// failed or timed out): a session cookie and a redirect to where the user was going.
+#[allow(clippy::too_many_arguments)]
 pub fn finish(
     config: &Config,
-    pending: PendingLogin,
+    provider: &Provider,
+    keys: Option<&Jwks>,
+    pending: &PendingLogin,
     status: Option<u16>,
     body: &[u8],
     now: u64,
     rng: &mut dyn Random,
-) -> (Reply, Option<Failure>) {
-    let delete_tx = cookie::delete_cookie(&config.cookie, &pending.tx_cookie);
-    match try_finish(config, &pending.tx, status, body, now, rng) {
-        Ok(sealed) => (
-            Reply::redirect(&pending.tx.return_to)
-                .with_cookie(delete_tx)
-                .with_cookie(cookie::set_cookie(
-                    &config.cookie,
-                    &config.cookie.name,
-                    &sealed,
-                    None,
-                )),
-            None,
-        ),
-        Err(failure) => (
-            Reply::failure(pending.client, &failure).with_cookie(delete_tx),
-            Some(failure),
-        ),
+) -> Finish {
+    match try_finish(config, provider, keys, pending, status, body, now, rng) {
+        Ok(session_cookies) => {
+            let mut reply = Reply::redirect(&pending.tx.return_to)
+                .with_cookie(cookie::delete_cookie(&config.cookie, &pending.tx_cookie));
+            for c in session_cookies {
+                reply = reply.with_cookie(c);
+            }
+            Finish::Done(reply, None)
+        }
+        Err(Failure::IdToken(e)) if e.is_unknown_key() => Finish::UnknownKey,
+        Err(failure) => Finish::Done(failed(config, pending, &failure), Some(failure)),
     }
 }
 
+/// The reply for a login that failed: the error, and the transaction cookie dropped.
+pub fn failed(config: &Config, pending: &PendingLogin, failure: &Failure) -> Reply {
+    Reply::failure(pending.client, failure)
+        .with_cookie(cookie::delete_cookie(&config.cookie, &pending.tx_cookie))
+}
+
+/// The failure when the ID token's key stays unknown: with keys in hand the token really is
+/// signed by a stranger; without any, the IdP's JWKS could not be read.
+pub fn unknown_key_failure(have_keys: bool) -> Failure {
+    if have_keys {
+        Failure::IdToken(IdTokenError::Signature(JwsError::UnknownKey))
+    } else {
+        Failure::IdpUnavailable
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn try_finish(
     config: &Config,
-    tx: &LoginTransaction,
+    provider: &Provider,
+    keys: Option<&Jwks>,
+    pending: &PendingLogin,
     status: Option<u16>,
     body: &[u8],
     now: u64,
     rng: &mut dyn Random,
-) -> Result<String, Failure> {
+) -> Result<Vec<String>, Failure> {
     let tokens = token::parse_token_response(status, body).map_err(Failure::TokenExchange)?;
     let id_token = tokens.id_token.as_ref().ok_or(Failure::NoIdToken)?;
+    let keys = keys.ok_or(Failure::IdToken(IdTokenError::Signature(
+        JwsError::UnknownKey,
+    )))?;
     let claims = id_token::validate(
         id_token.expose(),
+        keys,
+        &Alg::supported_among(&provider.signing_algs),
         &Expectations {
             issuer: &config.issuer,
             client_id: &config.client_id,
-            nonce: &tx.nonce,
+            nonce: Some(&pending.tx.nonce),
+            subject: None,
             now,
             leeway: CLOCK_LEEWAY_S,
         },
@@ -263,9 +305,16 @@ fn try_finish(
         refresh_token: tokens.refresh_token,
         subject: claims.subject,
         created: now,
+        last_seen: now,
+        claims: user_claims(&claims.all),
     };
     session
-        .seal(&config.keys, &config.cookie.name, rng)
+        .write(
+            &config.keys,
+            &config.cookie,
+            pending.cookie_header.as_deref(),
+            rng,
+        )
         .map_err(|_| Failure::Internal("could not seal the session"))
 }
 
@@ -273,7 +322,8 @@ fn try_finish(
 mod tests {
     use super::*;
     use crate::config::tests::{config_from, minimal_json};
-    use crate::oidc::id_token::jwt_for_test;
+    use crate::oidc::discovery::test_provider;
+    use crate::oidc::id_token::test_signer;
     use crate::random::CountingRandom;
     use crate::route::tests::{get, NAV};
     use crate::route::{decide, Decision};
@@ -285,6 +335,7 @@ mod tests {
         let h = get("/private/login?return_to=/app", &[NAV]);
         let Decision::Reply(r) = decide(
             config,
+            Some(&test_provider()),
             &Request::from_headers(&h),
             1000,
             &mut CountingRandom(5),
@@ -302,19 +353,48 @@ mod tests {
         (get_q("state"), get_q("nonce"), pair)
     }
 
+    const ISS: &str = "http%3A%2F%2F127.0.0.1%3A9000";
+
     fn callback_at(config: &Config, query: &str, cookie: &str) -> Result<CodeExchange, Reply> {
         let h = get(
             &format!("/private/callback?{query}"),
             &[NAV, ("cookie", cookie)],
         );
-        callback(config, &Request::from_headers(&h), Client::Navigation, 1010)
+        callback(
+            config,
+            &test_provider(),
+            &Request::from_headers(&h),
+            Client::Navigation,
+            1010,
+        )
     }
 
     fn id_token(nonce: &str) -> String {
-        jwt_for_test(
-            json!({"alg": "RS256"}),
-            json!({"iss": "http://127.0.0.1:9000", "aud": "bff", "sub": "alice", "exp": 5000, "iat": 1000, "nonce": nonce}),
+        test_signer::sign(
+            &json!({"iss": "http://127.0.0.1:9000", "aud": "bff", "sub": "alice", "exp": 5000, "iat": 1000, "nonce": nonce, "name": "Alice"}),
         )
+    }
+
+    fn finish_with(
+        c: &Config,
+        pending: &PendingLogin,
+        status: Option<u16>,
+        body: &[u8],
+    ) -> (Reply, Option<Failure>) {
+        let keys = test_signer::jwks();
+        match finish(
+            c,
+            &test_provider(),
+            Some(&keys),
+            pending,
+            status,
+            body,
+            1010,
+            &mut CountingRandom(1),
+        ) {
+            Finish::Done(reply, failure) => (reply, failure),
+            Finish::UnknownKey => panic!("unknown key"),
+        }
     }
 
     #[test]
@@ -329,7 +409,7 @@ mod tests {
         .unwrap();
         assert_eq!(exchange.request.path, "/token");
         assert_eq!(exchange.request.authority, "127.0.0.1:9000");
-        assert!(exchange.request.body.starts_with("grant_type=authorization_code&code=the-code&redirect_uri=http%3A%2F%2Fapp.local%3A8080%2Fprivate%2Fcallback&code_verifier="));
+        assert!(exchange.request.body.as_deref().unwrap_or("").starts_with("grant_type=authorization_code&code=the-code&redirect_uri=http%3A%2F%2Fapp.local%3A8080%2Fprivate%2Fcallback&code_verifier="));
         assert!(exchange
             .request
             .headers
@@ -337,13 +417,11 @@ mod tests {
             .any(|(n, v)| *n == "authorization" && v.starts_with("Basic ")));
 
         let body = json!({"access_token": "AT", "token_type": "Bearer", "expires_in": 300, "id_token": id_token(&nonce)});
-        let (r, failure) = finish(
+        let (r, failure) = finish_with(
             &c,
-            exchange.pending,
+            &exchange.pending,
             Some(200),
             body.to_string().as_bytes(),
-            1010,
-            &mut CountingRandom(1),
         );
         assert_eq!(failure, None);
         assert_eq!(r.status, 302);
@@ -356,10 +434,13 @@ mod tests {
         assert!(cookies[1].ends_with("; Path=/; HttpOnly; Secure; SameSite=Lax"));
         let header = cookies[1].split(';').next().unwrap();
         let keys = KeyRing::from_base64_list(crate::config::tests::KEY_A).unwrap();
-        let s = Session::from_cookies(&keys, "__Host-bff-session", Some(header), 1010).unwrap();
+        let s = Session::open(&keys, "__Host-bff-session", Some(header)).unwrap();
         assert_eq!(s.access_token.expose(), "AT");
         assert_eq!(s.access_expires_at, 1310);
         assert_eq!(s.subject, "alice");
+        assert_eq!((s.created, s.last_seen), (1010, 1010));
+        assert_eq!(s.claims.get("name"), Some(&json!("Alice")));
+        assert_eq!(s.claims.get("nonce"), None);
     }
 
     #[test]
@@ -390,6 +471,11 @@ mod tests {
             Some(400),
             "mix-up"
         );
+        assert_eq!(
+            status(&format!("code=x&state={state}"), &cookie),
+            Some(400),
+            "no iss although the IdP announces it (RFC 9207)"
+        );
         let denied = callback_at(&c, &format!("error=access_denied&state={state}"), &cookie)
             .err()
             .unwrap();
@@ -416,15 +502,9 @@ mod tests {
         ];
         for (status, body, want) in cases {
             let (state, _, cookie) = started(&c);
-            let exchange = callback_at(&c, &format!("code=x&state={state}"), &cookie).unwrap();
-            let (r, failure) = finish(
-                &c,
-                exchange.pending,
-                status,
-                body.as_bytes(),
-                1010,
-                &mut CountingRandom(1),
-            );
+            let exchange =
+                callback_at(&c, &format!("code=x&state={state}&iss={ISS}"), &cookie).unwrap();
+            let (r, failure) = finish_with(&c, &exchange.pending, status, body.as_bytes());
             assert_eq!(r.status, want, "{status:?} {body}");
             assert_eq!(failure.map(|f| f.status()), Some(want));
             assert!(!r.body.contains("AT"), "no token in errors");
@@ -433,6 +513,45 @@ mod tests {
                 "no session"
             );
         }
+    }
+
+    #[test]
+    fn an_unknown_signing_key_asks_for_fresh_keys() {
+        let c = config_from(minimal_json());
+        let (state, nonce, cookie) = started(&c);
+        let exchange =
+            callback_at(&c, &format!("code=x&state={state}&iss={ISS}"), &cookie).unwrap();
+        let rotated = test_signer::sign_with_header(
+            &json!({"alg": "RS256", "kid": "next-key"}),
+            &json!({"iss": "http://127.0.0.1:9000", "aud": "bff", "sub": "alice", "exp": 5000, "nonce": nonce}),
+        );
+        let body =
+            json!({"access_token": "AT", "token_type": "Bearer", "id_token": rotated}).to_string();
+        let keys = test_signer::jwks();
+        let outcome = finish(
+            &c,
+            &test_provider(),
+            Some(&keys),
+            &exchange.pending,
+            Some(200),
+            body.as_bytes(),
+            1010,
+            &mut CountingRandom(1),
+        );
+        assert!(matches!(outcome, Finish::UnknownKey));
+        let outcome = finish(
+            &c,
+            &test_provider(),
+            None,
+            &exchange.pending,
+            Some(200),
+            body.as_bytes(),
+            1010,
+            &mut CountingRandom(1),
+        );
+        assert!(matches!(outcome, Finish::UnknownKey), "no keys yet");
+        assert_eq!(unknown_key_failure(true).status(), 401);
+        assert_eq!(unknown_key_failure(false).status(), 503);
     }
 
     #[test]

@@ -3,11 +3,15 @@
 
 use crate::config::Config;
 use crate::login::{self, PendingLogin};
-use crate::oidc::token::IdpRequest;
+use crate::oidc::discovery::Provider;
+use crate::oidc::idp_request::IdpRequest;
 use crate::random::Random;
+use crate::refresh::{Outcome, RefreshId};
+use crate::renew::refresh_request;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
-use crate::session::{cookie, Session};
+use crate::session::contents::Upkeep;
+use crate::session::{cookie, NoSession, Session};
 use crate::url::{is_under, path_of, query_of, safe_return_to};
 
 #[derive(Debug)]
@@ -20,6 +24,10 @@ pub enum Decision {
     Reply(Reply),
     /// Pause the request and exchange the code at the token endpoint.
     ExchangeCode(Box<CodeExchange>),
+    /// The provider's metadata is needed and not known yet: pause until it is (bounded).
+    AwaitProvider,
+    /// The access token is due: refresh it first (once per session across workers).
+    Refresh(Box<RefreshNeeded>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -27,6 +35,15 @@ pub struct Forward {
     pub token_header: (String, String),
     /// The `Cookie` header to send upstream; `None` removes it.
     pub cookie: Option<String>,
+    /// `Set-Cookie` headers for the response (a re-written session).
+    pub set_cookies: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct RefreshNeeded {
+    pub id: RefreshId,
+    pub session: Session,
+    pub request: IdpRequest,
 }
 
 #[derive(Debug)]
@@ -35,7 +52,13 @@ pub struct CodeExchange {
     pub pending: PendingLogin,
 }
 
-pub fn decide(config: &Config, req: &Request, now: u64, rng: &mut dyn Random) -> Decision {
+pub fn decide(
+    config: &Config,
+    provider: Option<&Provider>,
+    req: &Request,
+    now: u64,
+    rng: &mut dyn Random,
+) -> Decision {
     let path = path_of(req.path);
     let client = if req.is_navigation() {
         Client::Navigation
@@ -44,7 +67,10 @@ pub fn decide(config: &Config, req: &Request, now: u64, rng: &mut dyn Random) ->
     };
 
     if path == config.callback_path() {
-        return match login::callback(config, req, client, now) {
+        let Some(provider) = provider else {
+            return Decision::AwaitProvider;
+        };
+        return match login::callback(config, provider, req, client, now) {
             Ok(exchange) => Decision::ExchangeCode(Box::new(exchange)),
             Err(reply) => Decision::Reply(reply),
         };
@@ -57,32 +83,138 @@ pub fn decide(config: &Config, req: &Request, now: u64, rng: &mut dyn Random) ->
             Ok(r) => r,
             Err(f) => return Decision::Reply(Reply::failure(client, &f)),
         };
-        return Decision::Reply(login::start(config, req, client, return_to, now, rng));
+        let Some(provider) = provider else {
+            return Decision::AwaitProvider;
+        };
+        return Decision::Reply(login::start(
+            config, provider, req, client, return_to, now, rng,
+        ));
     }
-    match Session::from_cookies(&config.keys, &config.cookie.name, req.cookie_header(), now) {
-        Ok(session) => Decision::Forward(Forward {
-            token_header: (
-                config.upstream_token.name.clone(),
-                config.upstream_token.value(&session.access_token),
-            ),
-            cookie: req
-                .cookie_header()
-                .and_then(|h| cookie::without_own(h, &config.cookie.name)),
-        }),
-        Err(_) if client == Client::Navigation && req.is_get_or_head() => {
-            // Come back to this very page after login, if it is a path we can safely return to.
-            let return_to = safe_return_to(req.path)
-                .map(str::to_string)
-                .unwrap_or_else(|_| config.post_login_url.clone());
-            Decision::Reply(login::start(config, req, client, return_to, now, rng))
+    let session = Session::open(&config.keys, &config.cookie.name, req.cookie_header())
+        .and_then(|s| s.check(now, &config.session).map(|upkeep| (s, upkeep)));
+    match session {
+        Ok((session, Upkeep::None)) => {
+            Decision::Forward(forward(config, req, &session, Vec::new()))
         }
-        Err(_) => Decision::Reply(Reply::failure(
+        Ok((mut session, Upkeep::Rewrite)) => {
+            session.last_seen = now;
+            rewritten(config, req, session, rng)
+        }
+        Ok((session, Upkeep::Refresh)) => {
+            match (provider, session.refresh_token.as_ref()) {
+                (Some(provider), Some(rt)) => match refresh_request(config, provider, &session) {
+                    Some(request) => Decision::Refresh(Box::new(RefreshNeeded {
+                        id: RefreshId::of(rt),
+                        session,
+                        request,
+                    })),
+                    None => Decision::Forward(forward(config, req, &session, Vec::new())),
+                },
+                // Metadata not known yet: use the token while it lasts.
+                _ if now < session.access_expires_at => {
+                    Decision::Forward(forward(config, req, &session, Vec::new()))
+                }
+                _ => Decision::AwaitProvider,
+            }
+        }
+        Err(reason) => unauthenticated(config, provider, req, reason, now, rng),
+    }
+}
+
+/// Carries out a refresh's outcome for a request of that session.
+pub fn after_refresh(
+    config: &Config,
+    provider: Option<&Provider>,
+    req: &Request,
+    session: &Session,
+    outcome: &Outcome,
+    now: u64,
+    rng: &mut dyn Random,
+) -> Decision {
+    match outcome {
+        Outcome::Renewed(sealed) => {
+            let cookie = format!("{}={sealed}", config.cookie.name);
+            match Session::open(&config.keys, &config.cookie.name, Some(&cookie)) {
+                Ok(renewed) => rewritten(config, req, renewed, rng),
+                Err(reason) => unauthenticated(config, provider, req, reason, now, rng),
+            }
+        }
+        Outcome::Ended => unauthenticated(config, provider, req, NoSession::Expired, now, rng),
+        // The IdP is down: go on with the current token while it is valid.
+        Outcome::Unavailable if now < session.access_expires_at => {
+            Decision::Forward(forward(config, req, session, Vec::new()))
+        }
+        Outcome::Unavailable => {
+            Decision::Reply(Reply::failure(client_of(req), &Failure::IdpUnavailable))
+        }
+    }
+}
+
+fn client_of(req: &Request) -> Client {
+    if req.is_navigation() {
+        Client::Navigation
+    } else {
+        Client::Api
+    }
+}
+
+fn forward(config: &Config, req: &Request, session: &Session, set_cookies: Vec<String>) -> Forward {
+    Forward {
+        token_header: (
+            config.upstream_token.name.clone(),
+            config.upstream_token.value(&session.access_token),
+        ),
+        cookie: req
+            .cookie_header()
+            .and_then(|h| cookie::without_own(h, &config.cookie.name)),
+        set_cookies,
+    }
+}
+
+/// Forwards with the session re-written on the response (sealed with the current key).
+fn rewritten(config: &Config, req: &Request, session: Session, rng: &mut dyn Random) -> Decision {
+    match session.write(&config.keys, &config.cookie, req.cookie_header(), rng) {
+        Ok(cookies) => Decision::Forward(forward(config, req, &session, cookies)),
+        // Could not seal: the current cookie still works, so forward without re-writing.
+        Err(_) => Decision::Forward(forward(config, req, &session, Vec::new())),
+    }
+}
+
+/// No usable session: a navigation logs in (back to this page), anything else gets 401. A
+/// session cookie that is there but dead is deleted on the way.
+fn unauthenticated(
+    config: &Config,
+    provider: Option<&Provider>,
+    req: &Request,
+    reason: NoSession,
+    now: u64,
+    rng: &mut dyn Random,
+) -> Decision {
+    let client = client_of(req);
+    let reply = if client == Client::Navigation && req.is_get_or_head() {
+        let Some(provider) = provider else {
+            return Decision::AwaitProvider;
+        };
+        // Come back to this very page after login, if it is a path we can safely return to.
+        let return_to = safe_return_to(req.path)
+            .map(str::to_string)
+            .unwrap_or_else(|_| config.post_login_url.clone());
+        login::start(config, provider, req, client, return_to, now, rng)
+    } else {
+        Reply::failure(
             Client::Api,
             &Failure::Unauthenticated {
                 login_url: config.login_path.clone(),
             },
-        )),
-    }
+        )
+    };
+    let reply = match reason {
+        NoSession::Absent => reply,
+        _ => Session::clear(&config.cookie, req.cookie_header())
+            .into_iter()
+            .fold(reply, Reply::with_cookie),
+    };
+    Decision::Reply(reply)
 }
 
 /// `?return_to=` on the login endpoint: a checked relative path, or the configured default.
@@ -108,6 +240,7 @@ fn login_return_to(config: &Config, path_and_query: &str) -> Result<String, Fail
 pub(crate) mod tests {
     use super::*;
     use crate::config::tests::{config_from, minimal_json, KEY_A};
+    use crate::oidc::discovery::test_provider;
     use crate::random::CountingRandom;
     use crate::secret::Secret;
     use crate::session::KeyRing;
@@ -133,8 +266,10 @@ pub(crate) mod tests {
     pub const API: (&str, &str) = ("sec-fetch-mode", "cors");
 
     fn decide_on(config: &Config, h: &[(String, String)], now: u64) -> Decision {
+        let provider = test_provider();
         decide(
             config,
+            Some(&provider),
             &Request::from_headers(h),
             now,
             &mut CountingRandom(3),
@@ -147,7 +282,9 @@ pub(crate) mod tests {
             access_expires_at: expires_at,
             refresh_token: None,
             subject: "alice".into(),
-            created: 0,
+            created: 900,
+            last_seen: 900,
+            claims: Default::default(),
         };
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         format!(
@@ -259,6 +396,45 @@ pub(crate) mod tests {
         let tx: serde_json::Value = serde_json::from_slice(&k.open(name, value).unwrap()).unwrap();
         assert_eq!(tx["r"], "/private/page?tab=2");
         assert_eq!(tx["u"], "http://app.local:8080/private/callback");
+    }
+
+    #[test]
+    fn only_what_needs_the_provider_waits_for_it() {
+        let c = config_from(minimal_json());
+        let without = |h: &[(String, String)]| {
+            decide(
+                &c,
+                None,
+                &Request::from_headers(h),
+                1000,
+                &mut CountingRandom(3),
+            )
+        };
+        assert!(matches!(
+            without(&get("/private/login", &[NAV])),
+            Decision::AwaitProvider
+        ));
+        assert!(matches!(
+            without(&get("/private/page", &[NAV])),
+            Decision::AwaitProvider
+        ));
+        assert!(matches!(
+            without(&get("/private/callback?code=a&state=b", &[NAV])),
+            Decision::AwaitProvider
+        ));
+        // A valid session, an API call without one, and paths outside the prefix never wait.
+        let cookie = session_cookie(2000);
+        assert!(matches!(
+            without(&get("/private/api", &[API, ("cookie", &cookie)])),
+            Decision::Forward(_)
+        ));
+        assert!(
+            matches!(without(&get("/private/api", &[API])), Decision::Reply(r) if r.status == 401)
+        );
+        assert!(matches!(
+            without(&get("/elsewhere", &[NAV])),
+            Decision::PassThrough
+        ));
     }
 
     #[test]

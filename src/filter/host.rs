@@ -2,9 +2,10 @@
 //! convenience methods unwrap, and its `get_map` panics on a header value that is not UTF-8,
 //! which any client can send: so we read bytes and convert lossily.
 
-use crate::oidc::token::IdpRequest;
+use crate::oidc::idp_request::IdpRequest;
 use crate::random::{Random, RandomUnavailable};
 use crate::reply::Reply;
+use crate::store::{Cas, SharedStore, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
 use std::time::{Duration, UNIX_EPOCH};
@@ -17,10 +18,14 @@ pub fn log(level: LogLevel, message: &str) {
 }
 
 pub fn now() -> u64 {
+    now_ms() / 1000
+}
+
+pub fn now_ms() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
+        .and_then(|d| u64::try_from(d.as_millis()).ok())
         .unwrap_or(0)
 }
 
@@ -66,7 +71,7 @@ pub fn send_reply(reply: &Reply) {
 
 pub fn dispatch(cluster: &str, request: &IdpRequest, timeout: Duration) -> Result<u32, Status> {
     let mut headers: Vec<(&str, &str)> = vec![
-        (":method", "POST"),
+        (":method", request.method),
         (":path", request.path.as_str()),
         (":authority", request.authority.as_str()),
     ];
@@ -74,10 +79,57 @@ pub fn dispatch(cluster: &str, request: &IdpRequest, timeout: Duration) -> Resul
     hostcalls::dispatch_http_call(
         cluster,
         headers,
-        Some(request.body.as_bytes()),
+        request.body.as_deref().map(str::as_bytes),
         vec![],
         timeout,
     )
+}
+
+/// Makes later host calls in this callback act on another context (a paused request
+/// resumed from the root context's timer or an IdP answer). False if it is gone.
+pub fn set_effective_context(context_id: u32) -> bool {
+    hostcalls::set_effective_context(context_id).is_ok()
+}
+
+pub fn resume_request() {
+    if let Err(status) = hostcalls::resume_http_request() {
+        log(
+            LogLevel::Error,
+            &format!("bff: could not resume a request: {status:?}"),
+        );
+    }
+}
+
+pub fn add_response_header(name: &str, value: &str) {
+    if let Err(status) = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value) {
+        log(
+            LogLevel::Error,
+            &format!("bff: could not add response header {name}: {status:?}"),
+        );
+    }
+}
+
+pub fn set_tick_period(period: Duration) {
+    let _ = hostcalls::set_tick_period(period);
+}
+
+/// proxy-wasm shared data: one store for every worker of the Envoy process.
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), Some(cas))) => Some((value, cas)),
+            _ => None,
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|status| match status {
+            Status::CasMismatch => StoreError::CasMismatch,
+            _ => StoreError::Failed,
+        })
+    }
 }
 
 /// The answer to a dispatched call: its status (`None` when the call failed or timed out)

@@ -4,6 +4,8 @@
 mod host;
 mod http;
 mod root;
+mod stream;
+mod vm;
 
 proxy_wasm::main! {{
     // Also installs a panic hook that logs the panic before the VM dies.

@@ -1,19 +1,37 @@
-//! The root context: reads and checks the configuration once, then hands it to every request.
+//! The root context: reads and checks the configuration once, then runs the VM's timer
+//! (metadata fetches, paused requests) and hands the VM to every request.
 
 use super::host;
 use super::http::{BffHttp, Unconfigured};
+use super::vm::VmHandle;
 use crate::config::Config;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use std::rc::Rc;
+use std::time::Duration;
+
+/// How often the timer runs: the granularity of waits and of picking up shared data.
+const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub struct BffRoot {
-    config: Option<Rc<Config>>,
+    vm: Option<VmHandle>,
 }
 
-impl Context for BffRoot {}
+impl Context for BffRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(vm) = &self.vm {
+            vm.deliver(token_id, num_headers, body_size);
+        }
+    }
+}
 
 impl RootContext for BffRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
@@ -32,29 +50,39 @@ impl RootContext for BffRoot {
                 host::log(
                     LogLevel::Info,
                     &format!(
-                        "bff: configured for issuer {} (prefix {}, {} cookie key(s))",
+                        "bff: configured for issuer {} (prefix {}, {} cookie key(s), discovery {})",
                         config.issuer,
                         config.prefix,
-                        config.keys.len()
+                        config.keys.len(),
+                        if config.discovery { "on" } else { "off" },
                     ),
                 );
-                self.config = Some(Rc::new(config));
+                let vm = VmHandle::new(Rc::new(config));
+                vm.prepare_shared();
+                self.vm = Some(vm);
+                host::set_tick_period(TICK);
                 true
             }
             Err(errors) => {
                 // Returning false makes Envoy reject the filter; this line says why.
                 host::log(LogLevel::Critical, &errors.to_string());
-                self.config = None;
+                self.vm = None;
                 false
             }
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        if let Some(vm) = &self.vm {
+            vm.tick();
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // The SDK panics on None, so an unconfigured plugin still gets a context: one that
         // fails closed.
-        Some(match &self.config {
-            Some(config) => Box::new(BffHttp::new(Rc::clone(config))),
+        Some(match &self.vm {
+            Some(vm) => Box::new(BffHttp::new(context_id, vm.clone())),
             None => Box::new(Unconfigured),
         })
     }

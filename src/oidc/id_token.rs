@@ -1,9 +1,8 @@
-//! ID token claim checks (OIDC Core §3.1.3.7). The signature is checked against the IdP's
-//! JWKS in a later step; here the token has just arrived over the back channel from the
-//! token endpoint we called (OIDC Core §3.1.3.7 point 6 allows TLS to stand in for it).
+//! ID token validation (OIDC Core §3.1.3.7): the signature against the IdP's JWKS, then
+//! the claims.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
+use super::jwks::{Alg, Jwks};
+use super::jws::{self, JwsError};
 use serde::Deserialize;
 use std::fmt;
 
@@ -11,7 +10,11 @@ use std::fmt;
 pub struct Expectations<'a> {
     pub issuer: &'a str,
     pub client_id: &'a str,
-    pub nonce: &'a str,
+    /// The login's nonce; `None` for a token from a refresh, which carries none to compare
+    /// (OIDC Core §12.2).
+    pub nonce: Option<&'a str>,
+    /// On refresh, the session's subject: the new token must name the same user (§12.2).
+    pub subject: Option<&'a str>,
     pub now: u64,
     /// Allowed clock difference with the IdP, in seconds.
     pub leeway: u64,
@@ -26,10 +29,10 @@ pub struct IdTokenClaims {
     pub all: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdTokenError {
     Malformed,
-    UnsignedAlgorithm,
+    Signature(JwsError),
     WrongIssuer,
     WrongAudience,
     WrongAuthorizedParty,
@@ -37,13 +40,25 @@ pub enum IdTokenError {
     IssuedInFuture,
     NonceMismatch,
     NoSubject,
+    SubjectChanged,
+}
+
+impl IdTokenError {
+    /// The token names a key the JWKS does not have: worth reading the JWKS again.
+    pub fn is_unknown_key(&self) -> bool {
+        matches!(self, IdTokenError::Signature(JwsError::UnknownKey))
+    }
 }
 
 impl fmt::Display for IdTokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let IdTokenError::Signature(e) = self {
+            return write!(f, "ID token signature: {e}");
+        }
         f.write_str(match self {
-            IdTokenError::Malformed => "the ID token is not a well-formed JWT",
-            IdTokenError::UnsignedAlgorithm => "the ID token is unsigned (alg none)",
+            IdTokenError::Malformed | IdTokenError::Signature(_) => {
+                "the ID token is not a well-formed JWT"
+            }
             IdTokenError::WrongIssuer => "the ID token's iss is not the configured issuer",
             IdTokenError::WrongAudience => "the ID token is not meant for this client (aud)",
             IdTokenError::WrongAuthorizedParty => "the ID token's azp is not this client",
@@ -51,13 +66,9 @@ impl fmt::Display for IdTokenError {
             IdTokenError::IssuedInFuture => "the ID token was issued in the future (check clocks)",
             IdTokenError::NonceMismatch => "the ID token's nonce does not match this login",
             IdTokenError::NoSubject => "the ID token has no sub",
+            IdTokenError::SubjectChanged => "the refreshed ID token names another user (sub)",
         })
     }
-}
-
-#[derive(Deserialize)]
-struct Header {
-    alg: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -78,34 +89,26 @@ struct Claims {
     nonce: Option<String>,
 }
 
-fn decode_part<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, IdTokenError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
-        .map_err(|_| IdTokenError::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| IdTokenError::Malformed)
-}
-
 fn as_secs(v: Option<f64>) -> Option<u64> {
     v.filter(|n| n.is_finite() && *n >= 0.0).map(|n| n as u64)
 }
 
-/// Checks the claims of a compact-serialized ID token.
-pub fn validate(token: &str, expect: &Expectations) -> Result<IdTokenClaims, IdTokenError> {
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(_signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(IdTokenError::Malformed);
-    };
-    let header: Header = decode_part(header)?;
-    match header.alg.as_deref() {
-        None => return Err(IdTokenError::Malformed),
-        Some(alg) if alg.eq_ignore_ascii_case("none") => {
-            return Err(IdTokenError::UnsignedAlgorithm)
-        }
-        Some(_) => {}
-    }
-    let all: serde_json::Map<String, serde_json::Value> = decode_part(payload)?;
+/// Checks a compact-serialized ID token: signed by one of the IdP's keys with an algorithm
+/// it announces, then the claims.
+pub fn validate(
+    token: &str,
+    keys: &Jwks,
+    allowed: &[Alg],
+    expect: &Expectations,
+) -> Result<IdTokenClaims, IdTokenError> {
+    let verified = jws::verify(token, keys, allowed).map_err(IdTokenError::Signature)?;
+    check_claims(&verified.payload, expect)
+}
+
+/// The claim checks, on the verified payload.
+pub fn check_claims(payload: &[u8], expect: &Expectations) -> Result<IdTokenClaims, IdTokenError> {
+    let all: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(payload).map_err(|_| IdTokenError::Malformed)?;
     let claims: Claims = serde_json::from_value(serde_json::Value::Object(all.clone()))
         .map_err(|_| IdTokenError::Malformed)?;
 
@@ -138,13 +141,18 @@ pub fn validate(token: &str, expect: &Expectations) -> Result<IdTokenClaims, IdT
             return Err(IdTokenError::IssuedInFuture);
         }
     }
-    if claims.nonce.as_deref() != Some(expect.nonce) {
-        return Err(IdTokenError::NonceMismatch);
+    if let Some(nonce) = expect.nonce {
+        if claims.nonce.as_deref() != Some(nonce) {
+            return Err(IdTokenError::NonceMismatch);
+        }
     }
     let subject = claims
         .sub
         .filter(|s| !s.is_empty())
         .ok_or(IdTokenError::NoSubject)?;
+    if expect.subject.is_some_and(|s| s != subject) {
+        return Err(IdTokenError::SubjectChanged);
+    }
     Ok(IdTokenClaims {
         subject,
         expires_at: exp,
@@ -152,26 +160,69 @@ pub fn validate(token: &str, expect: &Expectations) -> Result<IdTokenClaims, IdT
     })
 }
 
-/// Builds an unsigned-looking JWT from JSON parts, for tests across the crate.
+/// Signs test ID tokens with the fixture RSA key (tests/fixtures/keys), for tests across
+/// the crate.
 #[cfg(test)]
-pub fn jwt_for_test(header: serde_json::Value, claims: serde_json::Value) -> String {
-    format!(
-        "{}.{}.c2ln",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string())
-    )
+pub mod test_signer {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    use rsa::{Pkcs1v15Sign, RsaPrivateKey};
+    use sha2::{Digest, Sha256};
+
+    fn key() -> RsaPrivateKey {
+        RsaPrivateKey::from_pkcs8_pem(include_str!("../../tests/fixtures/keys/rsa-2048.pem"))
+            .unwrap()
+    }
+
+    /// The JWKS holding the fixture key under kid `test-rsa`.
+    pub fn jwks_json() -> String {
+        let public = key().to_public_key();
+        serde_json::json!({"keys": [{
+            "kty": "RSA", "kid": "test-rsa",
+            "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+            "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+        }]})
+        .to_string()
+    }
+
+    pub fn jwks() -> super::Jwks {
+        super::Jwks::parse(jwks_json().as_bytes()).unwrap()
+    }
+
+    /// An RS256 token with these claims, signed by the fixture key (kid `test-rsa`).
+    pub fn sign(claims: &serde_json::Value) -> String {
+        sign_with_header(
+            &serde_json::json!({"alg": "RS256", "kid": "test-rsa"}),
+            claims,
+        )
+    }
+
+    pub fn sign_with_header(header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let digest = Sha256::digest(input.as_bytes());
+        let sig = key().sign(Pkcs1v15Sign::new::<Sha256>(), &digest).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
     use serde_json::json;
 
     fn expect() -> Expectations<'static> {
         Expectations {
             issuer: "https://idp",
             client_id: "bff",
-            nonce: "n-1",
+            nonce: Some("n-1"),
+            subject: None,
             now: 1000,
             leeway: 60,
         }
@@ -182,23 +233,57 @@ mod tests {
     }
 
     fn token(claims: serde_json::Value) -> String {
-        jwt_for_test(json!({"alg": "RS256", "kid": "k"}), claims)
+        test_signer::sign(&claims)
+    }
+
+    fn check(t: &str, e: &Expectations) -> Result<IdTokenClaims, IdTokenError> {
+        validate(t, &test_signer::jwks(), &[Alg::Rs256], e)
     }
 
     #[test]
     fn accepts_a_good_token() {
-        let c = validate(&token(good()), &expect()).unwrap();
+        let c = check(&token(good()), &expect()).unwrap();
         assert_eq!(c.subject, "alice");
         assert_eq!(c.expires_at, 1300);
         assert_eq!(c.all.get("email"), Some(&json!("a@x")));
         let mut multi = good();
         multi["aud"] = json!(["bff", "api"]);
         multi["azp"] = json!("bff");
-        assert!(validate(&token(multi), &expect()).is_ok());
+        assert!(check(&token(multi), &expect()).is_ok());
     }
 
     #[test]
-    fn a_table_of_bad_tokens() {
+    fn the_signature_comes_first() {
+        let t = token(good());
+        let (head, sig) = t.rsplit_once('.').unwrap();
+        let mut sig = sig.as_bytes().to_vec();
+        sig[10] = if sig[10] == b'A' { b'B' } else { b'A' };
+        let forged = format!("{head}.{}", String::from_utf8(sig).unwrap());
+        assert_eq!(
+            check(&forged, &expect()),
+            Err(IdTokenError::Signature(JwsError::BadSignature))
+        );
+        let other_kid =
+            test_signer::sign_with_header(&json!({"alg": "RS256", "kid": "rotated"}), &good());
+        let err = check(&other_kid, &expect()).unwrap_err();
+        assert!(err.is_unknown_key(), "{err:?}");
+        let none = format!(
+            "{}.{}.",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(good().to_string())
+        );
+        assert_eq!(
+            check(&none, &expect()),
+            Err(IdTokenError::Signature(JwsError::UnsignedOrSymmetric))
+        );
+        assert!(matches!(
+            validate(&t, &test_signer::jwks(), &[Alg::Es256], &expect()),
+            Err(IdTokenError::Signature(JwsError::AlgorithmNotAllowed(_)))
+        ));
+    }
+
+    #[test]
+    fn a_table_of_bad_claims() {
         let with = |k: &str, v: serde_json::Value| {
             let mut c = good();
             c[k] = v;
@@ -210,17 +295,10 @@ mod tests {
             token(c)
         };
         let cases: Vec<(String, IdTokenError)> = vec![
-            ("x".into(), IdTokenError::Malformed),
-            ("a.b".into(), IdTokenError::Malformed),
-            ("a.b.c.d".into(), IdTokenError::Malformed),
-            ("!!.!!.!!".into(), IdTokenError::Malformed),
+            ("x".into(), IdTokenError::Signature(JwsError::Malformed)),
             (
-                jwt_for_test(json!({"alg": "none"}), good()),
-                IdTokenError::UnsignedAlgorithm,
-            ),
-            (
-                jwt_for_test(json!({"typ": "JWT"}), good()),
-                IdTokenError::Malformed,
+                "a.b.c.d".into(),
+                IdTokenError::Signature(JwsError::Malformed),
             ),
             (
                 with("iss", json!("https://evil")),
@@ -249,19 +327,36 @@ mod tests {
             (without("sub"), IdTokenError::NoSubject),
         ];
         for (t, want) in cases {
-            assert_eq!(validate(&t, &expect()), Err(want), "{t}");
+            assert_eq!(check(&t, &expect()), Err(want), "{t}");
         }
+    }
+
+    #[test]
+    fn refreshed_tokens_need_no_nonce_but_the_same_user() {
+        let refreshed = Expectations {
+            nonce: None,
+            subject: Some("alice"),
+            ..expect()
+        };
+        let mut c = good();
+        c.as_object_mut().unwrap().remove("nonce");
+        assert!(check(&token(c.clone()), &refreshed).is_ok());
+        c["sub"] = json!("mallory");
+        assert_eq!(
+            check(&token(c), &refreshed),
+            Err(IdTokenError::SubjectChanged)
+        );
     }
 
     #[test]
     fn clock_skew_edges() {
         let mut c = good();
         c["exp"] = json!(941); // now 1000, leeway 60: 1000 < 1001 still valid
-        assert!(validate(&token(c.clone()), &expect()).is_ok());
+        assert!(check(&token(c.clone()), &expect()).is_ok());
         c["exp"] = json!(940);
-        assert_eq!(validate(&token(c), &expect()), Err(IdTokenError::Expired));
+        assert_eq!(check(&token(c), &expect()), Err(IdTokenError::Expired));
         let mut c = good();
         c["iat"] = json!(1060);
-        assert!(validate(&token(c), &expect()).is_ok());
+        assert!(check(&token(c), &expect()).is_ok());
     }
 }

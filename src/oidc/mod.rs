@@ -2,6 +2,10 @@
 
 pub mod authorize;
 pub mod callback;
+pub mod discovery;
 pub mod id_token;
+pub mod idp_request;
+pub mod jwks;
+pub mod jws;
 pub mod pkce;
 pub mod token;

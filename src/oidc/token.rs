@@ -7,16 +7,6 @@ use base64::Engine;
 use serde::Deserialize;
 use std::fmt;
 
-/// An HTTP request to the IdP, ready for `dispatch_http_call`.
-#[derive(Debug)]
-pub struct IdpRequest {
-    pub path: String,
-    pub authority: String,
-    /// Regular headers; the shell adds the pseudo-headers.
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-}
-
 /// `client_secret_basic` (RFC 6749 §2.3.1): the id and the secret are each encoded with
 /// `application/x-www-form-urlencoded` *before* being joined with ':' and base64-encoded with
 /// padding. Skipping the encoding breaks secrets that contain ':' or '%'.
@@ -33,6 +23,15 @@ pub fn authorization_code_body(code: &Secret, redirect_uri: &str, verifier: &Sec
         .append_pair("code", code.expose())
         .append_pair("redirect_uri", redirect_uri)
         .append_pair("code_verifier", verifier.expose())
+        .finish()
+}
+
+/// The form body of a refresh-token grant (RFC 6749 §6). No `scope`: the same scope is
+/// granted again.
+pub fn refresh_token_body(refresh_token: &Secret) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "refresh_token")
+        .append_pair("refresh_token", refresh_token.expose())
         .finish()
 }
 
@@ -180,6 +179,14 @@ mod tests {
         assert_eq!(
             body,
             "grant_type=authorization_code&code=c%2B1&redirect_uri=https%3A%2F%2Fa%2Fcb&code_verifier=v"
+        );
+    }
+
+    #[test]
+    fn refresh_grant_body() {
+        assert_eq!(
+            refresh_token_body(&Secret::new("r/t+1")),
+            "grant_type=refresh_token&refresh_token=r%2Ft%2B1"
         );
     }
 

@@ -1,8 +1,10 @@
-//! What the session cookie holds. Every API call opens it, so it keeps only what the filter
-//! needs, under one-letter names.
+//! What the session cookie holds, and the rules of its life. Every API call opens it, so it
+//! keeps only what the filter needs, under one-letter names.
 
+use super::chunks;
 use super::cookie;
 use super::seal::{KeyRing, SealError};
+use crate::config::{CookieSettings, SessionLifetime};
 use crate::random::Random;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -19,9 +21,20 @@ pub struct Session {
     /// The ID token's `sub`.
     #[serde(rename = "s")]
     pub subject: String,
-    /// Unix seconds when the user logged in.
+    /// Unix seconds when the user logged in: the absolute lifetime counts from here.
     #[serde(rename = "c")]
     pub created: u64,
+    /// Unix seconds of the last time the cookie was written: the inactivity timeout counts
+    /// from here, so it is exact to within the sliding step (see [`Session::check`]).
+    #[serde(rename = "l", default)]
+    pub last_seen: u64,
+    /// The user's claims from the ID token, for the session endpoint (no protocol claims).
+    #[serde(
+        rename = "u",
+        default,
+        skip_serializing_if = "serde_json::Map::is_empty"
+    )]
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a request has no usable session. The caller treats all of them alike (log in again);
@@ -30,10 +43,86 @@ pub struct Session {
 pub enum NoSession {
     Absent,
     Unreadable,
+    /// The access token expired and there is no refresh token.
     Expired,
+    /// Past the absolute maximum lifetime.
+    TooOld,
+    /// No request within the inactivity timeout.
+    Idle,
+}
+
+/// What a readable session needs before the request goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upkeep {
+    /// Nothing: forward as it is.
+    None,
+    /// Re-write the cookie to slide the inactivity window (or to re-seal with a new key).
+    Rewrite,
+    /// The access token expires within the leeway: refresh it first.
+    Refresh,
+}
+
+/// Claims that are protocol plumbing, not facts about the user.
+const PROTOCOL_CLAIMS: [&str; 11] = [
+    "iss", "aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "s_hash", "azp", "jti",
+];
+
+/// The claims worth keeping from an ID token.
+pub fn user_claims(
+    all: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    all.iter()
+        .filter(|(k, _)| !PROTOCOL_CLAIMS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 impl Session {
+    /// Reads the session from the request's cookies (joining chunks).
+    pub fn open(
+        keys: &KeyRing,
+        name: &str,
+        cookie_header: Option<&str>,
+    ) -> Result<Session, NoSession> {
+        let sealed = cookie_header
+            .and_then(|h| chunks::join(name, h))
+            .filter(|v| !v.is_empty())
+            .ok_or(NoSession::Absent)?;
+        let json = keys
+            .open(name, &sealed)
+            .map_err(|_| NoSession::Unreadable)?;
+        serde_json::from_slice(&json).map_err(|_| NoSession::Unreadable)
+    }
+
+    /// Whether the session is still alive at `now`, and what it needs.
+    ///
+    /// The inactivity window slides only when a quarter of it has passed since the cookie
+    /// was last written (at least a minute), so a busy SPA does not get a new cookie on every
+    /// call; an idle session therefore ends between 3/4 and all of the timeout after its last
+    /// request.
+    pub fn check(&self, now: u64, lifetime: &SessionLifetime) -> Result<Upkeep, NoSession> {
+        if now >= self.created.saturating_add(lifetime.max_lifetime) {
+            return Err(NoSession::TooOld);
+        }
+        if now >= self.last_seen.saturating_add(lifetime.inactivity_timeout) {
+            return Err(NoSession::Idle);
+        }
+        if now.saturating_add(lifetime.refresh_leeway) >= self.access_expires_at {
+            if self.refresh_token.is_some() {
+                return Ok(Upkeep::Refresh);
+            }
+            // Without a refresh token the access token is used up, then the session ends.
+            if now >= self.access_expires_at {
+                return Err(NoSession::Expired);
+            }
+        }
+        let step = (lifetime.inactivity_timeout / 4).max(60);
+        if now >= self.last_seen.saturating_add(step) {
+            return Ok(Upkeep::Rewrite);
+        }
+        Ok(Upkeep::None)
+    }
+
     pub fn seal(
         &self,
         keys: &KeyRing,
@@ -44,23 +133,35 @@ impl Session {
         keys.seal(name, &json, rng)
     }
 
-    /// The session in the request's cookies, if it opens and its access token is still valid.
-    pub fn from_cookies(
+    /// The `Set-Cookie` headers that store this session (in chunks when large) and delete
+    /// chunks a bigger earlier session left in `cookie_header`.
+    pub fn write(
+        &self,
         keys: &KeyRing,
-        name: &str,
+        settings: &CookieSettings,
         cookie_header: Option<&str>,
-        now: u64,
-    ) -> Result<Session, NoSession> {
-        let sealed = cookie_header
-            .and_then(|h| cookie::find(h, name))
-            .filter(|v| !v.is_empty())
-            .ok_or(NoSession::Absent)?;
-        let json = keys.open(name, sealed).map_err(|_| NoSession::Unreadable)?;
-        let session: Session = serde_json::from_slice(&json).map_err(|_| NoSession::Unreadable)?;
-        if now >= session.access_expires_at {
-            return Err(NoSession::Expired);
-        }
-        Ok(session)
+        rng: &mut dyn Random,
+    ) -> Result<Vec<String>, SealError> {
+        let sealed = self.seal(keys, &settings.name, rng)?;
+        let pairs = chunks::split(&settings.name, &sealed);
+        let stale = chunks::stale(&settings.name, cookie_header, pairs.len());
+        let mut out: Vec<String> = pairs
+            .iter()
+            .map(|(n, v)| cookie::set_cookie(settings, n, v, None))
+            .collect();
+        out.extend(stale.iter().map(|n| cookie::delete_cookie(settings, n)));
+        Ok(out)
+    }
+
+    /// The `Set-Cookie` headers that delete this session, chunks included.
+    pub fn clear(settings: &CookieSettings, cookie_header: Option<&str>) -> Vec<String> {
+        let mut out = vec![cookie::delete_cookie(settings, &settings.name)];
+        out.extend(
+            chunks::stale(&settings.name, cookie_header, 1)
+                .iter()
+                .map(|n| cookie::delete_cookie(settings, n)),
+        );
+        out
     }
 }
 
@@ -68,7 +169,9 @@ impl Session {
 mod tests {
     use super::*;
     use crate::config::tests::{KEY_A, KEY_B};
+    use crate::config::SameSite;
     use crate::random::CountingRandom;
+    use serde_json::json;
 
     const N: &str = "__Host-bff-session";
 
@@ -79,19 +182,70 @@ mod tests {
             refresh_token: None,
             subject: "alice".into(),
             created: 1000,
+            last_seen: 1000,
+            claims: serde_json::Map::new(),
         }
+    }
+
+    fn settings() -> CookieSettings {
+        CookieSettings {
+            name: N.into(),
+            same_site: SameSite::Lax,
+            secure: true,
+            transaction_max_age: 600,
+        }
+    }
+
+    fn lifetime() -> SessionLifetime {
+        SessionLifetime {
+            max_lifetime: 8 * 3600,
+            inactivity_timeout: 3600,
+            refresh_leeway: 60,
+        }
+    }
+
+    fn header_of(set_cookies: &[String]) -> String {
+        set_cookies
+            .iter()
+            .filter(|c| !c.contains("Max-Age=0"))
+            .map(|c| c.split(';').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     #[test]
     fn round_trip_via_cookie_header() {
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
-        let sealed = session().seal(&k, N, &mut CountingRandom(0)).unwrap();
-        let header = format!("a=b; {N}={sealed}");
-        assert_eq!(
-            Session::from_cookies(&k, N, Some(&header), 1500).unwrap(),
-            session()
-        );
-        assert!(!sealed.contains("at-123"));
+        let cookies = session()
+            .write(&k, &settings(), None, &mut CountingRandom(0))
+            .unwrap();
+        assert_eq!(cookies.len(), 1);
+        let header = format!("a=b; {}", header_of(&cookies));
+        assert_eq!(Session::open(&k, N, Some(&header)).unwrap(), session());
+        assert!(!header.contains("at-123"));
+    }
+
+    #[test]
+    fn a_big_session_is_chunked_and_joined() {
+        let k = KeyRing::from_base64_list(KEY_A).unwrap();
+        let mut s = session();
+        let groups: Vec<String> = (0..400).map(|i| format!("team-{i}-readers")).collect();
+        s.claims.insert("groups".into(), json!(groups));
+        let cookies = s
+            .write(&k, &settings(), None, &mut CountingRandom(0))
+            .unwrap();
+        assert!(cookies.len() >= 3, "{}", cookies.len());
+        assert!(cookies.iter().all(|c| c.len() < 4096));
+        let header = header_of(&cookies);
+        assert_eq!(Session::open(&k, N, Some(&header)).unwrap(), s);
+        // Writing a small session over it deletes the stale chunks.
+        let small = session()
+            .write(&k, &settings(), Some(&header), &mut CountingRandom(0))
+            .unwrap();
+        assert_eq!(small.len(), cookies.len());
+        assert!(small[1..].iter().all(|c| c.contains("Max-Age=0")));
+        let cleared = Session::clear(&settings(), Some(&header));
+        assert_eq!(cleared.len(), cookies.len());
     }
 
     #[test]
@@ -99,32 +253,69 @@ mod tests {
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         let sealed = session().seal(&k, N, &mut CountingRandom(0)).unwrap();
         let ok = format!("{N}={sealed}");
+        assert_eq!(Session::open(&k, N, None), Err(NoSession::Absent));
+        assert_eq!(Session::open(&k, N, Some("x=y")), Err(NoSession::Absent));
         assert_eq!(
-            Session::from_cookies(&k, N, None, 1500),
+            Session::open(&k, N, Some(&format!("{N}="))),
             Err(NoSession::Absent)
-        );
-        assert_eq!(
-            Session::from_cookies(&k, N, Some("x=y"), 1500),
-            Err(NoSession::Absent)
-        );
-        assert_eq!(
-            Session::from_cookies(&k, N, Some(&format!("{N}=")), 1500),
-            Err(NoSession::Absent)
-        );
-        assert_eq!(
-            Session::from_cookies(&k, N, Some(&ok), 2000),
-            Err(NoSession::Expired)
         );
         let other = KeyRing::from_base64_list(KEY_B).unwrap();
         assert_eq!(
-            Session::from_cookies(&other, N, Some(&ok), 1500),
+            Session::open(&other, N, Some(&ok)),
             Err(NoSession::Unreadable)
         );
-        // Sealed correctly but not a session (e.g. a transaction's JSON).
         let not_session = k.seal(N, b"{\"s\":\"x\"}", &mut CountingRandom(0)).unwrap();
         assert_eq!(
-            Session::from_cookies(&k, N, Some(&format!("{N}={not_session}")), 1500),
+            Session::open(&k, N, Some(&format!("{N}={not_session}"))),
             Err(NoSession::Unreadable)
+        );
+    }
+
+    #[test]
+    fn lifetime_rules() {
+        let l = lifetime();
+        let mut s = session(); // created 1000, last seen 1000, token until 2000, no refresh token
+        assert_eq!(s.check(1001, &l), Ok(Upkeep::None));
+        assert_eq!(s.check(1000 + 899, &l), Ok(Upkeep::None));
+        assert_eq!(
+            s.check(1850, &l),
+            Ok(Upkeep::None),
+            "due, no refresh token: use it up"
+        );
+        assert_eq!(
+            s.check(1950, &l),
+            Ok(Upkeep::Rewrite),
+            "…and still slide the window"
+        );
+        assert_eq!(s.check(2000, &l), Err(NoSession::Expired));
+        s.access_expires_at = 100_000;
+        assert_eq!(
+            s.check(1000 + 900, &l),
+            Ok(Upkeep::Rewrite),
+            "a quarter of the window"
+        );
+        assert_eq!(s.check(1000 + 3600, &l), Err(NoSession::Idle));
+        s.last_seen = 1000 + 8 * 3600 - 10;
+        assert_eq!(s.check(1000 + 8 * 3600, &l), Err(NoSession::TooOld));
+        s.last_seen = 1000;
+        s.refresh_token = Some(Secret::new("rt"));
+        s.access_expires_at = 1100;
+        assert_eq!(s.check(1039, &l), Ok(Upkeep::None));
+        assert_eq!(s.check(1040, &l), Ok(Upkeep::Refresh), "within the leeway");
+        assert_eq!(
+            s.check(1200, &l),
+            Ok(Upkeep::Refresh),
+            "expired but refreshable"
+        );
+    }
+
+    #[test]
+    fn protocol_claims_are_dropped() {
+        let all = json!({"iss": "x", "aud": "y", "exp": 1, "nonce": "n", "sub": "a", "email": "a@x", "groups": ["g"]});
+        let kept = user_claims(all.as_object().unwrap());
+        assert_eq!(
+            serde_json::Value::Object(kept),
+            json!({"sub": "a", "email": "a@x", "groups": ["g"]})
         );
     }
 }

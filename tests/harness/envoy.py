@@ -179,8 +179,8 @@ def wait_ready(envoy: Envoy, timeout: float = 30.0) -> None:
         try:
             if requests.get(f"http://127.0.0.1:{envoy.admin_port}/ready", timeout=1).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or busy compiling the wasm module
         time.sleep(0.1)
     raise RuntimeError(f"envoy not ready within {timeout}s:\n{envoy.log()}")
 

@@ -25,6 +25,10 @@ DEFAULT_CLIENT_ID = "bff"
 DEFAULT_CLIENT_SECRET = "bff-secret"
 DEFAULT_USER = "alice"
 DEFAULT_PASSWORD = "wonderland"
+# The second user, whose ID token (~8 KB payload: 250 groups, long profile and address) makes
+# a session too big for one cookie.
+BIG_USER = "bob"
+BIG_PASSWORD = "builder"
 
 
 @dataclass
@@ -50,6 +54,19 @@ class Idp:
         r.raise_for_status()
         return r.json()
 
+    def jwks(self) -> dict:
+        """The published JWKS (public keys), from the jwks_uri of the discovery document."""
+        r = requests.get(self.discovery()["jwks_uri"], timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def revoke_all(self) -> int:
+        """Test hook POST /test/revoke-all: every grant so far loses its codes, access and
+        refresh tokens (the next refresh is invalid_grant). Returns how many grants."""
+        r = requests.post(self.url("/test/revoke-all"), timeout=10)
+        r.raise_for_status()
+        return r.json()["revoked_grants"]
+
 
 def start_idp(procs: ProcessGroup, redirect_uris, post_logout_redirect_uris=(),
               client_id: str = DEFAULT_CLIENT_ID, client_secret: str = DEFAULT_CLIENT_SECRET,
@@ -57,7 +74,8 @@ def start_idp(procs: ProcessGroup, redirect_uris, post_logout_redirect_uris=(),
               timeout: float = 30.0) -> Idp:
     """Start the IdP with one client registered for `redirect_uris`; returns once it listens.
 
-    `env_overrides` sets any other IDP_* variable (IDP_ID_TOKEN_ALG, IDP_ACCESS_TOKEN_TTL, ...).
+    `env_overrides` sets any other IDP_* variable (IDP_ID_TOKEN_ALG, IDP_ACCESS_TOKEN_TTL,
+    IDP_KEY_FILE, IDP_KEY_ID_PREFIX, ...). Pass `port` to restart an IdP where it was.
     """
     node = shutil.which("node")
     if node is None:

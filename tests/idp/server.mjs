@@ -1,6 +1,12 @@
 // The OpenID Provider the integration tests and the demo log in against: `oidc-provider`
-// (https://github.com/panva/node-oidc-provider) with one confidential client, one user, and
+// (https://github.com/panva/node-oidc-provider) with one confidential client, two users, and
 // custom login pages (dev interactions are off). Listens on 127.0.0.1 only, over plain http.
+//
+// Users (both get the same implicit consent and the same scope -> claim mapping):
+//   alice / wonderland  (IDP_USER / IDP_PASSWORD rename her) sub alice-sub-0001, small claims
+//   bob / builder       sub bob-sub-0002, ~250 `groups`, a long `profile` URL and `address`:
+//                       his ID token payload is ~8 KB, so a session that keeps it (or just
+//                       its claims) needs more than one 4 KB cookie.
 //
 // Configuration (environment; everything but IDP_PORT and IDP_REDIRECT_URIS has a default):
 //   IDP_PORT                       port to listen on (required; the harness picks a free one)
@@ -10,13 +16,28 @@
 //   IDP_CLIENT_SECRET              default bff-secret
 //   IDP_REDIRECT_URIS              comma-separated (required)
 //   IDP_POST_LOGOUT_REDIRECT_URIS  comma-separated (optional)
-//   IDP_ID_TOKEN_ALG               RS256 (default), PS256 or ES256
+//   IDP_ID_TOKEN_ALG               RS256 (default), PS256, ES256 or EdDSA (Ed25519)
 //   IDP_ACCESS_TOKEN_TTL           seconds, default 3600
 //   IDP_ID_TOKEN_TTL               seconds, default 3600
 //   IDP_REFRESH_TOKEN_TTL          seconds, default 86400
-//   IDP_USER / IDP_PASSWORD        default alice / wonderland
+//   IDP_USER / IDP_PASSWORD        default alice / wonderland (the first user; bob is fixed,
+//                                  and absent if IDP_USER takes his name)
+//   IDP_KEY_FILE                   optional path of a private JWKS (JSON {"keys": [...]}). If the
+//                                  file exists its keys are used as they are; if not, keys are
+//                                  generated and written there (mode 0600), so an IdP restarted
+//                                  with the same file (and port) signs with the same keys. Every
+//                                  key is published; of several that fit an alg, the first one
+//                                  listed signs (keys that name their `alg` before keys that do
+//                                  not). Without it, keys are fresh at every start.
+//   IDP_KEY_ID_PREFIX              optional: generated keys get the kids `<prefix>rs256`,
+//                                  `<prefix>ps256`, `<prefix>es256`, `<prefix>eddsa` (predictable
+//                                  and distinct per prefix); without it `rs256-<random hex>`...
 //
 // Prints exactly one line `IDP READY <issuer>` on stdout once listening; exits on SIGTERM/SIGINT.
+//
+// State: sessions, grants, codes, access and refresh tokens live in this process's memory
+// only (an in-memory adapter, see `adapter` below) and are all lost when it exits; a restarted
+// IdP (even with IDP_KEY_FILE) answers every earlier refresh token with invalid_grant.
 //
 // Test hooks (the only non-OIDC routes besides the login pages):
 //   GET /test/stats  -> {"token_requests": N, "refresh_requests": M, "revocations": K, ...}
@@ -25,15 +46,26 @@
 //     revocations      POSTs to the revocation endpoint
 //     token_endpoint_calls  every POST to the token endpoint, whatever its grant_type
 //   Failed requests count too: they are counted by a middleware before the provider answers.
+//   POST /test/revoke-all -> {"revoked_grants": N}
+//     revokes every grant issued so far with all its codes, access and refresh tokens, so the
+//     next refresh of any of them is invalid_grant. IdP login sessions are kept (a new
+//     authorization request signs in without the form and gets a fresh grant). Not counted.
 //
 // One deliberate strictness beyond oidc-provider: an `Authorization: Basic` header whose
 // base64 is not canonical (RFC 4648 §4, padded) is refused with 400 invalid_request, so a
 // client that drops the padding is caught here rather than by a stricter IdP in production.
 
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as path from 'node:path';
 
 import Provider from 'oidc-provider';
+// oidc-provider's own in-memory adapter and cache, given a store that is not capped at the
+// default ~1000-2000 entries (with which a long test module could see old grants evicted).
+// Deep imports: the package has no "exports" map, and its version is pinned.
+import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
+import LRU from 'oidc-provider/lib/helpers/lru.js';
 
 // --- configuration -------------------------------------------------------------------------
 
@@ -68,8 +100,11 @@ const CLIENT_SECRET = env('IDP_CLIENT_SECRET', 'bff-secret');
 const REDIRECT_URIS = envList('IDP_REDIRECT_URIS');
 if (REDIRECT_URIS.length === 0) fail('IDP_REDIRECT_URIS is required');
 const POST_LOGOUT_REDIRECT_URIS = envList('IDP_POST_LOGOUT_REDIRECT_URIS');
+const ID_TOKEN_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
 const ID_TOKEN_ALG = env('IDP_ID_TOKEN_ALG', 'RS256');
-if (!['RS256', 'PS256', 'ES256'].includes(ID_TOKEN_ALG)) fail('IDP_ID_TOKEN_ALG must be RS256, PS256 or ES256');
+if (!ID_TOKEN_ALGS.includes(ID_TOKEN_ALG)) fail('IDP_ID_TOKEN_ALG must be RS256, PS256, ES256 or EdDSA');
+const KEY_FILE = env('IDP_KEY_FILE', '');
+const KEY_ID_PREFIX = env('IDP_KEY_ID_PREFIX', '');
 let ACCESS_TOKEN_TTL;
 let ID_TOKEN_TTL;
 let REFRESH_TOKEN_TTL;
@@ -83,8 +118,8 @@ try {
 const USER = env('IDP_USER', 'alice');
 const PASSWORD = env('IDP_PASSWORD', 'wonderland');
 
-// The single test user. `sub` is stable across restarts so tests can assert on it.
-const ACCOUNT = {
+// The test users, by login name. `sub`s are stable across restarts so tests can assert on them.
+const ALICE = {
   sub: `${USER}-sub-0001`,
   name: USER === 'alice' ? 'Alice Liddell' : USER,
   preferred_username: USER,
@@ -93,22 +128,99 @@ const ACCOUNT = {
   groups: ['staff', 'beta'],
 };
 
-// --- signing keys: fresh at every start, one per algorithm so each JWK names its `alg` -----
+// Bob belongs to everything: his claims make an ID token payload of ~8 KB (tests/test_idp.py
+// pins the range). The address has a newline and non-ASCII letters on purpose.
+const BOB = {
+  sub: 'bob-sub-0002',
+  name: 'Bob the Builder',
+  preferred_username: 'bob',
+  email: 'bob@example.test',
+  email_verified: true,
+  groups: Array.from({ length: 250 }, (_, i) => `team-${i + 1}-readers`),
+  profile: `https://people.example.test/profiles/bob-sub-0002?view=full&projects=${
+    Array.from({ length: 300 }, (_, i) => `site-${i + 1}`).join(',')}`,
+  address: {
+    formatted: 'Bob the Builder\nSite Office 7, Yard B, Baustraße 12-14\nSunflower Valley 4711\nDE',
+    street_address: 'Site Office 7, Yard B, Baustraße 12-14 (deliveries via the north gate, '
+      + 'ask for Wendy; Scoop, Muck, Dizzy, Roley and Lofty are parked behind the portacabin)',
+    locality: 'Sunflower Valley',
+    region: 'Bobsville District',
+    postal_code: '4711',
+    country: 'DE',
+  },
+};
+
+const USERS = new Map([[USER, { password: PASSWORD, claims: ALICE }]]);
+if (!USERS.has('bob')) USERS.set('bob', { password: 'builder', claims: BOB });
+const ACCOUNTS = new Map([...USERS.values()].map(({ claims }) => [claims.sub, claims]));
+
+// --- signing keys: one per algorithm so each JWK names its `alg` ------------------------------
 
 function signingJwk(kid, alg, type, options) {
   const { privateKey } = crypto.generateKeyPairSync(type, options);
   return { ...privateKey.export({ format: 'jwk' }), kid, alg, use: 'sig' };
 }
 
-const run = crypto.randomBytes(4).toString('hex');
-const jwks = {
-  keys: [
-    // The first key of each algorithm signs; RS256 first so it is oidc-provider's default.
-    signingJwk(`rs256-${run}`, 'RS256', 'rsa', { modulusLength: 2048 }),
-    signingJwk(`ps256-${run}`, 'PS256', 'rsa', { modulusLength: 2048 }),
-    signingJwk(`es256-${run}`, 'ES256', 'ec', { namedCurve: 'P-256' }),
-  ],
-};
+function generateJwks() {
+  const run = crypto.randomBytes(4).toString('hex');
+  const kid = (alg) => (KEY_ID_PREFIX ? `${KEY_ID_PREFIX}${alg.toLowerCase()}` : `${alg.toLowerCase()}-${run}`);
+  return {
+    keys: [
+      // The first key of each algorithm signs; RS256 first so it is oidc-provider's default.
+      signingJwk(kid('RS256'), 'RS256', 'rsa', { modulusLength: 2048 }),
+      signingJwk(kid('PS256'), 'PS256', 'rsa', { modulusLength: 2048 }),
+      signingJwk(kid('ES256'), 'ES256', 'ec', { namedCurve: 'P-256' }),
+      signingJwk(kid('EdDSA'), 'EdDSA', 'ed25519'),
+    ],
+  };
+}
+
+// Whether a private JWK can sign ID tokens with `alg` (as oidc-provider selects keys).
+function canSign(jwk, alg) {
+  if (!jwk.d || (jwk.use !== undefined && jwk.use !== 'sig')) return false;
+  if (jwk.alg !== undefined) return jwk.alg === alg;
+  switch (alg) {
+    case 'RS256': case 'PS256': return jwk.kty === 'RSA';
+    case 'ES256': return jwk.kty === 'EC' && jwk.crv === 'P-256';
+    case 'EdDSA': return jwk.kty === 'OKP' && jwk.crv === 'Ed25519';
+    default: return false;
+  }
+}
+
+function loadOrCreateJwks() {
+  if (!KEY_FILE) return generateJwks();
+  let text;
+  try {
+    text = fs.readFileSync(KEY_FILE, 'utf8');
+  } catch (err) {
+    if (err.code !== 'ENOENT') fail(`IDP_KEY_FILE ${KEY_FILE}: ${err.message}`);
+    const fresh = generateJwks();
+    // Write then rename, so a reader never sees half a file.
+    const tmp = path.join(path.dirname(KEY_FILE), `.${path.basename(KEY_FILE)}.${process.pid}.tmp`);
+    try {
+      fs.writeFileSync(tmp, `${JSON.stringify(fresh, null, 1)}\n`, { mode: 0o600 });
+      fs.renameSync(tmp, KEY_FILE);
+    } catch (err2) {
+      fail(`IDP_KEY_FILE ${KEY_FILE}: cannot write it: ${err2.message}`);
+    }
+    return fresh;
+  }
+  let loaded;
+  try {
+    loaded = JSON.parse(text);
+  } catch (err) {
+    fail(`IDP_KEY_FILE ${KEY_FILE}: not JSON: ${err.message}`);
+  }
+  if (!Array.isArray(loaded?.keys) || loaded.keys.length === 0) {
+    fail(`IDP_KEY_FILE ${KEY_FILE}: expected {"keys": [private JWKs]}`);
+  }
+  if (!loaded.keys.some((jwk) => canSign(jwk, ID_TOKEN_ALG))) {
+    fail(`IDP_KEY_FILE ${KEY_FILE}: no private key that can sign ${ID_TOKEN_ALG} (IDP_ID_TOKEN_ALG)`);
+  }
+  return { keys: loaded.keys };
+}
+
+const jwks = loadOrCreateJwks();
 
 // --- small HTML helpers -------------------------------------------------------------------
 
@@ -134,6 +246,10 @@ ${body}
 
 // --- the provider -------------------------------------------------------------------------
 
+// Sessions, interactions, grants, codes and tokens: in this process's memory, never on disk.
+// A restart loses them all (refresh tokens included); no IDP_* variable keeps them.
+const STORE = new LRU({ maxSize: 1_000_000 });
+
 const configuration = {
   clients: [
     {
@@ -149,30 +265,35 @@ const configuration = {
     },
   ],
   jwks,
+  // Sessions, grants and tokens: in STORE, this process's memory only (see the header).
+  adapter: (name) => new MemoryAdapter(name, STORE),
   // Cookie signing keys for the provider's own session/interaction cookies. `secure` is set
   // only when the request is https (ctx.secure), so they work over plain http on 127.0.0.1.
   cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
 
   responseTypes: ['code'],
   pkce: { required: () => true }, // oidc-provider 9 only implements S256
-  scopes: ['openid', 'offline_access', 'profile', 'email', 'groups'],
+  scopes: ['openid', 'offline_access', 'profile', 'email', 'groups', 'address'],
   claims: {
     openid: ['sub'],
-    // `groups` also rides on `profile` so the default BFF scopes carry it.
-    profile: ['name', 'preferred_username', 'groups'],
+    // `groups` and `address` also ride on `profile` so the default BFF scopes carry them (only
+    // bob has an address and a `profile` URL; a claim the account lacks is simply absent).
+    profile: ['name', 'preferred_username', 'profile', 'groups', 'address'],
     email: ['email', 'email_verified'],
     groups: ['groups'],
+    address: ['address'],
   },
   // Put the scope claims into the ID token even in the code flow (the default keeps them for
   // userinfo only); the BFF reads its user claims from the validated ID token.
   conformIdTokenClaims: false,
 
   async findAccount(_ctx, sub) {
-    if (sub !== ACCOUNT.sub) return undefined;
+    const account = ACCOUNTS.get(sub);
+    if (account === undefined) return undefined;
     return {
       accountId: sub,
       async claims() {
-        return { ...ACCOUNT };
+        return structuredClone(account);
       },
     };
   },
@@ -316,6 +437,26 @@ provider.use(async (ctx, next) => {
   }
 });
 
+// --- revoking everything (test hook) --------------------------------------------------------
+
+// Every grant saved since start (or since the last revoke-all), by id.
+const grantIds = new Set();
+provider.on('grant.saved', (grant) => grantIds.add(grant.jti));
+
+async function revokeAll() {
+  const ids = [...grantIds];
+  grantIds.clear();
+  for (const grantId of ids) {
+    await Promise.all([
+      provider.AccessToken.adapter.revokeByGrantId(grantId),
+      provider.RefreshToken.adapter.revokeByGrantId(grantId),
+      provider.AuthorizationCode.adapter.revokeByGrantId(grantId),
+      provider.Grant.adapter.destroy(grantId),
+    ]);
+  }
+  return ids.length;
+}
+
 // --- login interactions -------------------------------------------------------------------
 
 async function readForm(req) {
@@ -388,16 +529,17 @@ async function interaction(req, res, uid, action) {
     const form = await readForm(req);
     const login = form.get('login') ?? '';
     const password = form.get('password') ?? '';
+    const user = USERS.get(login);
     const ok = crypto.timingSafeEqual(
-      crypto.createHash('sha256').update(`${login}\0${password}`).digest(),
-      crypto.createHash('sha256').update(`${USER}\0${PASSWORD}`).digest(),
-    );
+      crypto.createHash('sha256').update(password).digest(),
+      crypto.createHash('sha256').update(user?.password ?? crypto.randomBytes(16)).digest(),
+    ) && user !== undefined;
     if (!ok) {
       sendHtml(res, 200, loginForm(uid, clientName, { error: 'Invalid credentials', login }));
       return;
     }
     await provider.interactionFinished(req, res, {
-      login: { accountId: ACCOUNT.sub, amr: ['pwd'] },
+      login: { accountId: user.claims.sub, amr: ['pwd'] },
     }, { mergeWithLastSubmission: false });
     return;
   }
@@ -415,11 +557,20 @@ async function interaction(req, res, uid, action) {
 
 const providerCallback = provider.callback();
 
-const server = http.createServer(async (req, res) => {
+// Room for long URLs: an end_session request with bob's ID token as id_token_hint is ~11 KB,
+// close to Node's default 16 KB header limit once cookies are added.
+const server = http.createServer({ maxHeaderSize: 64 * 1024 }, async (req, res) => {
   const { pathname } = new URL(req.url, 'http://idp.invalid');
   try {
     if (req.method === 'GET' && pathname === '/test/stats') {
       const body = JSON.stringify(stats);
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(body);
+      return;
+    }
+    if (req.method === 'POST' && pathname === '/test/revoke-all') {
+      req.resume(); // any body is ignored
+      const body = JSON.stringify({ revoked_grants: await revokeAll() });
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
       res.end(body);
       return;

@@ -13,6 +13,7 @@ POST /mode with the mode name as body picks what POST /token does next:
   slow            answers after 10 s (longer than the filter's timeout)
   invalid-grant   400 {"error": "invalid_grant"}
 GET /calls returns how many token requests arrived and the last one's headers and body.
+GET /jwks answers an empty key set (the filter is configured with discovery off).
 Prints `FAULTY READY <port>`.
 """
 
@@ -44,7 +45,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
-        if self.path == "/calls":
+        if self.path == "/jwks":
+            self._send(200, b'{"keys": []}')
+        elif self.path == "/calls":
             with LOCK:
                 self._send(200, json.dumps({"calls": STATE["calls"], "last": STATE["last"]}).encode())
         else:

@@ -1,0 +1,53 @@
+//! A request to the IdP, built by the protocol code and sent by the shell.
+
+use super::token::client_secret_basic;
+use crate::secret::Secret;
+use crate::url::AbsoluteUrl;
+
+/// An HTTP request to the IdP, ready for `dispatch_http_call`.
+#[derive(Debug)]
+pub struct IdpRequest {
+    pub method: &'static str,
+    pub path: String,
+    pub authority: String,
+    /// Regular headers; the shell adds the pseudo-headers.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Option<String>,
+}
+
+impl IdpRequest {
+    /// A `GET` for a JSON document (discovery, JWKS).
+    pub fn get_json(url: &AbsoluteUrl, authority: &str) -> IdpRequest {
+        IdpRequest {
+            method: "GET",
+            path: url.path_and_query.clone(),
+            authority: authority.to_string(),
+            headers: vec![("accept", "application/json".to_string())],
+            body: None,
+        }
+    }
+
+    /// A form `POST` authenticated with `client_secret_basic` (token, revocation endpoints).
+    pub fn client_post(
+        url: &AbsoluteUrl,
+        authority: &str,
+        client_id: &str,
+        secret: &Secret,
+        form: String,
+    ) -> IdpRequest {
+        IdpRequest {
+            method: "POST",
+            path: url.path_and_query.clone(),
+            authority: authority.to_string(),
+            headers: vec![
+                (
+                    "content-type",
+                    "application/x-www-form-urlencoded".to_string(),
+                ),
+                ("accept", "application/json".to_string()),
+                ("authorization", client_secret_basic(client_id, secret)),
+            ],
+            body: Some(form),
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! One refresh per session across all Envoy workers.
+//!
+//! Requests carrying the same session may arrive together on several workers when its access
+//! token falls due. Sending the refresh token twice can trip the IdP's reuse detection and
+//! end the user's session, so exactly one request refreshes and the others use its result:
+//!
+//! - a claim list in one shared entry, changed only by compare-and-swap, says which
+//!   refreshes are in flight (the entry is created when the filter starts, because the host
+//!   writes a *missing* key unconditionally, so only an existing entry gives mutual exclusion);
+//! - the winner publishes the outcome in a result slot (a fixed ring of slots keeps shared
+//!   memory bounded) and then drops its claim;
+//! - the others poll the slot until the outcome appears or their wait runs out.
+
+use crate::secret::Secret;
+use crate::store::{stamped, unstamp, SharedStore, StoreError};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+/// A claim older than this is abandoned (its worker died or its call never returned).
+const CLAIM_TTL_S: u64 = 30;
+/// How long a renewed or ended session answers for requests still carrying the old cookie.
+const RESULT_TTL_S: u64 = 120;
+/// How long "IdP unreachable" stands before the next request tries again.
+const UNAVAILABLE_TTL_S: u64 = 5;
+/// Result slots: memory stays bounded however many sessions refresh.
+const SLOTS: u64 = 512;
+const CAS_ATTEMPTS: usize = 16;
+
+/// Names one refresh: a digest of the refresh token (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshId(String);
+
+impl RefreshId {
+    pub fn of(refresh_token: &Secret) -> RefreshId {
+        let digest = Sha256::new()
+            .chain_update(b"envoy-bff refresh\0")
+            .chain_update(refresh_token.expose().as_bytes())
+            .finalize();
+        RefreshId(URL_SAFE_NO_PAD.encode(digest.get(..18).unwrap_or_default()))
+    }
+
+    fn slot(&self) -> u64 {
+        self.0
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+            % SLOTS
+    }
+}
+
+/// The outcome every request of the session acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The new session, sealed as the cookie value (unchunked).
+    Renewed(String),
+    /// The IdP refused the refresh token (`invalid_grant`): log in again.
+    Ended,
+    /// The IdP could not be reached: go on with the current token while it lasts.
+    Unavailable,
+}
+
+impl Outcome {
+    fn encode(&self) -> String {
+        match self {
+            Outcome::Renewed(sealed) => format!("renewed {sealed}"),
+            Outcome::Ended => "ended".to_string(),
+            Outcome::Unavailable => "unavailable".to_string(),
+        }
+    }
+
+    fn decode(s: &str) -> Option<Outcome> {
+        match s.split_once(' ') {
+            Some(("renewed", sealed)) => Some(Outcome::Renewed(sealed.to_string())),
+            None if s == "ended" => Some(Outcome::Ended),
+            None if s == "unavailable" => Some(Outcome::Unavailable),
+            _ => None,
+        }
+    }
+
+    fn ttl(&self) -> u64 {
+        match self {
+            Outcome::Unavailable => UNAVAILABLE_TTL_S,
+            _ => RESULT_TTL_S,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This request refreshes; it must `publish` afterwards.
+    Won,
+    /// Another request is refreshing: wait for its outcome.
+    Taken,
+    /// A recent outcome exists: use it.
+    Done(Outcome),
+}
+
+fn claims_key(ns: &str) -> String {
+    format!("{ns}.refresh.claims")
+}
+
+fn slot_key(ns: &str, id: &RefreshId) -> String {
+    format!("{ns}.refresh.{}", id.slot())
+}
+
+/// Creates the claim list if it does not exist yet. Called when the filter starts (Envoy
+/// configures the main thread's VM before any worker takes traffic).
+pub fn prepare(store: &dyn SharedStore, ns: &str) {
+    if store.get(&claims_key(ns)).is_none() {
+        let _ = store.set(&claims_key(ns), b"", None);
+    }
+}
+
+/// The outcome published for `id`, if it is recent enough to act on.
+pub fn lookup(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Option<Outcome> {
+    let (entry, _) = store.get(&slot_key(ns, id))?;
+    let (at, body) = unstamp(&entry)?;
+    let body = std::str::from_utf8(body).ok()?;
+    let (owner, outcome) = body.split_once('\n')?;
+    if owner != id.0 {
+        return None;
+    }
+    let outcome = Outcome::decode(outcome)?;
+    (now < at.saturating_add(outcome.ttl())).then_some(outcome)
+}
+
+/// Live claims: `(id, claimed at)` per line.
+fn parse_claims(value: &[u8], now: u64) -> Vec<(String, u64)> {
+    std::str::from_utf8(value)
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| {
+            let (id, at) = l.split_once(' ')?;
+            Some((id.to_string(), at.parse::<u64>().ok()?))
+        })
+        .filter(|(_, at)| now < at.saturating_add(CLAIM_TTL_S))
+        .collect()
+}
+
+fn render_claims(claims: &[(String, u64)]) -> Vec<u8> {
+    claims
+        .iter()
+        .map(|(id, at)| format!("{id} {at}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Tries to become the one request that refreshes `id`.
+pub fn claim(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Claim {
+    if let Some(outcome) = lookup(store, ns, id, now) {
+        return Claim::Done(outcome);
+    }
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((value, cas)) = store.get(&claims_key(ns)) else {
+            // The list is missing (it should not be): without it there is no safe claim.
+            prepare(store, ns);
+            continue;
+        };
+        let mut claims = parse_claims(&value, now);
+        if claims.iter().any(|(c, _)| *c == id.0) {
+            return Claim::Taken;
+        }
+        claims.push((id.0.clone(), now));
+        match store.set(&claims_key(ns), &render_claims(&claims), Some(cas)) {
+            Ok(()) => {
+                // Between our lookup and our claim another request may have finished.
+                return match lookup(store, ns, id, now) {
+                    Some(outcome) => {
+                        release(store, ns, id, now);
+                        Claim::Done(outcome)
+                    }
+                    None => Claim::Won,
+                };
+            }
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Failed) => break,
+        }
+    }
+    Claim::Taken
+}
+
+/// Publishes the winner's outcome, then drops its claim.
+pub fn publish(store: &dyn SharedStore, ns: &str, id: &RefreshId, outcome: &Outcome, now: u64) {
+    let body = format!("{}\n{}", id.0, outcome.encode());
+    let _ = store.set(&slot_key(ns, id), &stamped(now, body.as_bytes()), None);
+    release(store, ns, id, now);
+}
+
+fn release(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((value, cas)) = store.get(&claims_key(ns)) else {
+            return;
+        };
+        let claims: Vec<(String, u64)> = parse_claims(&value, now)
+            .into_iter()
+            .filter(|(c, _)| *c != id.0)
+            .collect();
+        match store.set(&claims_key(ns), &render_claims(&claims), Some(cas)) {
+            Err(StoreError::CasMismatch) => continue,
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Cas, MemoryStore};
+    use std::cell::Cell;
+
+    const NS: &str = "bff.test";
+
+    fn id(s: &str) -> RefreshId {
+        RefreshId::of(&Secret::new(s))
+    }
+
+    #[test]
+    fn ids_are_digests() {
+        let a = id("refresh-token-1");
+        assert_eq!(a, id("refresh-token-1"));
+        assert_ne!(a, id("refresh-token-2"));
+        assert!(!a.0.contains("refresh"));
+    }
+
+    #[test]
+    fn exactly_one_wins_then_everyone_gets_the_outcome() {
+        let store = MemoryStore::default();
+        prepare(&store, NS);
+        let rt = id("rt");
+        assert_eq!(claim(&store, NS, &rt, 100), Claim::Won);
+        for _ in 0..19 {
+            assert_eq!(claim(&store, NS, &rt, 100), Claim::Taken);
+        }
+        // Another session refreshes independently.
+        assert_eq!(claim(&store, NS, &id("other"), 100), Claim::Won);
+        publish(
+            &store,
+            NS,
+            &rt,
+            &Outcome::Renewed("v1.k.sealed".into()),
+            101,
+        );
+        assert_eq!(
+            lookup(&store, NS, &rt, 102),
+            Some(Outcome::Renewed("v1.k.sealed".into()))
+        );
+        assert_eq!(
+            claim(&store, NS, &rt, 102),
+            Claim::Done(Outcome::Renewed("v1.k.sealed".into()))
+        );
+        // Results age out; "unavailable" quickly, so the next request tries again.
+        assert_eq!(lookup(&store, NS, &rt, 101 + RESULT_TTL_S), None);
+        publish(&store, NS, &rt, &Outcome::Unavailable, 200);
+        assert_eq!(
+            claim(&store, NS, &rt, 201),
+            Claim::Done(Outcome::Unavailable)
+        );
+        assert_eq!(claim(&store, NS, &rt, 200 + UNAVAILABLE_TTL_S), Claim::Won);
+    }
+
+    #[test]
+    fn an_abandoned_claim_expires() {
+        let store = MemoryStore::default();
+        prepare(&store, NS);
+        assert_eq!(claim(&store, NS, &id("rt"), 100), Claim::Won);
+        assert_eq!(
+            claim(&store, NS, &id("rt"), 100 + CLAIM_TTL_S - 1),
+            Claim::Taken
+        );
+        assert_eq!(claim(&store, NS, &id("rt"), 100 + CLAIM_TTL_S), Claim::Won);
+    }
+
+    /// A store whose compare-and-swap loses a race on purpose: another worker writes the
+    /// claim list between our read and our write, the first `races` times.
+    struct RacingStore {
+        inner: MemoryStore,
+        races: Cell<usize>,
+    }
+
+    impl SharedStore for RacingStore {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+            if let Some((mut v, c)) = self.inner.get(key).filter(|_| self.races.get() > 0) {
+                self.races.set(self.races.get() - 1);
+                // The other worker claims the same refresh first.
+                v.extend_from_slice(format!("{} 100\n", id("rt").0).as_bytes());
+                self.inner.set(key, &v, Some(c)).unwrap();
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn losing_the_compare_and_swap_means_waiting() {
+        let store = RacingStore {
+            inner: MemoryStore::default(),
+            races: Cell::new(1),
+        };
+        prepare(&store, NS);
+        assert_eq!(claim(&store, NS, &id("rt"), 100), Claim::Taken);
+    }
+
+    #[test]
+    fn a_slot_shared_by_two_sessions_answers_only_its_owner() {
+        let store = MemoryStore::default();
+        let a = id("a");
+        // Find another id landing in the same slot.
+        let b = (0..10_000)
+            .map(|i| id(&format!("b{i}")))
+            .find(|b| b.slot() == a.slot())
+            .unwrap();
+        publish(&store, NS, &a, &Outcome::Ended, 100);
+        assert_eq!(lookup(&store, NS, &b, 100), None);
+        assert_eq!(lookup(&store, NS, &a, 100), Some(Outcome::Ended));
+    }
+
+    #[test]
+    fn garbage_in_shared_data_is_ignored() {
+        let store = MemoryStore::default();
+        store
+            .set(&claims_key(NS), b"\xff\xfe not claims\nx y z\n", None)
+            .unwrap();
+        let rt = id("rt");
+        store.set(&slot_key(NS, &rt), b"garbage", None).unwrap();
+        assert_eq!(lookup(&store, NS, &rt, 100), None);
+        assert_eq!(claim(&store, NS, &rt, 100), Claim::Won);
+    }
+}

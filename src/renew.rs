@@ -1,0 +1,213 @@
+//! Renewing the access token with the refresh token before it expires (RFC 6749 §6, OIDC
+//! Core §12): build the request, read the answer into the outcome every request of the
+//! session will act on.
+
+use crate::config::Config;
+use crate::login::{CLOCK_LEEWAY_S, DEFAULT_ACCESS_TOKEN_LIFETIME_S};
+use crate::oidc::discovery::Provider;
+use crate::oidc::id_token::{self, Expectations};
+use crate::oidc::idp_request::IdpRequest;
+use crate::oidc::jwks::{Alg, Jwks};
+use crate::oidc::token::{self, TokenError};
+use crate::random::Random;
+use crate::refresh::Outcome;
+use crate::session::contents::user_claims;
+use crate::session::Session;
+
+/// The refresh-token grant for this session, if it has a refresh token.
+pub fn refresh_request(
+    config: &Config,
+    provider: &Provider,
+    session: &Session,
+) -> Option<IdpRequest> {
+    let refresh_token = session.refresh_token.as_ref()?;
+    Some(IdpRequest::client_post(
+        &provider.token_endpoint,
+        config.idp_authority_for(&provider.token_endpoint),
+        &config.client_id,
+        &config.client_secret,
+        token::refresh_token_body(refresh_token),
+    ))
+}
+
+/// What the token endpoint's answer means for the session. `status` is `None` when the call
+/// failed or timed out.
+#[allow(clippy::too_many_arguments)]
+pub fn finish_refresh(
+    config: &Config,
+    provider: &Provider,
+    keys: Option<&Jwks>,
+    session: &Session,
+    status: Option<u16>,
+    body: &[u8],
+    now: u64,
+    rng: &mut dyn Random,
+) -> Outcome {
+    let tokens = match token::parse_token_response(status, body) {
+        Ok(tokens) => tokens,
+        // invalid_grant and its kin: the refresh token is dead, and so is the session.
+        Err(TokenError::Refused { .. }) => return Outcome::Ended,
+        Err(_) => return Outcome::Unavailable,
+    };
+    let mut renewed = Session {
+        access_token: tokens.access_token,
+        access_expires_at: now
+            .saturating_add(tokens.expires_in.unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME_S)),
+        // Without a new one the old refresh token stays valid (RFC 6749 §6: rotation is
+        // the IdP's choice).
+        refresh_token: tokens
+            .refresh_token
+            .or_else(|| session.refresh_token.clone()),
+        subject: session.subject.clone(),
+        created: session.created,
+        last_seen: now,
+        claims: session.claims.clone(),
+    };
+    if let (Some(id_token), Some(keys)) = (&tokens.id_token, keys) {
+        let checked = id_token::validate(
+            id_token.expose(),
+            keys,
+            &Alg::supported_among(&provider.signing_algs),
+            &Expectations {
+                issuer: &config.issuer,
+                client_id: &config.client_id,
+                nonce: None,
+                subject: Some(&session.subject),
+                now,
+                leeway: CLOCK_LEEWAY_S,
+            },
+        );
+        match checked {
+            Ok(claims) => renewed.claims = user_claims(&claims.all),
+            // Keys rotated since we last read them: the access token is still good (it came
+            // straight from the token endpoint); keep the claims we have.
+            Err(e) if e.is_unknown_key() => {}
+            // Anything else is wrong enough to end the session.
+            Err(_) => return Outcome::Ended,
+        }
+    }
+    match renewed.seal(&config.keys, &config.cookie.name, rng) {
+        Ok(sealed) => Outcome::Renewed(sealed),
+        Err(_) => Outcome::Unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{config_from, minimal_json};
+    use crate::oidc::discovery::test_provider;
+    use crate::oidc::id_token::test_signer;
+    use crate::random::CountingRandom;
+    use crate::secret::Secret;
+    use serde_json::json;
+
+    fn session() -> Session {
+        Session {
+            access_token: Secret::new("old-at"),
+            access_expires_at: 1030,
+            refresh_token: Some(Secret::new("old-rt")),
+            subject: "alice".into(),
+            created: 500,
+            last_seen: 900,
+            claims: json!({"sub": "alice", "name": "Alice"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        }
+    }
+
+    fn run(status: Option<u16>, body: serde_json::Value) -> Outcome {
+        let c = config_from(minimal_json());
+        finish_refresh(
+            &c,
+            &test_provider(),
+            Some(&test_signer::jwks()),
+            &session(),
+            status,
+            body.to_string().as_bytes(),
+            1000,
+            &mut CountingRandom(1),
+        )
+    }
+
+    fn opened(outcome: Outcome) -> Session {
+        let Outcome::Renewed(sealed) = outcome else {
+            panic!("{outcome:?}")
+        };
+        let c = config_from(minimal_json());
+        Session::open(
+            &c.keys,
+            &c.cookie.name,
+            Some(&format!("{}={sealed}", c.cookie.name)),
+        )
+        .unwrap()
+    }
+
+    fn id_token(sub: &str) -> String {
+        test_signer::sign(
+            &json!({"iss": "http://127.0.0.1:9000", "aud": "bff", "sub": sub, "exp": 2000, "iat": 1000, "name": "Alice Liddell"}),
+        )
+    }
+
+    #[test]
+    fn the_request_is_a_refresh_grant() {
+        let c = config_from(minimal_json());
+        let r = refresh_request(&c, &test_provider(), &session()).unwrap();
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/token");
+        assert_eq!(
+            r.body.as_deref(),
+            Some("grant_type=refresh_token&refresh_token=old-rt")
+        );
+        let mut no_rt = session();
+        no_rt.refresh_token = None;
+        assert!(refresh_request(&c, &test_provider(), &no_rt).is_none());
+    }
+
+    #[test]
+    fn a_rotated_refresh_token_replaces_the_old_one() {
+        let s = opened(run(
+            Some(200),
+            json!({"access_token": "new-at", "token_type": "Bearer", "expires_in": 300, "refresh_token": "new-rt", "id_token": id_token("alice")}),
+        ));
+        assert_eq!(s.access_token.expose(), "new-at");
+        assert_eq!(s.access_expires_at, 1300);
+        assert_eq!(s.refresh_token.unwrap().expose(), "new-rt");
+        assert_eq!((s.created, s.last_seen), (500, 1000));
+        assert_eq!(s.claims.get("name"), Some(&json!("Alice Liddell")));
+    }
+
+    #[test]
+    fn without_rotation_the_old_refresh_token_stays() {
+        let s = opened(run(
+            Some(200),
+            json!({"access_token": "new-at", "token_type": "Bearer"}),
+        ));
+        assert_eq!(s.refresh_token.unwrap().expose(), "old-rt");
+        assert_eq!(s.claims.get("name"), Some(&json!("Alice")));
+    }
+
+    #[test]
+    fn refusal_ends_the_session_and_faults_do_not() {
+        assert_eq!(
+            run(Some(400), json!({"error": "invalid_grant"})),
+            Outcome::Ended
+        );
+        assert_eq!(
+            run(Some(401), json!({"error": "invalid_client"})),
+            Outcome::Ended
+        );
+        assert_eq!(run(None, json!(null)), Outcome::Unavailable);
+        assert_eq!(run(Some(503), json!(null)), Outcome::Unavailable);
+        assert_eq!(run(Some(200), json!("garbage")), Outcome::Unavailable);
+        // A refreshed ID token for another user is an attack, not a fault.
+        assert_eq!(
+            run(
+                Some(200),
+                json!({"access_token": "a", "token_type": "Bearer", "id_token": id_token("mallory")})
+            ),
+            Outcome::Ended
+        );
+    }
+}
