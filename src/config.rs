@@ -52,6 +52,7 @@ struct RawConfig {
     issuer: Option<String>,
     discovery: Option<bool>,
     metadata_refresh_s: Option<u64>,
+    jwks_min_refetch_s: Option<u64>,
     authorization_endpoint: Option<String>,
     token_endpoint: Option<String>,
     jwks_uri: Option<String>,
@@ -162,6 +163,8 @@ pub struct Config {
     pub discovery: bool,
     /// How often discovery and the JWKS are read again.
     pub metadata_refresh: u64,
+    /// An unknown `kid` makes the JWKS be read again at most this often.
+    pub jwks_min_refetch: u64,
     pub endpoints: Endpoints,
     pub idp_cluster: String,
     /// `:authority` for calls to the IdP; by default each URL's own host.
@@ -362,6 +365,10 @@ impl Config {
         {
             p.add("id_token_signing_algs", "must name at least one algorithm");
         }
+        let jwks_min_refetch = raw.jwks_min_refetch_s.unwrap_or(60);
+        if !(1..=3600).contains(&jwks_min_refetch) {
+            p.add("jwks_min_refetch_s", "must be between 1 and 3600");
+        }
         let metadata_refresh = raw.metadata_refresh_s.unwrap_or(3600);
         if !(60..=86_400).contains(&metadata_refresh) {
             p.add("metadata_refresh_s", "must be between 60 and 86400");
@@ -548,6 +555,7 @@ impl Config {
                 issuer,
                 discovery,
                 metadata_refresh,
+                jwks_min_refetch,
                 endpoints,
                 idp_cluster,
                 idp_authority: raw.idp_authority,

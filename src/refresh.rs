@@ -107,7 +107,8 @@ fn slot_key(ns: &str, id: &RefreshId) -> String {
 /// configures the main thread's VM before any worker takes traffic).
 pub fn prepare(store: &dyn SharedStore, ns: &str) {
     if store.get(&claims_key(ns)).is_none() {
-        let _ = store.set(&claims_key(ns), b"", None);
+        // Not empty: some hosts hand an empty value back as no value at all.
+        let _ = store.set(&claims_key(ns), b"#\n", None);
     }
 }
 

@@ -118,8 +118,9 @@ pub struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+        // An empty value comes back as no bytes but a CAS: the entry exists.
         match hostcalls::get_shared_data(key) {
-            Ok((Some(value), Some(cas))) => Some((value, cas)),
+            Ok((value, Some(cas))) => Some((value.unwrap_or_default(), cas)),
             _ => None,
         }
     }

@@ -22,8 +22,6 @@ use std::rc::{Rc, Weak};
 
 /// A failed fetch is retried after this long.
 const RETRY_AFTER_FAILURE_MS: u64 = 2_000;
-/// An unknown `kid` makes us read the JWKS again at most this often (process-wide).
-const KEYS_REFETCH_MIN_S: u64 = 60;
 
 /// A paused request and how to reach it.
 #[derive(Clone)]
@@ -149,7 +147,9 @@ impl VmHandle {
     /// it was read too recently (then the key really is unknown).
     pub fn want_fresh_keys(&self, now: u64) -> Option<Need> {
         let mut vm = self.0.borrow_mut();
-        if vm.keys.is_some() && now < vm.keys_at.saturating_add(KEYS_REFETCH_MIN_S) {
+        // Process-wide, since keys_at is shared: a token naming a stranger's kid cannot make
+        // us hammer the IdP.
+        if vm.keys.is_some() && now < vm.keys_at.saturating_add(vm.config.jwks_min_refetch) {
             return None;
         }
         vm.keys_wanted = true;

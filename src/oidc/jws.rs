@@ -13,12 +13,23 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::fmt;
 
 /// A JWS whose signature one of the IdP's keys made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Verified {
     pub alg: Alg,
     pub kid: Option<String>,
     /// The decoded payload: for an ID token, the claims' JSON.
     pub payload: Vec<u8>,
+}
+
+/// The claims are personal data: `Debug` shows their size, not their content.
+impl fmt::Debug for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verified")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .field("payload", &format_args!("[{} bytes]", self.payload.len()))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -498,7 +509,12 @@ mod tests {
     fn rfc7515_a3_es256() {
         let set = one_key(rfc7515_a3_jwk());
         let jws = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
-        assert_eq!(verify(jws, &set, &[Alg::Es256]).unwrap().payload, JOE);
+        let v = verify(jws, &set, &[Alg::Es256]).unwrap();
+        assert_eq!(v.payload, JOE);
+        assert_eq!(
+            format!("{v:?}"),
+            "Verified { alg: Es256, kid: None, payload: [70 bytes] }"
+        );
     }
 
     #[test]

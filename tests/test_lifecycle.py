@@ -1,0 +1,275 @@
+"""The token lifecycle in a real Envoy against real IdPs: discovery, signed ID tokens,
+refresh without storms, session lifetime, cookie-key rotation and chunked sessions."""
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import CLIENT_SECRET
+from harness.envoy import KEY_A, KEY_B, Browser, filter_config, set_cookies, start_envoy
+from harness.forger import MODES, forged_login, start_forger
+from harness.idp import BIG_PASSWORD, BIG_USER, start_idp
+from harness.procs import free_port
+from harness.upstream import start_echo
+
+SESSION = "__Host-bff-session"
+
+
+def discovery_only(issuer: str, **overrides) -> dict:
+    """A config with nothing about the IdP but its issuer (and the cluster to reach it)."""
+    config = filter_config(issuer, authorization_endpoint=None, token_endpoint=None)
+    config.update(overrides)
+    return config
+
+
+def start(procs, idp_env=None, keys=KEY_A, name="envoy", **config):
+    """An IdP and an Envoy (discovery only) in front of a fresh echo upstream."""
+    port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
+                    env_overrides=idp_env or {})
+    envoy = start_envoy(procs, discovery_only(idp.issuer, **config), start_echo(procs), idp.port,
+                        client_secret=CLIENT_SECRET, port=port, cookie_keys=keys, name=name)
+    return idp, envoy
+
+
+def token_upstream(browser) -> str:
+    r = browser.get("/private/api/me", navigate=False)
+    assert r.status_code == 200, (r.status_code, r.text)
+    return r.json()["headers"]["authorization"]
+
+
+# --- discovery and signatures ----------------------------------------------------------------
+
+@pytest.mark.parametrize("alg", ["RS256", "PS256", "ES256", "EdDSA"])
+def test_a_login_with_each_signing_algorithm(procs, alg):
+    idp, envoy = start(procs, idp_env={"IDP_ID_TOKEN_ALG": alg}, name=f"envoy-{alg}")
+    b = Browser(envoy)
+    r = b.login("/private/login?return_to=/app")
+    assert r.status_code == 302 and r.headers["Location"] == "/app", r.text
+    assert token_upstream(b).startswith("Bearer ")
+    envoy.assert_vm_healthy()
+
+
+@pytest.fixture(scope="module")
+def forger_envoy(procs):
+    forger = start_forger(procs, client_secret=CLIENT_SECRET)
+    envoy = start_envoy(procs, discovery_only(forger.issuer), start_echo(procs), forger.port,
+                        client_secret=CLIENT_SECRET, name="envoy-forger")
+    return forger, envoy
+
+
+ACCEPTED = {"good", "good-es256", "no-kid"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_forged_and_broken_id_tokens_are_rejected(forger_envoy, mode):
+    forger, envoy = forger_envoy
+    b = Browser(envoy)
+    r = forged_login(b, forger, mode)
+    if mode in ACCEPTED:
+        assert r.status_code == 302, (mode, r.status_code, r.text)
+        assert SESSION in b.jar
+        return
+    assert r.status_code == 401, (mode, r.status_code, r.text)
+    assert "id_token_invalid" in r.text or "Login rejected" in r.text
+    assert SESSION not in b.jar, "no session from a bad ID token"
+    assert not [n for n in b.jar if ".tx." in n], "transaction dropped"
+    envoy.assert_vm_healthy()
+
+
+def test_an_unknown_kid_is_not_a_reason_to_hammer_the_jwks(forger_envoy):
+    forger, envoy = forger_envoy
+    before = forger.counts()["jwks_calls"]
+    for _ in range(5):
+        assert forged_login(Browser(envoy), forger, "wrong-kid").status_code == 401
+    # Keys were read at start-up less than a minute ago: no re-read per forged token.
+    assert forger.counts()["jwks_calls"] - before <= 1
+
+
+def test_rotated_idp_keys_are_fetched_on_an_unknown_kid(procs, tmp_path):
+    """The IdP restarts with new signing keys; the next login names a kid the filter has
+    not seen, so it reads the JWKS again (allowed once a second here) and the login works."""
+    port = free_port()
+    idp_port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
+                    port=idp_port, env_overrides={"IDP_KEY_ID_PREFIX": "before-"})
+    envoy = start_envoy(procs, discovery_only(idp.issuer, jwks_min_refetch_s=1), start_echo(procs),
+                        idp_port, client_secret=CLIENT_SECRET, port=port, name="envoy-rotation")
+    assert Browser(envoy).login().status_code == 302
+    idp.process.stop()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
+                    port=idp_port, env_overrides={"IDP_KEY_ID_PREFIX": "after-"})
+    time.sleep(1.1)
+    r = Browser(envoy).login()
+    assert r.status_code == 302, r.text
+    envoy.assert_vm_healthy()
+
+
+def test_idp_down_then_up_recovers_without_restarting_envoy(procs):
+    port, idp_port = free_port(), free_port()
+    envoy = start_envoy(procs, discovery_only(f"http://127.0.0.1:{idp_port}", idp_timeout_ms=1000),
+                        start_echo(procs), idp_port, client_secret=CLIENT_SECRET, port=port,
+                        name="envoy-idp-down")
+    r = requests.get(envoy.url("/private/login"), headers={"Sec-Fetch-Mode": "navigate"},
+                     allow_redirects=False, timeout=10)
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "5"
+    assert "identity provider" in r.text
+    api = requests.get(envoy.url("/private/api"), headers={"Accept": "application/json"}, timeout=10)
+    assert api.status_code == 401, "an API call without a session needs no IdP"
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
+                    port=idp_port)
+    deadline = time.monotonic() + 15
+    while True:
+        r = requests.get(envoy.url("/private/login"), allow_redirects=False, timeout=10,
+                         headers={"Sec-Fetch-Mode": "navigate"})
+        if r.status_code == 302 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r.status_code == 302 and r.headers["Location"].startswith(idp.issuer)
+    assert Browser(envoy).login().status_code == 302
+    envoy.assert_vm_healthy()
+
+
+# --- refresh ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def short_tokens(procs):
+    """Access tokens live 65 s; with the default 60 s leeway they fall due after 5 s."""
+    return start(procs, idp_env={"IDP_ACCESS_TOKEN_TTL": "65"}, name="envoy-short")
+
+
+def test_refresh_happens_before_expiry_and_the_api_keeps_answering(short_tokens):
+    idp, envoy = short_tokens
+    b = Browser(envoy)
+    b.login()
+    first = token_upstream(b)
+    assert token_upstream(b) == first, "fresh token: no refresh, no new cookie"
+    refreshes = idp.stats()["refresh_requests"]
+    time.sleep(5.5)
+    r = b.get("/private/api/me", navigate=False)
+    assert r.status_code == 200
+    second = r.json()["headers"]["authorization"]
+    assert second != first
+    assert idp.stats()["refresh_requests"] == refreshes + 1
+    renewed = set_cookies(r)[SESSION]
+    assert renewed["attrs"]["httponly"] is True and renewed["attrs"]["secure"] is True
+    # The new cookie carries the new token: no second refresh.
+    assert token_upstream(b) == second
+    assert idp.stats()["refresh_requests"] == refreshes + 1
+    # And the new token works at the IdP.
+    me = requests.get(idp.discovery()["userinfo_endpoint"], headers={"Authorization": second}, timeout=10)
+    assert me.status_code == 200
+
+
+def test_twenty_parallel_requests_cause_exactly_one_refresh(short_tokens):
+    idp, envoy = short_tokens
+    b = Browser(envoy)
+    b.login()
+    cookie = b.cookie_header()
+    time.sleep(5.5)
+    before = idp.stats()["refresh_requests"]
+    results = []
+    barrier = threading.Barrier(20)
+
+    def call():
+        barrier.wait()
+        r = requests.get(envoy.url("/private/api/items"), timeout=20,
+                         headers={"Cookie": cookie, "Accept": "application/json"})
+        results.append((r.status_code, r.json()["headers"].get("authorization") if r.ok else r.text))
+
+    threads = [threading.Thread(target=call) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [s for s, _ in results] == [200] * 20, results
+    assert idp.stats()["refresh_requests"] == before + 1
+    assert len({tok for _, tok in results}) == 1, "every request used the one new token"
+    envoy.assert_vm_healthy()
+
+
+def test_invalid_grant_ends_the_session(short_tokens):
+    idp, envoy = short_tokens
+    b = Browser(envoy)
+    b.login()
+    old_cookies = b.cookie_header()
+    idp.revoke_all()
+    time.sleep(5.5)
+    r = b.get("/private/api/items", navigate=False)
+    assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
+    assert set_cookies(r)[SESSION]["attrs"]["max-age"] == "0", "the dead session is deleted"
+    nav = requests.get(envoy.url("/private/page"), allow_redirects=False, timeout=10,
+                       headers={"Cookie": old_cookies, "Sec-Fetch-Mode": "navigate"})
+    assert nav.status_code == 302 and nav.headers["Location"].startswith(idp.issuer)
+
+
+# --- lifetime, rotation, size ----------------------------------------------------------------
+
+def test_cookie_key_rotation_keeps_old_sessions_alive(procs):
+    port_old, port_new = free_port(), free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{p}/private/callback" for p in (port_old, port_new)],
+                    client_secret=CLIENT_SECRET)
+    echo = start_echo(procs)
+    # The new instance rolls out with a new first key; the old key still opens.
+    old = start_envoy(procs, discovery_only(idp.issuer), echo, idp.port, client_secret=CLIENT_SECRET,
+                      port=port_old, cookie_keys=KEY_A, name="envoy-old-key")
+    new = start_envoy(procs, discovery_only(idp.issuer, session={"refresh_leeway_s": 3600}), echo,
+                      idp.port, client_secret=CLIENT_SECRET, port=port_new,
+                      cookie_keys=f"{KEY_B},{KEY_A}", name="envoy-new-key")
+    b = Browser(old)
+    b.login()
+    sealed_old = b.jar[SESSION]
+    b.envoy = new
+    time.sleep(1.1)  # expiry is counted in whole seconds: now the token is due on `new`
+    r = b.get("/private/api/me", navigate=False)
+    assert r.status_code == 200, "a session sealed with the old key still works"
+    # Written again (here: a refresh), it is sealed with the new key.
+    sealed_new = b.jar[SESSION]
+    assert sealed_new != sealed_old
+    assert sealed_new.split(".")[1] != sealed_old.split(".")[1], "another key id"
+    b.envoy = old
+    assert b.get("/private/api/me", navigate=False).status_code == 401, "only the new key opens it"
+
+
+def test_a_big_session_is_chunked_and_stale_chunks_go(procs):
+    idp, envoy = start(procs, name="envoy-chunks")
+    b = Browser(envoy)
+    r = b.login(user=BIG_USER, password=BIG_PASSWORD)
+    assert r.status_code == 302, r.text
+    chunks = sorted(n for n in b.jar if n.startswith(SESSION))
+    assert len(chunks) >= 3, chunks
+    assert all(len(c["raw"]) < 4096 for c in set_cookies(r).values())
+    seen = b.get("/private/api/me", navigate=False, extra_cookies="theme=dark").json()
+    assert seen["headers"]["authorization"].startswith("Bearer ")
+    assert seen["headers"]["cookie"] == "theme=dark", "no chunk reaches the upstream"
+    # A missing chunk is no session.
+    without = {k: v for k, v in b.jar.items() if k != f"{SESSION}.1"}
+    r = requests.get(envoy.url("/private/api"), headers={"Accept": "application/json", "Cookie": "; ".join(
+        f"{k}={v}" for k, v in without.items())}, timeout=10)
+    assert r.status_code == 401
+    # Logging in as a small user in the same browser deletes the big session's chunks.
+    b.idp = requests.Session()
+    r = b.login()
+    gone = [n for n, c in set_cookies(r).items() if c["attrs"].get("max-age") == "0" and n != SESSION]
+    assert f"{SESSION}.1" in gone
+    assert sorted(n for n in b.jar if n.startswith(SESSION)) == [SESSION]
+    assert token_upstream(b).startswith("Bearer ")
+
+
+def test_an_unchanged_session_is_not_rewritten(procs):
+    """Lifetime limits are enforced from inside the sealed session (unit-tested in
+    src/session/contents.rs); here: a call that changes nothing sets no cookie."""
+    idp, envoy = start(procs, name="envoy-lifetime",
+                       session={"max_lifetime_s": 600, "inactivity_timeout_s": 300})
+    b = Browser(envoy)
+    b.login()
+    sealed = b.jar[SESSION]
+    assert token_upstream(b)
+    # Nothing changed, the window needs no sliding yet: the cookie is not re-written.
+    r = b.get("/private/api/me", navigate=False)
+    assert SESSION not in set_cookies(r)
+    assert b.jar[SESSION] == sealed
