@@ -268,6 +268,33 @@ pub fn unknown_key_failure(have_keys: bool) -> Failure {
     }
 }
 
+/// Validates an ID token from this IdP: signed with one of its keys and an algorithm it
+/// announces, issued to us, fresh; with the login's nonce, or on refresh, for the same user.
+#[allow(clippy::too_many_arguments)]
+pub fn check_id_token(
+    config: &Config,
+    provider: &Provider,
+    keys: &Jwks,
+    token: &str,
+    nonce: Option<&str>,
+    subject: Option<&str>,
+    now: u64,
+) -> Result<id_token::IdTokenClaims, IdTokenError> {
+    id_token::validate(
+        token,
+        keys,
+        &Alg::supported_among(&provider.signing_algs),
+        &Expectations {
+            issuer: &config.issuer,
+            client_id: &config.client_id,
+            nonce,
+            subject,
+            now,
+            leeway: CLOCK_LEEWAY_S,
+        },
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn try_finish(
     config: &Config,
@@ -284,18 +311,14 @@ fn try_finish(
     let keys = keys.ok_or(Failure::IdToken(IdTokenError::Signature(
         JwsError::UnknownKey,
     )))?;
-    let claims = id_token::validate(
-        id_token.expose(),
+    let claims = check_id_token(
+        config,
+        provider,
         keys,
-        &Alg::supported_among(&provider.signing_algs),
-        &Expectations {
-            issuer: &config.issuer,
-            client_id: &config.client_id,
-            nonce: Some(&pending.tx.nonce),
-            subject: None,
-            now,
-            leeway: CLOCK_LEEWAY_S,
-        },
+        id_token.expose(),
+        Some(&pending.tx.nonce),
+        None,
+        now,
     )
     .map_err(Failure::IdToken)?;
     let session = Session {

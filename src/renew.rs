@@ -3,11 +3,10 @@
 //! session will act on.
 
 use crate::config::Config;
-use crate::login::{CLOCK_LEEWAY_S, DEFAULT_ACCESS_TOKEN_LIFETIME_S};
+use crate::login::{check_id_token, DEFAULT_ACCESS_TOKEN_LIFETIME_S};
 use crate::oidc::discovery::Provider;
-use crate::oidc::id_token::{self, Expectations};
 use crate::oidc::idp_request::IdpRequest;
-use crate::oidc::jwks::{Alg, Jwks};
+use crate::oidc::jwks::Jwks;
 use crate::oidc::token::{self, TokenError};
 use crate::random::Random;
 use crate::refresh::Outcome;
@@ -64,18 +63,14 @@ pub fn finish_refresh(
         claims: session.claims.clone(),
     };
     if let (Some(id_token), Some(keys)) = (&tokens.id_token, keys) {
-        let checked = id_token::validate(
-            id_token.expose(),
+        let checked = check_id_token(
+            config,
+            provider,
             keys,
-            &Alg::supported_among(&provider.signing_algs),
-            &Expectations {
-                issuer: &config.issuer,
-                client_id: &config.client_id,
-                nonce: None,
-                subject: Some(&session.subject),
-                now,
-                leeway: CLOCK_LEEWAY_S,
-            },
+            id_token.expose(),
+            None,
+            Some(&session.subject),
+            now,
         );
         match checked {
             Ok(claims) => renewed.claims = user_claims(&claims.all),

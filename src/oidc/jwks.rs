@@ -1,8 +1,11 @@
 //! The IdP's signing keys: a JWK Set (RFC 7517 §5) parsed once into ready-to-use public keys,
-//! and the JWS algorithms this filter can check (RFC 7518 §3, RFC 8037 §3.1).
+//! and the JWS algorithms this filter can check (RFC 7518 §3, RFC 8037 §3.1): RS256/384/512
+//! and PS256/384/512 with RSA keys, ES256 with EC P-256 keys, EdDSA with Ed25519 keys.
 //!
 //! Only public-key signatures are supported: an ID token MACed with a shared secret (HS*) would
-//! be keyed with the client secret, which we never use for that.
+//! be keyed with the client secret, which we never use for that. ES384/ES512 (EC P-384/P-521)
+//! are left out on purpose: their curve arithmetic would grow the wasm module a lot (P-384
+//! alone by ~150 KB), they are rare for ID tokens, and OIDC Core §15.1 only requires RS256.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -10,8 +13,9 @@ use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
 use std::fmt;
 
-/// An asymmetric JWS algorithm (RFC 7518 §3.1, RFC 8037 §3.1). `none` and `HS*` are
-/// deliberately not representable.
+/// An asymmetric JWS algorithm this filter can verify (RFC 7518 §3.1, RFC 8037 §3.1). `none`
+/// and `HS*` are deliberately not representable; neither are ES384 and ES512 (see the module
+/// documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Alg {
     Rs256,
@@ -21,13 +25,12 @@ pub enum Alg {
     Ps384,
     Ps512,
     Es256,
-    Es384,
     EdDsa,
 }
 
 impl Alg {
     /// Every algorithm this filter can verify, in the order we prefer them.
-    pub const ALL: [Alg; 9] = [
+    pub const ALL: [Alg; 8] = [
         Alg::Rs256,
         Alg::Rs384,
         Alg::Rs512,
@@ -35,12 +38,11 @@ impl Alg {
         Alg::Ps384,
         Alg::Ps512,
         Alg::Es256,
-        Alg::Es384,
         Alg::EdDsa,
     ];
 
     /// The algorithm named by a JWS header or a discovery document. Names are case-sensitive
-    /// (RFC 7515 §4.1.1); anything else (`none`, `HS256`, `ES512`, ...) is `None`.
+    /// (RFC 7515 §4.1.1); anything else (`none`, `HS256`, `ES384`, `ES512`, ...) is `None`.
     pub fn parse(name: &str) -> Option<Alg> {
         Alg::ALL.into_iter().find(|a| a.as_str() == name)
     }
@@ -54,7 +56,6 @@ impl Alg {
             Alg::Ps384 => "PS384",
             Alg::Ps512 => "PS512",
             Alg::Es256 => "ES256",
-            Alg::Es384 => "ES384",
             Alg::EdDsa => "EdDSA",
         }
     }
@@ -86,7 +87,6 @@ impl fmt::Display for Alg {
 pub(crate) enum KeyMaterial {
     Rsa(RsaPublicKey),
     P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
     Ed25519(ed25519_dalek::VerifyingKey),
 }
 
@@ -95,7 +95,6 @@ impl KeyMaterial {
         match self {
             KeyMaterial::Rsa(_) => "RSA",
             KeyMaterial::P256(_) => "EC P-256",
-            KeyMaterial::P384(_) => "EC P-384",
             KeyMaterial::Ed25519(_) => "OKP Ed25519",
         }
     }
@@ -121,7 +120,6 @@ impl Jwk {
                 KeyMaterial::Rsa(_),
                 Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512
             ) | (KeyMaterial::P256(_), Alg::Es256)
-                | (KeyMaterial::P384(_), Alg::Es384)
                 | (KeyMaterial::Ed25519(_), Alg::EdDsa)
         );
         kind_fits && self.alg.map_or(true, |own| own == alg)
@@ -194,7 +192,7 @@ impl RawJwk {
         {
             return None;
         }
-        // A key bound to an algorithm we cannot check (RSA-OAEP, ES512, HS256, ...) is unusable.
+        // A key bound to an algorithm we cannot check (RSA-OAEP, ES384, HS256, ...) is unusable.
         let alg = match &self.alg {
             None => None,
             Some(name) => Some(Alg::parse(name)?),
@@ -211,13 +209,11 @@ impl RawJwk {
             ("EC", Some("P-256")) => KeyMaterial::P256(
                 p256::ecdsa::VerifyingKey::from_sec1_bytes(&uncompressed_point(&self, 32)?).ok()?,
             ),
-            ("EC", Some("P-384")) => KeyMaterial::P384(
-                p384::ecdsa::VerifyingKey::from_sec1_bytes(&uncompressed_point(&self, 48)?).ok()?,
-            ),
             ("OKP", Some("Ed25519")) => {
                 let x: [u8; 32] = b64(self.x.as_ref())?.try_into().ok()?;
                 KeyMaterial::Ed25519(ed25519_dalek::VerifyingKey::from_bytes(&x).ok()?)
             }
+            // Any other key type or curve (EC P-384 and P-521, Ed448, X25519, oct, ...).
             _ => return None,
         };
         Some(Jwk {
@@ -328,7 +324,7 @@ mod tests {
             assert_eq!(alg.to_string(), alg.as_str());
         }
         for name in [
-            "none", "None", "HS256", "HS384", "HS512", "rs256", "ES512", "", "EdDsa",
+            "none", "None", "HS256", "HS384", "HS512", "rs256", "ES384", "ES512", "", "EdDsa",
         ] {
             assert_eq!(Alg::parse(name), None, "{name}");
         }
@@ -337,7 +333,7 @@ mod tests {
     #[test]
     fn supported_among_keeps_the_announced_ones_we_can_check() {
         assert_eq!(
-            Alg::supported_among(&["RS256", "HS256", "none", "ES256", "RS256", "ES512"]),
+            Alg::supported_among(&["RS256", "HS256", "none", "ES384", "ES256", "RS256", "ES512"]),
             vec![Alg::Rs256, Alg::Es256]
         );
         assert!(Alg::supported_among::<&str>(&[]).is_empty());
@@ -368,6 +364,13 @@ mod tests {
         json!({"kty": "EC", "crv": "P-256",
                "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"})
+    }
+
+    fn p384_jwk() -> serde_json::Value {
+        // A valid P-384 public key: the curve's base point G (SEC 2 §2.5.1).
+        json!({"kty": "EC", "crv": "P-384",
+               "x": "qofKIr6LBTeOscce8yCtdG4dO2KLp5uYWfdB4IJUKjhVAvJdv1UpbDpUXjhydgq3",
+               "y": "NhfeSpYmLG9dnpi_kpLcKfj0Hb0omhR86doxE7XwuMAKYLHOHX6BnXpDHXyQ6g5f"})
     }
 
     fn okp_jwk() -> serde_json::Value {
@@ -421,6 +424,9 @@ mod tests {
             with(rsa_jwk(), "e", json!("")),
             // A 1024-bit modulus: below RFC 7518 §3.3's minimum.
             with(rsa_jwk(), "n", json!(URL_SAFE_NO_PAD.encode([0xc5u8; 128]))),
+            p384_jwk(),
+            with(p384_jwk(), "alg", json!("ES384")),
+            with(rsa_jwk(), "alg", json!("ES384")),
             with(ec_jwk(), "crv", json!("P-521")),
             with(ec_jwk(), "crv", json!("secp256k1")),
             without(ec_jwk(), "crv"),
@@ -460,6 +466,22 @@ mod tests {
     }
 
     #[test]
+    fn a_p384_key_is_skipped_like_any_unsupported_key() {
+        // A valid P-384 point, with or without a kid, "alg": "ES384" and "use": "sig".
+        let mut labelled = p384_jwk();
+        labelled["kid"] = json!("p384");
+        labelled["alg"] = json!("ES384");
+        labelled["use"] = json!("sig");
+        for p384 in [p384_jwk(), labelled] {
+            let set =
+                Jwks::parse(json!({"keys": [p384, rsa_jwk()]}).to_string().as_bytes()).unwrap();
+            assert_eq!(set.len(), 1);
+            assert!(!set.has_kid("p384"));
+            assert_eq!(format!("{set:?}"), r#"["RSA kid=2011-04-29 alg=RS256"]"#);
+        }
+    }
+
+    #[test]
     fn only_a_document_without_a_keys_array_is_an_error() {
         assert_eq!(Jwks::parse(b"").unwrap_err(), JwksError::NotJson);
         assert_eq!(Jwks::parse(b"{\"keys\":").unwrap_err(), JwksError::NotJson);
@@ -495,7 +517,6 @@ mod tests {
         assert!(fitting(Alg::Ps256).is_empty());
         assert!(fitting(Alg::Rs512).is_empty());
         assert_eq!(fitting(Alg::Es256), ["EC P-256"]);
-        assert!(fitting(Alg::Es384).is_empty());
         assert_eq!(fitting(Alg::EdDsa), ["OKP Ed25519"]);
     }
 }

@@ -194,7 +194,7 @@ fn rsa_verifies(key: &RsaPublicKey, alg: Alg, input: &[u8], signature: &[u8]) ->
         Alg::Ps256 => key.verify(Pss::new::<Sha256>(), &Sha256::digest(input), signature),
         Alg::Ps384 => key.verify(Pss::new::<Sha384>(), &Sha384::digest(input), signature),
         Alg::Ps512 => key.verify(Pss::new::<Sha512>(), &Sha512::digest(input), signature),
-        Alg::Es256 | Alg::Es384 | Alg::EdDsa => return false,
+        Alg::Es256 | Alg::EdDsa => return false,
     };
     result.is_ok()
 }
@@ -204,10 +204,8 @@ fn signature_verifies(key: &Jwk, alg: Alg, input: &[u8], signature: &[u8]) -> bo
     match (&key.material, alg) {
         (KeyMaterial::Rsa(rsa), _) => rsa_verifies(rsa, alg, input, signature),
         // JWS carries ECDSA signatures as R ‖ S, each the curve's size (RFC 7518 §3.4), not
-        // DER: `from_slice` takes exactly 64 (96) bytes.
+        // DER: `from_slice` takes exactly 64 bytes.
         (KeyMaterial::P256(vk), Alg::Es256) => p256::ecdsa::Signature::from_slice(signature)
-            .is_ok_and(|sig| vk.verify(input, &sig).is_ok()),
-        (KeyMaterial::P384(vk), Alg::Es384) => p384::ecdsa::Signature::from_slice(signature)
             .is_ok_and(|sig| vk.verify(input, &sig).is_ok()),
         // Strict verification: also refuses small-order keys and R (RFC 8032 §5.1.7 allows
         // either; honest signers pass both).
@@ -272,7 +270,6 @@ mod tests {
     struct Keys {
         rsa: RsaPrivateKey,
         p256: p256::ecdsa::SigningKey,
-        p384: p384::ecdsa::SigningKey,
         ed25519: ed25519_dalek::SigningKey,
     }
 
@@ -284,10 +281,6 @@ mod tests {
             .unwrap(),
             p256: p256::ecdsa::SigningKey::from_pkcs8_pem(include_str!(
                 "../../tests/fixtures/keys/ec-p256.pem"
-            ))
-            .unwrap(),
-            p384: p384::ecdsa::SigningKey::from_pkcs8_pem(include_str!(
-                "../../tests/fixtures/keys/ec-p384.pem"
             ))
             .unwrap(),
             ed25519: ed25519_dalek::SigningKey::from_pkcs8_pem(include_str!(
@@ -306,11 +299,6 @@ mod tests {
         fn p256_jwk(&self) -> serde_json::Value {
             let point = self.p256.verifying_key().to_encoded_point(false);
             json!({"kty": "EC", "crv": "P-256", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())})
-        }
-
-        fn p384_jwk(&self) -> serde_json::Value {
-            let point = self.p384.verifying_key().to_encoded_point(false);
-            json!({"kty": "EC", "crv": "P-384", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())})
         }
 
         fn ed25519_jwk(&self) -> serde_json::Value {
@@ -344,10 +332,6 @@ mod tests {
                     let sig: p256::ecdsa::Signature = self.p256.sign(input);
                     sig.to_bytes().to_vec()
                 }
-                Alg::Es384 => {
-                    let sig: p384::ecdsa::Signature = self.p384.sign(input);
-                    sig.to_bytes().to_vec()
-                }
                 Alg::EdDsa => self.ed25519.sign(input).to_bytes().to_vec(),
             }
         }
@@ -357,7 +341,6 @@ mod tests {
         match alg {
             Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512 => "rsa",
             Alg::Es256 => "p256",
-            Alg::Es384 => "p384",
             Alg::EdDsa => "ed",
         }
     }
@@ -380,6 +363,14 @@ mod tests {
                "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"})
     }
 
+    // A P-384 public key (the curve's base point G, SEC 2 §2.5.1): a valid key of a curve this
+    // filter does not support, so skipped.
+    fn p384_jwk() -> serde_json::Value {
+        json!({"kty": "EC", "crv": "P-384",
+               "x": "qofKIr6LBTeOscce8yCtdG4dO2KLp5uYWfdB4IJUKjhVAvJdv1UpbDpUXjhydgq3",
+               "y": "NhfeSpYmLG9dnpi_kpLcKfj0Hb0omhR86doxE7XwuMAKYLHOHX6BnXpDHXyQ6g5f"})
+    }
+
     /// Every fixture key under its kid, an RS256-only alias of the RSA key, Bilbo's key and
     /// the RFC 7515 A.3 key (to sign under the wrong kid), and keys that must be skipped.
     fn key_set(k: &Keys) -> Jwks {
@@ -387,15 +378,15 @@ mod tests {
             with(k.rsa_jwk(), json!({"kid": "rsa", "use": "sig"})),
             with(k.rsa_jwk(), json!({"kid": "rsa-rs256-only", "alg": "RS256"})),
             with(k.p256_jwk(), json!({"kid": "p256", "alg": "ES256"})),
-            with(k.p384_jwk(), json!({"kid": "p384"})),
             with(k.ed25519_jwk(), json!({"kid": "ed", "alg": "EdDSA", "use": "sig"})),
             {"kty": "RSA", "kid": BILBO_KID, "use": "sig", "n": BILBO_N, "e": "AQAB"},
             with(rfc7515_a3_jwk(), json!({"kid": "a3"})),
             with(k.rsa_jwk(), json!({"kid": "enc", "use": "enc"})),
             {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            with(p384_jwk(), json!({"kid": "p384"})),
         ]});
         let set = Jwks::parse(doc.to_string().as_bytes()).unwrap();
-        assert_eq!(set.len(), 7);
+        assert_eq!(set.len(), 6);
         set
     }
 
@@ -453,10 +444,10 @@ mod tests {
             k.ed25519_jwk(),
             with(k.rsa_jwk(), json!({"kid": "r1"})),
             k.p256_jwk(),
-            k.p384_jwk(),
+            p384_jwk(),
         ]});
         let set = Jwks::parse(doc.to_string().as_bytes()).unwrap();
-        assert_eq!(set.len(), 4);
+        assert_eq!(set.len(), 3);
         for alg in Alg::ALL {
             assert!(
                 verify(&token(&k, alg, None), &set, &Alg::ALL).is_ok(),
@@ -658,8 +649,13 @@ mod tests {
                 KeyDoesNotFit,
             ),
             (
-                "kid of the P-256 key, ES384 header",
-                token(&k, Alg::Es384, Some("p256")),
+                "kid of a skipped P-384 key",
+                token(&k, Alg::Es256, Some("p384")),
+                UnknownKey,
+            ),
+            (
+                "kid of a P-256 key without alg, EdDSA header",
+                token(&k, Alg::EdDsa, Some("a3")),
                 KeyDoesNotFit,
             ),
             (
@@ -797,6 +793,16 @@ mod tests {
                 Malformed,
             ),
             (
+                "unsupported ES384, kid of the P-256 key",
+                header(r#"{"alg":"ES384","kid":"p256"}"#),
+                AlgorithmNotAllowed("ES384".into()),
+            ),
+            (
+                "unsupported ES384, kid of the skipped P-384 key",
+                header(r#"{"alg":"ES384","kid":"p384"}"#),
+                AlgorithmNotAllowed("ES384".into()),
+            ),
+            (
                 "unsupported ES512",
                 header(r#"{"alg":"ES512"}"#),
                 AlgorithmNotAllowed("ES512".into()),
@@ -826,6 +832,19 @@ mod tests {
             Err(JwsError::AlgorithmNotAllowed("RS256".into()))
         );
         assert!(verify(&rs256, &set, &[Alg::Rs256]).is_ok());
+        // ES384 is no longer supported: refused even when the IdP announces it.
+        let es384 = format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"ES384","kid":"p384"}"#),
+            b64(claims().to_string()),
+            b64([1u8; 96])
+        );
+        let announced = Alg::supported_among(&["ES384", "RS256"]);
+        assert_eq!(announced, [Alg::Rs256]);
+        assert_eq!(
+            verify(&es384, &set, &announced),
+            Err(JwsError::AlgorithmNotAllowed("ES384".into()))
+        );
         // The algorithm is judged before the key: an unknown kid with a refused alg is refused.
         assert_eq!(
             verify(&token(&k, Alg::EdDsa, Some("nope")), &set, &[Alg::Rs256]),
