@@ -160,7 +160,10 @@ impl VmHandle {
 
     pub fn wait(&self, owner: Owner, need: Need) {
         let mut vm = self.0.borrow_mut();
-        let bound = u64::try_from(vm.config.idp_timeout.as_millis()).unwrap_or(5_000) + 1_000;
+        // Long enough for one retry after a failed fetch, then one more call.
+        let bound = u64::try_from(vm.config.idp_timeout.as_millis()).unwrap_or(5_000)
+            + RETRY_AFTER_FAILURE_MS
+            + 1_000;
         vm.waiters.push(Waiter {
             owner,
             need,
