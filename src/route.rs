@@ -242,6 +242,7 @@ pub(crate) mod tests {
     use crate::config::tests::{config_from, minimal_json, KEY_A};
     use crate::oidc::discovery::test_provider;
     use crate::random::CountingRandom;
+    use crate::refresh::{Outcome, RefreshId};
     use crate::secret::Secret;
     use crate::session::KeyRing;
 
@@ -292,6 +293,116 @@ pub(crate) mod tests {
             s.seal(&k, "__Host-bff-session", &mut CountingRandom(9))
                 .unwrap()
         )
+    }
+
+    fn refreshable(expires_at: u64) -> Session {
+        Session {
+            access_token: Secret::new("old-token"),
+            access_expires_at: expires_at,
+            refresh_token: Some(Secret::new("the-refresh-token")),
+            subject: "alice".into(),
+            created: 900,
+            last_seen: 900,
+            claims: Default::default(),
+        }
+    }
+
+    fn cookie_of(s: &Session) -> String {
+        let k = KeyRing::from_base64_list(KEY_A).unwrap();
+        format!(
+            "__Host-bff-session={}",
+            s.seal(&k, "__Host-bff-session", &mut CountingRandom(9))
+                .unwrap()
+        )
+    }
+
+    #[test]
+    fn a_due_token_with_a_refresh_token_is_refreshed_first() {
+        let c = config_from(minimal_json());
+        let cookie = cookie_of(&refreshable(1030));
+        let h = get("/private/api", &[API, ("cookie", &cookie)]);
+        let Decision::Refresh(needed) = decide_on(&c, &h, 1000) else {
+            panic!()
+        };
+        assert_eq!(needed.id, RefreshId::of(&Secret::new("the-refresh-token")));
+        assert_eq!(
+            needed.request.body.as_deref(),
+            Some("grant_type=refresh_token&refresh_token=the-refresh-token")
+        );
+        // Without metadata yet, the token is used while it lasts; after that, wait for it.
+        let req = Request::from_headers(&h);
+        assert!(matches!(
+            decide(&c, None, &req, 1000, &mut CountingRandom(1)),
+            Decision::Forward(_)
+        ));
+        assert!(matches!(
+            decide(&c, None, &req, 1030, &mut CountingRandom(1)),
+            Decision::AwaitProvider
+        ));
+    }
+
+    #[test]
+    fn what_a_refresh_outcome_means_for_a_request() {
+        let c = config_from(minimal_json());
+        let p = test_provider();
+        let old = refreshable(1030);
+        let h = get("/private/api", &[API, ("cookie", &cookie_of(&old))]);
+        let req = Request::from_headers(&h);
+        let after = |outcome: &Outcome, now: u64| {
+            after_refresh(
+                &c,
+                Some(&p),
+                &req,
+                &old,
+                outcome,
+                now,
+                &mut CountingRandom(2),
+            )
+        };
+        let mut renewed = refreshable(1300);
+        renewed.access_token = Secret::new("new-token");
+        let k = KeyRing::from_base64_list(KEY_A).unwrap();
+        let sealed = renewed
+            .seal(&k, "__Host-bff-session", &mut CountingRandom(4))
+            .unwrap();
+        let Decision::Forward(f) = after(&Outcome::Renewed(sealed), 1000) else {
+            panic!()
+        };
+        assert_eq!(f.token_header.1, "Bearer new-token");
+        assert_eq!(
+            f.set_cookies.len(),
+            1,
+            "the new session goes to the browser"
+        );
+        // The IdP is down: the old token while it lasts, then 503.
+        let Decision::Forward(f) = after(&Outcome::Unavailable, 1000) else {
+            panic!()
+        };
+        assert_eq!(
+            (f.token_header.1.as_str(), f.set_cookies.len()),
+            ("Bearer old-token", 0)
+        );
+        assert_eq!(reply(after(&Outcome::Unavailable, 1030)).status, 503);
+        // Refused: the session ends and its cookie goes.
+        let r = reply(after(&Outcome::Ended, 1000));
+        assert_eq!(r.status, 401);
+        assert!(r
+            .cookies()
+            .any(|c| c.starts_with("__Host-bff-session=;") && c.contains("Max-Age=0")));
+    }
+
+    #[test]
+    fn a_dead_session_cookie_is_deleted_on_the_way() {
+        let c = config_from(minimal_json());
+        let r = reply(decide_on(
+            &c,
+            &get("/private/api", &[API, ("cookie", &session_cookie(999))]),
+            1000,
+        ));
+        assert_eq!(r.status, 401);
+        assert!(r.cookies().any(|c| c.contains("Max-Age=0")));
+        let r = reply(decide_on(&c, &get("/private/api", &[API]), 1000));
+        assert_eq!(r.cookies().count(), 0, "no cookie, nothing to delete");
     }
 
     fn reply(d: Decision) -> Reply {

@@ -127,6 +127,8 @@ def test_forged_missing_and_foreign_state_is_refused(two_envoys):
         "missing code": f"{base}?state={q['state']}",
         "repeated state": f"{base}?code={q['code']}&state={q['state']}&state={q['state']}",
         "mix-up (iss)": f"{base}?code={q['code']}&state={q['state']}&iss=http%3A%2F%2Fevil.example",
+        # The IdP announces authorization_response_iss_parameter_supported (RFC 9207).
+        "iss missing": f"{base}?code={q['code']}&state={q['state']}",
     }
     for label, url in cases.items():
         r = b.get(url)

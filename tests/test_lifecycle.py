@@ -207,6 +207,21 @@ def test_invalid_grant_ends_the_session(short_tokens):
     assert nav.status_code == 302 and nav.headers["Location"].startswith(idp.issuer)
 
 
+def test_an_unreachable_idp_lets_requests_go_on_with_the_current_token(procs):
+    idp, envoy = start(procs, idp_env={"IDP_ACCESS_TOKEN_TTL": "65"}, name="envoy-idp-gone",
+                       idp_timeout_ms=1000)
+    b = Browser(envoy)
+    b.login()
+    first = token_upstream(b)
+    time.sleep(5.5)
+    idp.process.stop()
+    r = b.get("/private/api/me", navigate=False)
+    assert r.status_code == 200, r.text
+    assert r.json()["headers"]["authorization"] == first, "the current token, still valid"
+    assert SESSION not in set_cookies(r), "the session is kept as it is"
+    envoy.assert_vm_healthy()
+
+
 # --- lifetime, rotation, size ----------------------------------------------------------------
 
 def test_cookie_key_rotation_keeps_old_sessions_alive(procs):
