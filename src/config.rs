@@ -6,6 +6,7 @@ use crate::secret::Secret;
 use crate::session::KeyRing;
 use crate::url::AbsoluteUrl;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -74,6 +75,60 @@ struct RawConfig {
     cookie_keys: Option<RawSecret>,
     upstream_token: Option<RawUpstreamToken>,
     session: Option<RawSession>,
+    session_path: Option<String>,
+    logout_path: Option<String>,
+    post_logout_url: Option<String>,
+    csrf: Option<RawCsrf>,
+    rules: Option<Vec<RawRule>>,
+    claim_headers: Option<BTreeMap<String, String>>,
+    bypass: Option<Vec<String>>,
+    metrics_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCsrf {
+    header: Option<String>,
+    value: Option<String>,
+    allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    prefix: String,
+    require: BTreeMap<String, Requirement>,
+}
+
+/// What a claim must satisfy for an authorization rule.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Requirement {
+    /// The claim equals this value (string, number or boolean).
+    Equals(serde_json::Value),
+    /// The claim equals one of these values.
+    OneOf(Vec<serde_json::Value>),
+    /// The claim is an array containing this value (e.g. `groups`), or a space-separated
+    /// string containing it as a word (e.g. `scope`).
+    Contains(serde_json::Value),
+}
+
+/// Claims a request under `prefix` must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub prefix: String,
+    pub require: Vec<(String, Requirement)>,
+}
+
+/// Cross-site request forgery defence for API calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Csrf {
+    /// Lowercase header name every non-navigation request must carry…
+    pub header: String,
+    /// …with exactly this value.
+    pub value: String,
+    /// Origins besides the app's own that may call (an SPA on another origin).
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +228,8 @@ pub struct Config {
     pub client_id: String,
     pub client_secret: Secret,
     pub redirect_uri: RedirectUri,
+    /// Take scheme and host from X-Forwarded-Proto/-Host (behind a load balancer).
+    pub trust_forwarded: bool,
     /// Space-separated, always with `openid` first.
     pub scope: String,
     pub prefix: String,
@@ -182,6 +239,18 @@ pub struct Config {
     pub keys: KeyRing,
     pub upstream_token: TokenHeader,
     pub session: SessionLifetime,
+    /// The session (user) endpoint.
+    pub session_path: String,
+    pub logout_path: String,
+    /// Where the browser lands after logout (relative: made absolute like the redirect URI).
+    pub post_logout_url: String,
+    pub csrf: Csrf,
+    pub rules: Vec<Rule>,
+    /// Claim → upstream header; incoming headers of these names are always removed.
+    pub claim_headers: Vec<(String, String)>,
+    /// Path prefixes under the protected prefix that pass through untouched.
+    pub bypass: Vec<String>,
+    pub metrics_prefix: String,
 }
 
 /// One problem with one field.
@@ -493,6 +562,119 @@ impl Config {
                 }
             });
 
+        let session_path = p.path(
+            "session_path",
+            raw.session_path
+                .unwrap_or_else(|| format!("{prefix}/session")),
+        );
+        let logout_path = p.path(
+            "logout_path",
+            raw.logout_path
+                .unwrap_or_else(|| format!("{prefix}/logout")),
+        );
+        for (field, path) in [
+            ("session_path", &session_path),
+            ("logout_path", &logout_path),
+        ] {
+            if !crate::url::is_under(path, &prefix) {
+                p.add(field, format!("must lie under the prefix {prefix}"));
+            }
+        }
+        let post_logout_url = raw.post_logout_url.unwrap_or_else(|| "/".to_string());
+        if !post_logout_url.starts_with('/') {
+            p.url("post_logout_url", &post_logout_url);
+        }
+
+        let rc = raw.csrf.unwrap_or_default();
+        let csrf = Csrf {
+            header: rc
+                .header
+                .unwrap_or_else(|| "x-csrf".to_string())
+                .to_ascii_lowercase(),
+            value: rc.value.unwrap_or_else(|| "1".to_string()),
+            allowed_origins: rc.allowed_origins.unwrap_or_default(),
+        };
+        if !is_header_name(&csrf.header) {
+            p.add(
+                "csrf.header",
+                "must be a header name (letters, digits, '-', '_')",
+            );
+        }
+        if csrf.value.is_empty() || csrf.value.chars().any(|c| c.is_control()) {
+            p.add("csrf.value", "must be a non-empty header value");
+        }
+        for origin in &csrf.allowed_origins {
+            match AbsoluteUrl::parse(origin) {
+                Ok(u) if u.path_and_query == "/" && !origin.ends_with('/') => {}
+                _ => p.add(
+                    "csrf.allowed_origins",
+                    format!("{origin:?} is not an origin like https://app.example.com (no path, no trailing slash)"),
+                ),
+            }
+        }
+
+        let mut rules = Vec::new();
+        for (i, r) in raw.rules.unwrap_or_default().into_iter().enumerate() {
+            let field = format!("rules[{i}].prefix");
+            if !r.prefix.starts_with('/') || !crate::url::is_under(&r.prefix, &prefix) {
+                p.add(&field, format!("must be a path under the prefix {prefix}"));
+            }
+            if r.require.is_empty() {
+                p.add(
+                    &format!("rules[{i}].require"),
+                    "must name at least one claim",
+                );
+            }
+            rules.push(Rule {
+                prefix: r.prefix.trim_end_matches('/').to_string(),
+                require: r.require.into_iter().collect(),
+            });
+        }
+
+        let mut claim_headers = Vec::new();
+        for (claim, header) in raw.claim_headers.unwrap_or_default() {
+            let header = header.to_ascii_lowercase();
+            if !is_header_name(&header)
+                || matches!(
+                    header.as_str(),
+                    "cookie" | "host" | "authorization" | "content-length" | "transfer-encoding"
+                )
+            {
+                p.add("claim_headers", format!("{header:?} cannot carry a claim"));
+            }
+            claim_headers.push((claim, header));
+        }
+
+        let mut bypass = Vec::new();
+        for path in raw.bypass.unwrap_or_default() {
+            if !path.starts_with('/') || path.contains(['?', '#']) {
+                p.add(
+                    "bypass",
+                    format!("{path:?} must be a path starting with '/'"),
+                );
+            }
+            bypass.push(path.trim_end_matches('/').to_string());
+        }
+        for (field, path) in [
+            ("login_path", &login_path),
+            ("session_path", &session_path),
+            ("logout_path", &logout_path),
+            ("redirect_uri", &redirect_uri.path().to_string()),
+        ] {
+            if bypass.iter().any(|b| crate::url::is_under(path, b)) {
+                p.add("bypass", format!("must not cover {field} ({path})"));
+            }
+        }
+
+        let metrics_prefix = raw.metrics_prefix.unwrap_or_else(|| "bff".to_string());
+        if metrics_prefix.is_empty()
+            || !metrics_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.".contains(&b))
+        {
+            p.add("metrics_prefix", "must be letters, digits, '_' or '.'");
+        }
+
         let rt = raw.upstream_token.unwrap_or_default();
         let header = rt
             .header
@@ -563,6 +745,7 @@ impl Config {
                 client_id,
                 client_secret,
                 redirect_uri,
+                trust_forwarded,
                 scope: scopes.join(" "),
                 prefix,
                 login_path,
@@ -580,6 +763,14 @@ impl Config {
                     suffix: suffix_part,
                 },
                 session,
+                session_path,
+                logout_path,
+                post_logout_url,
+                csrf,
+                rules,
+                claim_headers,
+                bypass,
+                metrics_prefix,
             }),
             _ => Err(ConfigErrors(p.0)),
         }
@@ -809,6 +1000,67 @@ pub(crate) mod tests {
             fields(&errs),
             vec!["session.inactivity_timeout_s", "session.refresh_leeway_s"]
         );
+    }
+
+    #[test]
+    fn spa_settings_have_safe_defaults_and_are_checked() {
+        let c = config_from(minimal_json());
+        assert_eq!(
+            (c.session_path.as_str(), c.logout_path.as_str()),
+            ("/private/session", "/private/logout")
+        );
+        assert_eq!(c.post_logout_url, "/");
+        assert_eq!(
+            c.csrf,
+            Csrf {
+                header: "x-csrf".into(),
+                value: "1".into(),
+                allowed_origins: vec![]
+            }
+        );
+        assert!(c.rules.is_empty() && c.claim_headers.is_empty() && c.bypass.is_empty());
+        assert_eq!(c.metrics_prefix, "bff");
+
+        let mut v = minimal_json();
+        v["rules"] = serde_json::json!([
+            {"prefix": "/private/admin", "require": {"groups": {"contains": "admin"}, "email_verified": {"equals": true}}},
+            {"prefix": "/public", "require": {}}
+        ]);
+        v["csrf"] = serde_json::json!({"allowed_origins": ["https://app.example.com", "https://x.example/path"]});
+        v["claim_headers"] = serde_json::json!({"sub": "X-User-Sub", "email": "Cookie"});
+        v["bypass"] = serde_json::json!(["/private/healthz", "/private"]);
+        v["metrics_prefix"] = serde_json::json!("bad prefix");
+        let errs = errors_of(v);
+        assert_eq!(
+            fields(&errs),
+            vec![
+                "csrf.allowed_origins",
+                "rules[1].prefix",
+                "rules[1].require",
+                "claim_headers",
+                "bypass",
+                "bypass",
+                "bypass",
+                "bypass",
+                "metrics_prefix"
+            ]
+        );
+        let mut v = minimal_json();
+        v["rules"] = serde_json::json!([{"prefix": "/private/admin", "require": {"groups": {"contains": "admin"}, "tier": {"one_of": ["gold", 2]}}}]);
+        v["claim_headers"] = serde_json::json!({"sub": "X-User-Sub"});
+        let c = config_from(v);
+        assert_eq!(c.rules[0].require.len(), 2);
+        assert_eq!(
+            c.claim_headers,
+            vec![("sub".to_string(), "x-user-sub".to_string())]
+        );
+        let mut v = minimal_json();
+        v["rules"] =
+            serde_json::json!([{"prefix": "/private/a", "require": {"g": {"matches": "x"}}}]);
+        assert!(Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown variant `matches`"));
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! is the thin proxy-wasm shell, compiled only for wasm.
 
 pub mod config;
+pub mod csrf;
+pub mod endpoints;
 pub mod login;
+pub mod metrics;
 pub mod oidc;
 pub mod random;
 pub mod refresh;
@@ -13,6 +16,7 @@ pub mod renew;
 pub mod reply;
 pub mod request;
 pub mod route;
+pub mod rules;
 pub mod secret;
 pub mod session;
 pub mod store;

@@ -2,6 +2,7 @@
 //! the token endpoint's answer.
 
 use crate::config::{Config, RedirectUri};
+use crate::metrics::Counter;
 use crate::oidc::authorize::authorization_url;
 use crate::oidc::callback::{self, AuthorizationResponse};
 use crate::oidc::discovery::Provider;
@@ -10,11 +11,10 @@ use crate::oidc::idp_request::IdpRequest;
 use crate::oidc::jwks::{Alg, Jwks};
 use crate::oidc::jws::JwsError;
 use crate::oidc::token;
-use crate::random::Random;
+use crate::random::{self, Random};
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::route::CodeExchange;
-use crate::session::contents::user_claims;
 use crate::session::{cookie, LoginTransaction, Session, TransactionError};
 use crate::url::query_of;
 
@@ -85,12 +85,14 @@ fn try_start(
         &config.scope,
         &tx,
     );
-    Ok(Reply::redirect(&location).with_cookie(cookie::set_cookie(
-        &config.cookie,
-        &name,
-        &value,
-        Some(config.cookie.transaction_max_age),
-    )))
+    Ok(Reply::redirect(&location)
+        .counting(Counter::LoginsStarted)
+        .with_cookie(cookie::set_cookie(
+            &config.cookie,
+            &name,
+            &value,
+            Some(config.cookie.transaction_max_age),
+        )))
 }
 
 /// The first value of a comma-separated header (the client-facing proxy's).
@@ -102,34 +104,35 @@ fn first(v: Option<&str>) -> Option<&str> {
 fn redirect_uri(config: &Config, req: &Request) -> Result<String, Failure> {
     match &config.redirect_uri {
         RedirectUri::Absolute(url) => Ok(url.to_string()),
-        RedirectUri::Path {
-            path,
-            trust_forwarded,
-        } => {
-            // Behind a load balancer the original scheme and host arrive in X-Forwarded-*;
-            // only trusted when configured, since a client can send them too.
-            let (scheme, host) = if *trust_forwarded {
-                (
-                    first(req.forwarded_proto).unwrap_or(req.scheme),
-                    first(req.forwarded_host).unwrap_or(req.authority),
-                )
-            } else {
-                (req.scheme, req.authority)
-            };
-            let scheme = match scheme {
-                "http" | "https" => scheme,
-                _ => return Err(Failure::BadHost),
-            };
-            let host_ok = !host.is_empty()
-                && host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
-            if !host_ok {
-                return Err(Failure::BadHost);
-            }
-            Ok(format!("{scheme}://{host}{path}"))
-        }
+        RedirectUri::Path { path, .. } => Ok(format!("{}{path}", request_origin(config, req)?)),
     }
+}
+
+/// `scheme://host` the browser used for this request: `:scheme` and `:authority`, or the
+/// load balancer's X-Forwarded-Proto/-Host when `trust_forwarded_headers` is set.
+pub fn request_origin(config: &Config, req: &Request) -> Result<String, Failure> {
+    // Behind a load balancer the original scheme and host arrive in X-Forwarded-*; only
+    // trusted when configured, since a client can send them too.
+    let (scheme, host) = if config.trust_forwarded {
+        (
+            first(req.forwarded_proto).unwrap_or(req.scheme),
+            first(req.forwarded_host).unwrap_or(req.authority),
+        )
+    } else {
+        (req.scheme, req.authority)
+    };
+    let scheme = match scheme {
+        "http" | "https" => scheme,
+        _ => return Err(Failure::BadHost),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    if !host_ok {
+        return Err(Failure::BadHost);
+    }
+    Ok(format!("{scheme}://{host}"))
 }
 
 /// Takes the IdP's redirect back: checks it against the transaction cookie and builds the
@@ -241,6 +244,7 @@ pub fn finish(
     match try_finish(config, provider, keys, pending, status, body, now, rng) {
         Ok(session_cookies) => {
             let mut reply = Reply::redirect(&pending.tx.return_to)
+                .counting(Counter::CallbacksOk)
                 .with_cookie(cookie::delete_cookie(&config.cookie, &pending.tx_cookie));
             for c in session_cookies {
                 reply = reply.with_cookie(c);
@@ -329,7 +333,9 @@ fn try_finish(
         subject: claims.subject,
         created: now,
         last_seen: now,
-        claims: user_claims(&claims.all),
+        id_token: Some(id_token.clone()),
+        sid: random::token(rng, 16)
+            .map_err(|_| Failure::Internal("no randomness for the session"))?,
     };
     session
         .write(
@@ -462,8 +468,9 @@ mod tests {
         assert_eq!(s.access_expires_at, 1310);
         assert_eq!(s.subject, "alice");
         assert_eq!((s.created, s.last_seen), (1010, 1010));
-        assert_eq!(s.claims.get("name"), Some(&json!("Alice")));
-        assert_eq!(s.claims.get("nonce"), None);
+        assert_eq!(s.claims().get("name"), Some(&json!("Alice")));
+        assert_eq!(s.claims().get("nonce"), None);
+        assert_eq!(s.sid.len(), 22);
     }
 
     #[test]

@@ -10,7 +10,6 @@ use crate::oidc::jwks::Jwks;
 use crate::oidc::token::{self, TokenError};
 use crate::random::Random;
 use crate::refresh::Outcome;
-use crate::session::contents::user_claims;
 use crate::session::Session;
 
 /// The refresh-token grant for this session, if it has a refresh token.
@@ -60,7 +59,8 @@ pub fn finish_refresh(
         subject: session.subject.clone(),
         created: session.created,
         last_seen: now,
-        claims: session.claims.clone(),
+        id_token: session.id_token.clone(),
+        sid: session.sid.clone(),
     };
     if let (Some(id_token), Some(keys)) = (&tokens.id_token, keys) {
         let checked = check_id_token(
@@ -73,7 +73,7 @@ pub fn finish_refresh(
             now,
         );
         match checked {
-            Ok(claims) => renewed.claims = user_claims(&claims.all),
+            Ok(_) => renewed.id_token = Some(id_token.clone()),
             // Keys rotated since we last read them: the access token is still good (it came
             // straight from the token endpoint); keep the claims we have.
             Err(e) if e.is_unknown_key() => {}
@@ -105,10 +105,10 @@ mod tests {
             subject: "alice".into(),
             created: 500,
             last_seen: 900,
-            claims: json!({"sub": "alice", "name": "Alice"})
-                .as_object()
-                .unwrap()
-                .clone(),
+            id_token: Some(Secret::new(test_signer::sign(
+                &json!({"sub": "alice", "name": "Alice"}),
+            ))),
+            sid: "sid-1".into(),
         }
     }
 
@@ -168,9 +168,10 @@ mod tests {
         ));
         assert_eq!(s.access_token.expose(), "new-at");
         assert_eq!(s.access_expires_at, 1300);
-        assert_eq!(s.refresh_token.unwrap().expose(), "new-rt");
+        assert_eq!(s.refresh_token.as_ref().unwrap().expose(), "new-rt");
         assert_eq!((s.created, s.last_seen), (500, 1000));
-        assert_eq!(s.claims.get("name"), Some(&json!("Alice Liddell")));
+        assert_eq!(s.claims().get("name"), Some(&json!("Alice Liddell")));
+        assert_eq!(s.sid, "sid-1");
     }
 
     #[test]
@@ -179,8 +180,8 @@ mod tests {
             Some(200),
             json!({"access_token": "new-at", "token_type": "Bearer"}),
         ));
-        assert_eq!(s.refresh_token.unwrap().expose(), "old-rt");
-        assert_eq!(s.claims.get("name"), Some(&json!("Alice")));
+        assert_eq!(s.refresh_token.as_ref().unwrap().expose(), "old-rt");
+        assert_eq!(s.claims().get("name"), Some(&json!("Alice")));
     }
 
     #[test]

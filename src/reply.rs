@@ -1,6 +1,7 @@
 //! Every answer the filter gives itself (redirects and errors), and the one place where a
 //! failure becomes a status code and a message.
 
+use crate::metrics::Counter;
 use crate::oidc::callback::CallbackError;
 use crate::oidc::id_token::IdTokenError;
 use crate::oidc::token::TokenError;
@@ -19,6 +20,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The stat this answer counts toward.
+    pub counter: Option<Counter>,
 }
 
 impl Reply {
@@ -30,7 +33,26 @@ impl Reply {
                 ("cache-control".into(), "no-store".into()),
             ],
             body: String::new(),
+            counter: None,
         }
+    }
+
+    /// A JSON answer (the session endpoint, a logout by `fetch`).
+    pub fn json(status: u16, body: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("cache-control".into(), "no-store".into()),
+            ],
+            body: body.to_string(),
+            counter: None,
+        }
+    }
+
+    pub fn counting(mut self, counter: Counter) -> Reply {
+        self.counter = Some(counter);
+        self
     }
 
     pub fn with_cookie(mut self, set_cookie: String) -> Reply {
@@ -82,6 +104,7 @@ impl Reply {
             status,
             headers,
             body,
+            counter: failure.counter(),
         }
     }
 }
@@ -144,9 +167,33 @@ pub enum Failure {
     IdpUnavailable,
     /// Randomness or sealing failed.
     Internal(&'static str),
+    /// An API call without the CSRF header, or from an origin that may not call.
+    Csrf,
+    /// The session's claims do not satisfy an authorization rule.
+    Forbidden,
+    /// A logout link without this session's `sid` (perhaps from another site).
+    LogoutForbidden,
 }
 
 impl Failure {
+    /// The stat a failure counts toward, where one does.
+    pub fn counter(&self) -> Option<Counter> {
+        match self {
+            Failure::Unauthenticated { .. } => Some(Counter::Unauthenticated),
+            Failure::Csrf => Some(Counter::CsrfRejected),
+            Failure::Forbidden => Some(Counter::Forbidden),
+            Failure::BadCallback(_)
+            | Failure::LoginExpired
+            | Failure::StateMismatch
+            | Failure::IssuerMismatch
+            | Failure::IdpRefused { .. }
+            | Failure::TokenExchange(_)
+            | Failure::NoIdToken
+            | Failure::IdToken(_) => Some(Counter::CallbacksFailed),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             Failure::Unauthenticated { .. } | Failure::IdpRefused { .. } | Failure::IdToken(_) => {
@@ -162,6 +209,7 @@ impl Failure {
             Failure::TokenExchange(_) | Failure::NoIdToken => 502,
             Failure::IdpUnavailable => 503,
             Failure::Internal(_) => 500,
+            Failure::Csrf | Failure::Forbidden | Failure::LogoutForbidden => 403,
         }
     }
 
@@ -181,6 +229,9 @@ impl Failure {
             Failure::IdToken(_) => "id_token_invalid",
             Failure::IdpUnavailable => "idp_unavailable",
             Failure::Internal(_) => "internal_error",
+            Failure::Csrf => "csrf",
+            Failure::Forbidden => "forbidden",
+            Failure::LogoutForbidden => "logout_forbidden",
         }
     }
 
@@ -216,6 +267,13 @@ impl Failure {
                 "The identity provider cannot be reached; try again shortly.".into()
             }
             Failure::Internal(what) => format!("Internal error: {what}."),
+            Failure::Csrf => "Cross-site request refused: API calls must come from the app \
+                              (with its CSRF header, from an allowed origin)."
+                .into(),
+            Failure::Forbidden => "You are signed in but not allowed to see this.".into(),
+            Failure::LogoutForbidden => {
+                "This logout link is not for your session; use the app's logout button.".into()
+            }
         }
     }
 }

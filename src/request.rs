@@ -16,12 +16,18 @@ pub struct Request<'a> {
     pub x_requested_with: Option<&'a str>,
     pub forwarded_proto: Option<&'a str>,
     pub forwarded_host: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    /// Every header, for the configurable ones (CSRF header, claim headers).
+    pub all: &'a [(String, String)],
 }
 
 impl<'a> Request<'a> {
     /// Picks the facts out of Envoy's header list (names arrive lowercase).
     pub fn from_headers(headers: &'a [(String, String)]) -> Request<'a> {
-        let mut r = Request::default();
+        let mut r = Request {
+            all: headers,
+            ..Request::default()
+        };
         for (name, value) in headers {
             let v = value.as_str();
             match name.as_str() {
@@ -40,10 +46,19 @@ impl<'a> Request<'a> {
                 "x-requested-with" => r.x_requested_with = Some(v),
                 "x-forwarded-proto" => r.forwarded_proto = Some(v),
                 "x-forwarded-host" => r.forwarded_host = Some(v),
+                "origin" => r.origin = Some(v),
                 _ => {}
             }
         }
         r
+    }
+
+    /// The first header called `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.all
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn cookie_header(&self) -> Option<&str> {

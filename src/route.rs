@@ -2,6 +2,8 @@
 //! shell only carries the decision out (DESIGN.md, "What the filter does with a request").
 
 use crate::config::Config;
+use crate::csrf;
+use crate::endpoints::{self, LogoutPlan};
 use crate::login::{self, PendingLogin};
 use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::IdpRequest;
@@ -10,6 +12,7 @@ use crate::refresh::{Outcome, RefreshId};
 use crate::renew::refresh_request;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
+use crate::rules;
 use crate::session::contents::Upkeep;
 use crate::session::{cookie, NoSession, Session};
 use crate::url::{is_under, path_of, query_of, safe_return_to};
@@ -28,15 +31,21 @@ pub enum Decision {
     AwaitProvider,
     /// The access token is due: refresh it first (once per session across workers).
     Refresh(Box<RefreshNeeded>),
+    /// Revoke the refresh token (if the plan says so), then answer.
+    Logout(Box<LogoutPlan>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Forward {
-    pub token_header: (String, String),
+    /// `None` for a request that passes through unauthenticated.
+    pub token_header: Option<(String, String)>,
     /// The `Cookie` header to send upstream; `None` removes it.
     pub cookie: Option<String>,
     /// `Set-Cookie` headers for the response (a re-written session).
     pub set_cookies: Vec<String>,
+    /// Other request headers to set (`Some`) or remove (`None`): claim headers, and any
+    /// client-sent header of those names.
+    pub extra: Vec<(String, Option<String>)>,
 }
 
 #[derive(Debug)]
@@ -75,8 +84,8 @@ pub fn decide(
             Err(reply) => Decision::Reply(reply),
         };
     }
-    if !is_under(path, &config.prefix) {
-        return Decision::PassThrough;
+    if !is_under(path, &config.prefix) || config.bypass.iter().any(|b| is_under(path, b)) {
+        return pass_through(config, req);
     }
     if path == config.login_path {
         let return_to = match login_return_to(config, req.path) {
@@ -90,12 +99,25 @@ pub fn decide(
             config, provider, req, client, return_to, now, rng,
         ));
     }
+    if let Err(failure) = csrf::check(config, req) {
+        return Decision::Reply(Reply::failure(client, &failure));
+    }
     let session = Session::open(&config.keys, &config.cookie.name, req.cookie_header())
         .and_then(|s| s.check(now, &config.session).map(|upkeep| (s, upkeep)));
-    match session {
-        Ok((session, Upkeep::None)) => {
-            Decision::Forward(forward(config, req, &session, Vec::new()))
+    if path == config.session_path {
+        return Decision::Reply(endpoints::session_info(config, session.map(|(s, _)| s)));
+    }
+    if path == config.logout_path {
+        if session.is_ok() && provider.is_none() {
+            return Decision::AwaitProvider;
         }
+        return match endpoints::logout(config, provider, req, session.map(|(s, _)| s)) {
+            Ok(plan) => Decision::Logout(Box::new(plan)),
+            Err(failure) => Decision::Reply(Reply::failure(client, &failure)),
+        };
+    }
+    match session {
+        Ok((session, Upkeep::None)) => forward(config, req, &session, Vec::new()),
         Ok((mut session, Upkeep::Rewrite)) => {
             session.last_seen = now;
             rewritten(config, req, session, rng)
@@ -108,12 +130,10 @@ pub fn decide(
                         session,
                         request,
                     })),
-                    None => Decision::Forward(forward(config, req, &session, Vec::new())),
+                    None => forward(config, req, &session, Vec::new()),
                 },
                 // Metadata not known yet: use the token while it lasts.
-                _ if now < session.access_expires_at => {
-                    Decision::Forward(forward(config, req, &session, Vec::new()))
-                }
+                _ if now < session.access_expires_at => forward(config, req, &session, Vec::new()),
                 _ => Decision::AwaitProvider,
             }
         }
@@ -142,7 +162,7 @@ pub fn after_refresh(
         Outcome::Ended => unauthenticated(config, provider, req, NoSession::Expired, now, rng),
         // The IdP is down: go on with the current token while it is valid.
         Outcome::Unavailable if now < session.access_expires_at => {
-            Decision::Forward(forward(config, req, session, Vec::new()))
+            forward(config, req, session, Vec::new())
         }
         Outcome::Unavailable => {
             Decision::Reply(Reply::failure(client_of(req), &Failure::IdpUnavailable))
@@ -158,25 +178,89 @@ fn client_of(req: &Request) -> Client {
     }
 }
 
-fn forward(config: &Config, req: &Request, session: &Session, set_cookies: Vec<String>) -> Forward {
-    Forward {
-        token_header: (
+/// Sends an authenticated request upstream: the token, the claim headers, no filter cookie;
+/// unless an authorization rule denies it.
+fn forward(
+    config: &Config,
+    req: &Request,
+    session: &Session,
+    set_cookies: Vec<String>,
+) -> Decision {
+    let path = path_of(req.path);
+    let needs_claims = !config.claim_headers.is_empty() || rules::applies(&config.rules, path);
+    let claims = if needs_claims {
+        session.claims()
+    } else {
+        Default::default()
+    };
+    if !rules::allows(&config.rules, path, &claims) {
+        let reply = Reply::failure(client_of(req), &Failure::Forbidden);
+        return Decision::Reply(set_cookies.into_iter().fold(reply, Reply::with_cookie));
+    }
+    let extra = config
+        .claim_headers
+        .iter()
+        .map(|(claim, header)| (header.clone(), claims.get(claim).and_then(header_value)))
+        .collect();
+    Decision::Forward(Forward {
+        token_header: Some((
             config.upstream_token.name.clone(),
             config.upstream_token.value(&session.access_token),
-        ),
+        )),
         cookie: req
             .cookie_header()
             .and_then(|h| cookie::without_own(h, &config.cookie.name)),
         set_cookies,
+        extra,
+    })
+}
+
+/// A claim as a header value: strings as they are, lists joined with commas, other values
+/// as JSON; nothing that could not stand in a header.
+fn header_value(claim: &serde_json::Value) -> Option<String> {
+    let text = match claim {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| i.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        serde_json::Value::Null => return None,
+        other => other.to_string(),
+    };
+    (!text.chars().any(|c| c.is_control()) && text.len() <= 4096).then_some(text)
+}
+
+/// A request the filter does not guard: untouched, but for identity headers a client sent
+/// under the names the filter uses for claims (the upstream may trust those names).
+fn pass_through(config: &Config, req: &Request) -> Decision {
+    let forged: Vec<(String, Option<String>)> = config
+        .claim_headers
+        .iter()
+        .filter(|(_, header)| req.header(header).is_some())
+        .map(|(_, header)| (header.clone(), None))
+        .collect();
+    if forged.is_empty() {
+        return Decision::PassThrough;
     }
+    Decision::Forward(Forward {
+        token_header: None,
+        cookie: req.cookie_header().map(str::to_string),
+        set_cookies: Vec::new(),
+        extra: forged,
+    })
 }
 
 /// Forwards with the session re-written on the response (sealed with the current key).
 fn rewritten(config: &Config, req: &Request, session: Session, rng: &mut dyn Random) -> Decision {
     match session.write(&config.keys, &config.cookie, req.cookie_header(), rng) {
-        Ok(cookies) => Decision::Forward(forward(config, req, &session, cookies)),
+        Ok(cookies) => forward(config, req, &session, cookies),
         // Could not seal: the current cookie still works, so forward without re-writing.
-        Err(_) => Decision::Forward(forward(config, req, &session, Vec::new())),
+        Err(_) => forward(config, req, &session, Vec::new()),
     }
 }
 
@@ -265,6 +349,7 @@ pub(crate) mod tests {
 
     pub const NAV: (&str, &str) = ("sec-fetch-mode", "navigate");
     pub const API: (&str, &str) = ("sec-fetch-mode", "cors");
+    pub const CSRF: (&str, &str) = ("x-csrf", "1");
 
     fn decide_on(config: &Config, h: &[(String, String)], now: u64) -> Decision {
         let provider = test_provider();
@@ -285,7 +370,8 @@ pub(crate) mod tests {
             subject: "alice".into(),
             created: 900,
             last_seen: 900,
-            claims: Default::default(),
+            id_token: None,
+            sid: "sid-1".into(),
         };
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         format!(
@@ -303,7 +389,8 @@ pub(crate) mod tests {
             subject: "alice".into(),
             created: 900,
             last_seen: 900,
-            claims: Default::default(),
+            id_token: None,
+            sid: "sid-1".into(),
         }
     }
 
@@ -320,7 +407,7 @@ pub(crate) mod tests {
     fn a_due_token_with_a_refresh_token_is_refreshed_first() {
         let c = config_from(minimal_json());
         let cookie = cookie_of(&refreshable(1030));
-        let h = get("/private/api", &[API, ("cookie", &cookie)]);
+        let h = get("/private/api", &[API, CSRF, ("cookie", &cookie)]);
         let Decision::Refresh(needed) = decide_on(&c, &h, 1000) else {
             panic!()
         };
@@ -346,7 +433,7 @@ pub(crate) mod tests {
         let c = config_from(minimal_json());
         let p = test_provider();
         let old = refreshable(1030);
-        let h = get("/private/api", &[API, ("cookie", &cookie_of(&old))]);
+        let h = get("/private/api", &[API, CSRF, ("cookie", &cookie_of(&old))]);
         let req = Request::from_headers(&h);
         let after = |outcome: &Outcome, now: u64| {
             after_refresh(
@@ -368,7 +455,7 @@ pub(crate) mod tests {
         let Decision::Forward(f) = after(&Outcome::Renewed(sealed), 1000) else {
             panic!()
         };
-        assert_eq!(f.token_header.1, "Bearer new-token");
+        assert_eq!(f.token_header.as_ref().unwrap().1, "Bearer new-token");
         assert_eq!(
             f.set_cookies.len(),
             1,
@@ -379,7 +466,10 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(
-            (f.token_header.1.as_str(), f.set_cookies.len()),
+            (
+                f.token_header.as_ref().unwrap().1.as_str(),
+                f.set_cookies.len()
+            ),
             ("Bearer old-token", 0)
         );
         assert_eq!(reply(after(&Outcome::Unavailable, 1030)).status, 503);
@@ -396,12 +486,15 @@ pub(crate) mod tests {
         let c = config_from(minimal_json());
         let r = reply(decide_on(
             &c,
-            &get("/private/api", &[API, ("cookie", &session_cookie(999))]),
+            &get(
+                "/private/api",
+                &[API, CSRF, ("cookie", &session_cookie(999))],
+            ),
             1000,
         ));
         assert_eq!(r.status, 401);
         assert!(r.cookies().any(|c| c.contains("Max-Age=0")));
-        let r = reply(decide_on(&c, &get("/private/api", &[API]), 1000));
+        let r = reply(decide_on(&c, &get("/private/api", &[API, CSRF]), 1000));
         assert_eq!(r.cookies().count(), 0, "no cookie, nothing to delete");
     }
 
@@ -430,7 +523,7 @@ pub(crate) mod tests {
         );
         let d = decide_on(
             &c,
-            &get("/private/api/items?x=1", &[API, ("cookie", &cookies)]),
+            &get("/private/api/items?x=1", &[API, CSRF, ("cookie", &cookies)]),
             1000,
         );
         let Decision::Forward(f) = d else {
@@ -438,13 +531,13 @@ pub(crate) mod tests {
         };
         assert_eq!(
             f.token_header,
-            ("authorization".into(), "Bearer the-access-token".into())
+            Some(("authorization".into(), "Bearer the-access-token".into()))
         );
         assert_eq!(f.cookie.as_deref(), Some("theme=dark"));
 
         let d = decide_on(
             &c,
-            &get("/private", &[API, ("cookie", &session_cookie(2000))]),
+            &get("/private", &[API, CSRF, ("cookie", &session_cookie(2000))]),
             1000,
         );
         let Decision::Forward(f) = d else {
@@ -463,7 +556,7 @@ pub(crate) mod tests {
         ] {
             let r = reply(decide_on(
                 &c,
-                &get("/private/api", &[API, ("cookie", cookie)]),
+                &get("/private/api", &[API, CSRF, ("cookie", cookie)]),
                 1000,
             ));
             assert_eq!(r.status, 401);
@@ -474,10 +567,23 @@ pub(crate) mod tests {
             );
             assert_eq!(r.header("location"), None);
         }
-        // Expired token, navigation by POST: still 401, never a redirect.
-        let mut h = get("/private/form", &[NAV, ("cookie", &session_cookie(999))]);
+        // Expired token, navigation by POST (with the header): still 401, never a redirect.
+        let mut h = get(
+            "/private/form",
+            &[NAV, CSRF, ("cookie", &session_cookie(999))],
+        );
         h[0].1 = "POST".into();
         assert_eq!(reply(decide_on(&c, &h, 1000)).status, 401);
+        // Without the CSRF header an API call is refused before anything else.
+        let r = reply(decide_on(
+            &c,
+            &get("/private/api", &[API, ("cookie", &session_cookie(2000))]),
+            1000,
+        ));
+        assert_eq!(
+            (r.status, r.counter),
+            (403, Some(crate::metrics::Counter::CsrfRejected))
+        );
     }
 
     #[test]
@@ -536,16 +642,70 @@ pub(crate) mod tests {
         // A valid session, an API call without one, and paths outside the prefix never wait.
         let cookie = session_cookie(2000);
         assert!(matches!(
-            without(&get("/private/api", &[API, ("cookie", &cookie)])),
+            without(&get("/private/api", &[API, CSRF, ("cookie", &cookie)])),
             Decision::Forward(_)
         ));
         assert!(
-            matches!(without(&get("/private/api", &[API])), Decision::Reply(r) if r.status == 401)
+            matches!(without(&get("/private/api", &[API, CSRF])), Decision::Reply(r) if r.status == 401)
         );
         assert!(matches!(
             without(&get("/elsewhere", &[NAV])),
             Decision::PassThrough
         ));
+    }
+
+    #[test]
+    fn claims_go_upstream_as_headers_and_rules_decide() {
+        let mut v = minimal_json();
+        v["claim_headers"] = serde_json::json!({"sub": "x-user-sub", "groups": "x-user-groups", "missing": "x-user-missing"});
+        v["rules"] = serde_json::json!([{"prefix": "/private/admin", "require": {"groups": {"contains": "admin"}}}]);
+        v["bypass"] = serde_json::json!(["/private/healthz"]);
+        let c = config_from(v);
+        let mut s = refreshable(5000);
+        s.id_token = Some(Secret::new(crate::oidc::id_token::test_signer::sign(
+            &serde_json::json!({"sub": "alice", "groups": ["staff", "beta"]}),
+        )));
+        let cookie = cookie_of(&s);
+        let h = get(
+            "/private/api",
+            &[API, CSRF, ("cookie", &cookie), ("x-user-sub", "mallory")],
+        );
+        let Decision::Forward(f) = decide_on(&c, &h, 1000) else {
+            panic!()
+        };
+        assert_eq!(
+            f.extra,
+            vec![
+                ("x-user-groups".to_string(), Some("staff,beta".to_string())),
+                ("x-user-missing".to_string(), None),
+                ("x-user-sub".to_string(), Some("alice".to_string())),
+            ]
+        );
+        let r = reply(decide_on(
+            &c,
+            &get("/private/admin/x", &[API, CSRF, ("cookie", &cookie)]),
+            1000,
+        ));
+        assert_eq!(
+            (r.status, r.counter),
+            (403, Some(crate::metrics::Counter::Forbidden))
+        );
+        // Outside the prefix and on bypass paths: untouched, but a forged identity header goes.
+        assert!(matches!(
+            decide_on(&c, &get("/public", &[NAV]), 1000),
+            Decision::PassThrough
+        ));
+        let Decision::Forward(f) = decide_on(
+            &c,
+            &get("/private/healthz", &[("x-user-sub", "mallory")]),
+            1000,
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (f.token_header, f.extra),
+            (None, vec![("x-user-sub".to_string(), None)])
+        );
     }
 
     #[test]
@@ -557,7 +717,7 @@ pub(crate) mod tests {
             0,
         ));
         assert_eq!(ok.status, 302);
-        let default = reply(decide_on(&c, &get("/private/login", &[API]), 0));
+        let default = reply(decide_on(&c, &get("/private/login", &[API, CSRF]), 0));
         assert_eq!(default.status, 302);
         for bad in [
             "//evil.example",

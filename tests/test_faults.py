@@ -49,7 +49,7 @@ def faulty(procs):
 def assert_still_serving(stack_or_envoy, browser=None):
     envoy = getattr(stack_or_envoy, "envoy", stack_or_envoy)
     assert envoy.alive()
-    r = requests.get(envoy.url("/private/ping"), headers={"Accept": "application/json"}, timeout=10)
+    r = requests.get(envoy.url("/private/ping"), headers={"Accept": "application/json", "X-CSRF": "1"}, timeout=10)
     assert r.status_code == 401 and r.json()["error"] == "unauthenticated"
     if browser is not None:
         r = browser.get("/private/ping", navigate=False)
@@ -85,7 +85,7 @@ def test_bad_session_cookies_count_as_no_session(two_envoys):
     for label, value in bad_session_values(good, foreign).items():
         cookie = f"{SESSION}={value}"
         api = requests.get(stack.envoy.url("/private/api"), timeout=10,
-                           headers={"Cookie": cookie, "Accept": "application/json"})
+                           headers={"Cookie": cookie, "Accept": "application/json", "X-CSRF": "1"})
         assert api.status_code == 401, label
         nav = requests.get(stack.envoy.url("/private/page"), timeout=10, allow_redirects=False,
                            headers={"Cookie": cookie, "Sec-Fetch-Mode": "navigate"})
@@ -93,7 +93,8 @@ def test_bad_session_cookies_count_as_no_session(two_envoys):
     # A transaction cookie's value moved into the session cookie is bound to another name.
     start = Browser(stack.envoy).get("/private/login")
     [tx] = [c["value"] for n, c in set_cookies(start).items() if ".tx." in n]
-    r = requests.get(stack.envoy.url("/private/api"), headers={"Cookie": f"{SESSION}={tx}"}, timeout=10)
+    r = requests.get(stack.envoy.url("/private/api"), timeout=10,
+                     headers={"Cookie": f"{SESSION}={tx}", "X-CSRF": "1"})
     assert r.status_code == 401
     assert_still_serving(stack, mine)
 
@@ -105,6 +106,7 @@ def test_header_values_that_are_not_utf8_do_not_kill_the_vm(two_envoys):
     conn = http.client.HTTPConnection("127.0.0.1", stack.envoy.port, timeout=10)
     conn.putrequest("GET", "/private/api")
     conn.putheader("Accept", "application/json")
+    conn.putheader("X-CSRF", "1")
     conn.putheader("X-Odd", b"caf\xe9 \xff")
     conn.putheader("Cookie", f"{SESSION}=".encode() + b"\xff\xfe")
     conn.endheaders()

@@ -118,7 +118,7 @@ def test_idp_down_then_up_recovers_without_restarting_envoy(procs):
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "5"
     assert "identity provider" in r.text
-    api = requests.get(envoy.url("/private/api"), headers={"Accept": "application/json"}, timeout=10)
+    api = requests.get(envoy.url("/private/api"), headers={"Accept": "application/json", "X-CSRF": "1"}, timeout=10)
     assert api.status_code == 401, "an API call without a session needs no IdP"
     idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
                     port=idp_port)
@@ -178,7 +178,7 @@ def test_twenty_parallel_requests_cause_exactly_one_refresh(short_tokens):
     def call():
         barrier.wait()
         r = requests.get(envoy.url("/private/api/items"), timeout=20,
-                         headers={"Cookie": cookie, "Accept": "application/json"})
+                         headers={"Cookie": cookie, "Accept": "application/json", "X-CSRF": "1"})
         results.append((r.status_code, r.json()["headers"].get("authorization") if r.ok else r.text))
 
     threads = [threading.Thread(target=call) for _ in range(20)]
@@ -263,7 +263,7 @@ def test_a_big_session_is_chunked_and_stale_chunks_go(procs):
     assert seen["headers"]["cookie"] == "theme=dark", "no chunk reaches the upstream"
     # A missing chunk is no session.
     without = {k: v for k, v in b.jar.items() if k != f"{SESSION}.1"}
-    r = requests.get(envoy.url("/private/api"), headers={"Accept": "application/json", "Cookie": "; ".join(
+    r = requests.get(envoy.url("/private/api"), headers={"Accept": "application/json", "X-CSRF": "1", "Cookie": "; ".join(
         f"{k}={v}" for k, v in without.items())}, timeout=10)
     assert r.status_code == 401
     # Logging in as a small user in the same browser deletes the big session's chunks.

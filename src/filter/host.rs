@@ -113,6 +113,15 @@ pub fn set_tick_period(period: Duration) {
     let _ = hostcalls::set_tick_period(period);
 }
 
+/// Declares a counter in Envoy's stats; `None` if the host refuses.
+pub fn define_counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).ok()
+}
+
+pub fn increment(metric_id: u32) {
+    let _ = hostcalls::increment_metric(metric_id, 1);
+}
+
 /// proxy-wasm shared data: one store for every worker of the Envoy process.
 pub struct HostStore;
 

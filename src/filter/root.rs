@@ -59,6 +59,7 @@ impl RootContext for BffRoot {
                 );
                 let vm = VmHandle::new(Rc::new(config));
                 vm.prepare_shared();
+                vm.define_counters();
                 self.vm = Some(vm);
                 host::set_tick_period(TICK);
                 true

@@ -6,6 +6,7 @@ use super::host::HostStore;
 use super::host::{self, HostRandom};
 use super::vm::{Need, Owner, VmHandle, Wakeup};
 use crate::login::{self, Finish, PendingLogin};
+use crate::metrics::Counter;
 use crate::refresh::{self, Claim, Outcome, RefreshId};
 use crate::renew;
 use crate::reply::{Client, Failure, Reply};
@@ -40,6 +41,11 @@ enum State {
     AwaitingRefresh {
         id: RefreshId,
         session: Session,
+    },
+    /// Logging out: the refresh token is being revoked; then this reply.
+    Revoking {
+        token_id: u32,
+        reply: Reply,
     },
 }
 
@@ -116,8 +122,26 @@ impl Stream {
                 Step::Continue
             }
             Decision::Refresh(needed) => self.refresh(*needed),
+            Decision::Logout(plan) => {
+                let plan = *plan;
+                let dispatched = plan.revoke.as_ref().and_then(|revoke| {
+                    host::dispatch(&config.idp_cluster, revoke, config.idp_timeout).ok()
+                });
+                match dispatched {
+                    Some(token_id) => {
+                        self.vm.register_callout(token_id, self.owner());
+                        self.state = State::Revoking {
+                            token_id,
+                            reply: plan.reply,
+                        };
+                    }
+                    // No revocation endpoint, or it cannot be called: log out anyway.
+                    None => self.send(&plan.reply),
+                }
+                Step::Stop
+            }
             Decision::Reply(reply) => {
-                host::send_reply(&reply);
+                self.send(&reply);
                 Step::Stop
             }
             Decision::ExchangeCode(exchange) => {
@@ -138,7 +162,7 @@ impl Stream {
                                 config.idp_cluster
                             ),
                         );
-                        host::send_reply(&Reply::failure(self.client(), &Failure::IdpUnavailable));
+                        self.send(&Reply::failure(self.client(), &Failure::IdpUnavailable));
                     }
                 }
                 Step::Stop
@@ -146,12 +170,12 @@ impl Stream {
             Decision::AwaitProvider => {
                 if matches!(self.state, State::AwaitingProvider) {
                     // Woken as ready, yet still none: give up rather than loop.
-                    host::send_reply(&Reply::failure(self.client(), &Failure::IdpUnavailable));
+                    self.send(&Reply::failure(self.client(), &Failure::IdpUnavailable));
                     return Step::Stop;
                 }
                 self.vm.fetch_if_due();
                 if self.vm.recently_failed() {
-                    host::send_reply(&Reply::failure(self.client(), &Failure::IdpUnavailable));
+                    self.send(&Reply::failure(self.client(), &Failure::IdpUnavailable));
                     return Step::Stop;
                 }
                 self.state = State::AwaitingProvider;
@@ -161,10 +185,22 @@ impl Stream {
         }
     }
 
+    /// Answers the request locally, counting the answer.
+    fn send(&self, reply: &Reply) {
+        if let Some(counter) = reply.counter {
+            self.vm.count(counter);
+        }
+        host::send_reply(reply);
+    }
+
     fn apply_forward(&mut self, forward: Forward) {
-        let (name, value) = &forward.token_header;
-        host::set_request_header(name, Some(value));
-        host::set_request_header("cookie", forward.cookie.as_deref());
+        if let Some((name, value)) = &forward.token_header {
+            host::set_request_header(name, Some(value));
+            host::set_request_header("cookie", forward.cookie.as_deref());
+        }
+        for (name, value) in &forward.extra {
+            host::set_request_header(name, value.as_deref());
+        }
         if let Ok(mut cookies) = self.response_cookies.try_borrow_mut() {
             *cookies = forward.set_cookies;
         }
@@ -177,9 +213,9 @@ impl Stream {
                 self.apply_forward(forward);
                 host::resume_request();
             }
-            Decision::Reply(reply) => host::send_reply(&reply),
+            Decision::Reply(reply) => self.send(&reply),
             Decision::PassThrough => host::resume_request(),
-            _ => host::send_reply(&Reply::failure(self.client(), &Failure::IdpUnavailable)),
+            _ => self.send(&Reply::failure(self.client(), &Failure::IdpUnavailable)),
         }
     }
 
@@ -251,11 +287,11 @@ impl Stream {
                 Step::Continue
             }
             Decision::Reply(reply) => {
-                host::send_reply(&reply);
+                self.send(&reply);
                 Step::Stop
             }
             _ => {
-                host::send_reply(&Reply::failure(self.client(), &Failure::IdpUnavailable));
+                self.send(&Reply::failure(self.client(), &Failure::IdpUnavailable));
                 Step::Stop
             }
         }
@@ -297,8 +333,19 @@ impl Stream {
                         "bff: the IdP refused a refresh; the session ends",
                     );
                 }
+                self.vm.count(match outcome {
+                    Outcome::Renewed(_) => Counter::RefreshesOk,
+                    _ => Counter::RefreshesFailed,
+                });
                 refresh::publish(&HostStore, &self.vm.namespace(), &id, &outcome, host::now());
                 self.after_refresh(&session, &outcome, true);
+            }
+            State::Revoking {
+                token_id: expected,
+                reply,
+            } if expected == token_id => {
+                // RFC 7009 §2.2: the answer says nothing we act on; log out either way.
+                self.send(&reply);
             }
             other => {
                 host::log(
@@ -358,7 +405,7 @@ impl Stream {
                 if let Some(failure) = failure {
                     log_login_failure(&failure);
                 }
-                host::send_reply(&reply);
+                self.send(&reply);
             }
         }
     }
@@ -366,7 +413,7 @@ impl Stream {
     fn reply_failed_login(&mut self, pending: &PendingLogin, failure: &Failure) {
         log_login_failure(failure);
         let config = self.vm.config();
-        host::send_reply(&login::failed(&config, pending, failure));
+        self.send(&login::failed(&config, pending, failure));
     }
 
     /// Resumed by the VM: what this request waited for has arrived, or will not.
@@ -379,7 +426,7 @@ impl Stream {
                 }
             }
             (State::AwaitingProvider, Wakeup::Failed(failure)) => {
-                host::send_reply(&Reply::failure(self.client(), &failure));
+                self.send(&Reply::failure(self.client(), &failure));
             }
             (
                 State::AwaitingKeys {

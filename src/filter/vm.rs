@@ -8,6 +8,7 @@
 use super::host::{self, HostStore};
 use super::stream::Stream;
 use crate::config::Config;
+use crate::metrics::Counter;
 use crate::oidc::discovery::{discovery_url, Provider};
 use crate::oidc::idp_request::IdpRequest;
 use crate::oidc::jwks::Jwks;
@@ -82,6 +83,8 @@ pub struct Vm {
     failed_at_ms: Option<u64>,
     waiters: Vec<Waiter>,
     callouts: HashMap<u32, Owner>,
+    /// Envoy's ids for our counters, in `Counter::ALL` order.
+    counters: Vec<Option<u32>>,
 }
 
 /// The VM's state, shared by the root context and every request.
@@ -109,7 +112,31 @@ impl VmHandle {
             failed_at_ms: None,
             waiters: Vec::new(),
             callouts: HashMap::new(),
+            counters: Vec::new(),
         })))
+    }
+
+    /// Declares the filter's counters (`<metrics_prefix>.<name>` in Envoy's stats).
+    pub fn define_counters(&self) {
+        let prefix = self.0.borrow().config.metrics_prefix.clone();
+        let ids = Counter::ALL
+            .iter()
+            .map(|c| host::define_counter(&format!("{prefix}.{}", c.name())))
+            .collect();
+        self.0.borrow_mut().counters = ids;
+    }
+
+    pub fn count(&self, counter: Counter) {
+        let id = self
+            .0
+            .borrow()
+            .counters
+            .get(counter.index())
+            .copied()
+            .flatten();
+        if let Some(id) = id {
+            host::increment(id);
+        }
     }
 
     pub fn namespace(&self) -> String {

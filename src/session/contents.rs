@@ -28,13 +28,15 @@ pub struct Session {
     /// from here, so it is exact to within the sliding step (see [`Session::check`]).
     #[serde(rename = "l", default)]
     pub last_seen: u64,
-    /// The user's claims from the ID token, for the session endpoint (no protocol claims).
-    #[serde(
-        rename = "u",
-        default,
-        skip_serializing_if = "serde_json::Map::is_empty"
-    )]
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The ID token, verified before it was sealed here: the user's claims (session
+    /// endpoint, rules, claim headers) and `id_token_hint` at logout. Kept whole rather than
+    /// as claims plus token, which would double the cookie.
+    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<Secret>,
+    /// A random id for this session, handed to the SPA for logout links (`?sid=`): a
+    /// cross-site page cannot know it, so it cannot log the user out.
+    #[serde(rename = "d", default)]
+    pub sid: String,
 }
 
 /// Why a request has no usable session. The caller treats all of them alike (log in again);
@@ -78,6 +80,26 @@ pub fn user_claims(
 }
 
 impl Session {
+    /// The user's claims, from the sealed ID token (protocol claims left out).
+    pub fn claims(&self) -> serde_json::Map<String, serde_json::Value> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        self.id_token
+            .as_ref()
+            .and_then(|t| t.expose().split('.').nth(1))
+            .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .map(|all| user_claims(&all))
+            .unwrap_or_default()
+    }
+
+    /// When the session ends at the latest, if no request slides it.
+    pub fn ends_at(&self, lifetime: &SessionLifetime) -> u64 {
+        self.created
+            .saturating_add(lifetime.max_lifetime)
+            .min(self.last_seen.saturating_add(lifetime.inactivity_timeout))
+    }
+
     /// Reads the session from the request's cookies (joining chunks).
     pub fn open(
         keys: &KeyRing,
@@ -183,7 +205,8 @@ mod tests {
             subject: "alice".into(),
             created: 1000,
             last_seen: 1000,
-            claims: serde_json::Map::new(),
+            id_token: None,
+            sid: "sid-1".into(),
         }
     }
 
@@ -230,7 +253,9 @@ mod tests {
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         let mut s = session();
         let groups: Vec<String> = (0..400).map(|i| format!("team-{i}-readers")).collect();
-        s.claims.insert("groups".into(), json!(groups));
+        s.id_token = Some(Secret::new(crate::oidc::id_token::test_signer::sign(
+            &json!({"sub": "alice", "groups": groups}),
+        )));
         let cookies = s
             .write(&k, &settings(), None, &mut CountingRandom(0))
             .unwrap();
@@ -307,6 +332,20 @@ mod tests {
             Ok(Upkeep::Refresh),
             "expired but refreshable"
         );
+    }
+
+    #[test]
+    fn claims_come_from_the_sealed_id_token() {
+        let mut s = session();
+        assert!(s.claims().is_empty());
+        s.id_token = Some(Secret::new(crate::oidc::id_token::test_signer::sign(
+            &json!({"iss": "x", "nonce": "n", "sub": "alice", "email": "a@x"}),
+        )));
+        assert_eq!(
+            serde_json::Value::Object(s.claims()),
+            json!({"sub": "alice", "email": "a@x"})
+        );
+        assert_eq!(s.ends_at(&lifetime()), 1000 + 3600);
     }
 
     #[test]

@@ -1,0 +1,63 @@
+//! The counters the filter keeps in Envoy's stats, all declared here.
+
+/// One counter; its stat name is `<metrics_prefix>.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counter {
+    LoginsStarted,
+    CallbacksOk,
+    CallbacksFailed,
+    RefreshesOk,
+    RefreshesFailed,
+    /// API calls answered 401 for want of a session.
+    Unauthenticated,
+    CsrfRejected,
+    /// Authorization rules denied the request.
+    Forbidden,
+    Logouts,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 9] = [
+        Counter::LoginsStarted,
+        Counter::CallbacksOk,
+        Counter::CallbacksFailed,
+        Counter::RefreshesOk,
+        Counter::RefreshesFailed,
+        Counter::Unauthenticated,
+        Counter::CsrfRejected,
+        Counter::Forbidden,
+        Counter::Logouts,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::LoginsStarted => "logins_started",
+            Counter::CallbacksOk => "callbacks_ok",
+            Counter::CallbacksFailed => "callbacks_failed",
+            Counter::RefreshesOk => "refreshes_ok",
+            Counter::RefreshesFailed => "refreshes_failed",
+            Counter::Unauthenticated => "unauthenticated",
+            Counter::CsrfRejected => "csrf_rejected",
+            Counter::Forbidden => "forbidden",
+            Counter::Logouts => "logouts",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Counter::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_indexed() {
+        let names: std::collections::HashSet<_> = Counter::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), Counter::ALL.len());
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+    }
+}
