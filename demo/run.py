@@ -11,11 +11,26 @@ Envoy: open http://localhost:8080/ and sign in as alice / wonderland.
 
 Every process is started and stopped by the test harness's ProcessGroup (by PID, whatever
 happens); their logs go to .demo/logs/.
+
+A real IdP instead of the bundled one (register http://localhost:8080/private/callback and
+http://localhost:8080/ there):
+
+    DEMO_ISSUER=https://login.example.com/realms/demo  the IdP's issuer (https)
+    DEMO_CLIENT_ID=spa-bff                             the confidential client's id
+    BFF_CLIENT_SECRET=...                              its secret (else .demo/secrets.env's)
+    DEMO_SCOPES="openid profile email"                 optional (default: with offline_access)
+    DEMO_END_SESSION_ENDPOINT, DEMO_REVOCATION_ENDPOINT  optional, for IdPs whose discovery
+                                                       lacks them (Cognito, see README)
+
+The Envoy config is then a copy of envoy/envoy.yaml in .demo/envoy.yaml whose `idp` cluster
+reaches the issuer's host on 443 with TLS.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
 import shutil
 import signal
@@ -23,6 +38,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -120,9 +136,105 @@ def wait_envoy_ready(envoy, timeout: float = 30.0) -> None:
                             f"{envoy.output()}")
 
 
+def real_idp() -> dict | None:
+    """The DEMO_* settings for a real IdP, or None for the bundled one."""
+    issuer = os.environ.get("DEMO_ISSUER")
+    if not issuer:
+        return None
+    url = urlsplit(issuer)
+    if url.scheme != "https" or not url.hostname:
+        raise DemoError(f"DEMO_ISSUER must be an https URL, got {issuer!r}")
+    client_id = os.environ.get("DEMO_CLIENT_ID")
+    if not client_id:
+        raise DemoError("DEMO_CLIENT_ID is required with DEMO_ISSUER")
+    return {
+        "issuer": issuer,
+        "host": url.hostname,
+        "port": url.port or 443,
+        "client_id": client_id,
+        "scopes": os.environ.get("DEMO_SCOPES", "openid profile email offline_access").split(),
+        "end_session_endpoint": os.environ.get("DEMO_END_SESSION_ENDPOINT"),
+        "revocation_endpoint": os.environ.get("DEMO_REVOCATION_ENDPOINT"),
+    }
+
+
+def envoy_yaml_for(idp: dict) -> Path:
+    """envoy/envoy.yaml, pointed at a real IdP: the filter JSON's issuer and client, and an
+    `idp` cluster with TLS to the issuer's host."""
+    import yaml
+
+    doc = yaml.safe_load(ENVOY_YAML.read_text())
+    listener = doc["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+    plugin = wasm["typed_config"]["config"]
+    config = json.loads(plugin["configuration"]["value"])
+    config.update(issuer=idp["issuer"], client_id=idp["client_id"], scopes=idp["scopes"])
+    config.pop("idp_authority", None)
+    for field in ("end_session_endpoint", "revocation_endpoint"):
+        if idp[field]:
+            config[field] = idp[field]
+    plugin["configuration"]["value"] = json.dumps(config, indent=2)
+    plugin["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    clusters = doc["static_resources"]["clusters"]
+    clusters[:] = [c for c in clusters if c["name"] != "idp"] + [{
+        "name": "idp",
+        "type": "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "load_assignment": {"cluster_name": "idp", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": idp["host"], "port_value": idp["port"]}}}}]}]},
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": idp["host"],
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
+                    "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": idp["host"]}}],
+                }},
+            },
+        },
+    }]
+    out = DEMO_DIR / "envoy.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
 def start_all(procs: ProcessGroup, secrets: dict[str, str]) -> list:
     """The IdP, the API, then Envoy; each one ready before the next starts."""
     started = []
+    real = real_idp()
+    envoy_yaml = ENVOY_YAML
+    if real:
+        envoy_yaml = envoy_yaml_for(real)
+        say(f"using the IdP at {real['issuer']} (client {real['client_id']}); config {envoy_yaml}")
+    else:
+        started.append(start_bundled_idp(procs, secrets))
+
+    # The API behind the BFF; it also serves the SPA (demo/app/) outside /private.
+    api = procs.start("api", [sys.executable, API, "--port", API_PORT],
+                      ready_line_prefix="DEMO API READY")
+    say(f"API started (pid {api.pid}): http://127.0.0.1:{API_PORT} (only Envoy calls it)")
+    started.append(api)
+
+    envoy = procs.start("envoy", [
+        ENVOY_BIN, "-c", envoy_yaml, "--concurrency", "2", "--log-level", "warn",
+        # The filter's own lines (configured, login failures) are worth seeing in the log.
+        "--component-log-level", "wasm:info",
+        # No shared-memory hot-restart region: another Envoy on this machine cannot clash.
+        "--disable-hot-restart",
+    ], env={
+        "BFF_CLIENT_SECRET": os.environ.get("BFF_CLIENT_SECRET") or secrets["BFF_CLIENT_SECRET"],
+        "BFF_COOKIE_KEYS": secrets["BFF_COOKIE_KEYS"],
+    })
+    wait_envoy_ready(envoy)
+    say(f"Envoy started (pid {envoy.pid}): {APP}")
+    started.append(envoy)
+    return started
+
+
+def start_bundled_idp(procs: ProcessGroup, secrets: dict[str, str]):
     idp = procs.start("idp", ["node", IDP], ready_line_prefix="IDP READY", env={
         "IDP_PORT": IDP_PORT,
         "IDP_CLIENT_ID": "bff",
@@ -132,28 +244,7 @@ def start_all(procs: ProcessGroup, secrets: dict[str, str]) -> list:
         "NO_COLOR": "1",
     })
     say(f"IdP started (pid {idp.pid}): {idp.ready_line.split(' ', 2)[2]}")
-    started.append(idp)
-
-    # The API behind the BFF; it also serves the SPA (demo/app/) outside /private.
-    api = procs.start("api", [sys.executable, API, "--port", API_PORT],
-                      ready_line_prefix="DEMO API READY")
-    say(f"API started (pid {api.pid}): http://127.0.0.1:{API_PORT} (only Envoy calls it)")
-    started.append(api)
-
-    envoy = procs.start("envoy", [
-        ENVOY_BIN, "-c", ENVOY_YAML, "--concurrency", "2", "--log-level", "warn",
-        # The filter's own lines (configured, login failures) are worth seeing in the log.
-        "--component-log-level", "wasm:info",
-        # No shared-memory hot-restart region: another Envoy on this machine cannot clash.
-        "--disable-hot-restart",
-    ], env={
-        "BFF_CLIENT_SECRET": secrets["BFF_CLIENT_SECRET"],
-        "BFF_COOKIE_KEYS": secrets["BFF_COOKIE_KEYS"],
-    })
-    wait_envoy_ready(envoy)
-    say(f"Envoy started (pid {envoy.pid}): {APP}")
-    started.append(envoy)
-    return started
+    return idp
 
 
 # --- the smoke check: what the SPA does, as a browser on localhost does it ------------------
@@ -306,7 +397,7 @@ def print_welcome() -> None:
   The demo is running.
 
     Open        {APP}/
-    Sign in as  {DEFAULT_USER} / {DEFAULT_PASSWORD}
+    Sign in as  {f"a user of {real_idp()['issuer']}" if real_idp() else f"{DEFAULT_USER} / {DEFAULT_PASSWORD}"}
 
   The Data Fetcher app: Get Data (an error while signed out), Login (at the IdP), Get Data
   again (the API's answer, which received the access token), Logout. Then try:
@@ -340,6 +431,8 @@ def main(argv=None) -> int:
         check_prerequisites()
         for old in LOGS.glob("*.log"):  # the previous run's; nothing else can be running now
             old.unlink()
+        if args.check and real_idp():
+            raise DemoError("--check signs in as the bundled IdP's test user: unset DEMO_ISSUER")
         started = start_all(procs, read_secrets())
         if args.check:
             t0 = time.monotonic()

@@ -213,3 +213,24 @@ def test_demo_logs_in_end_to_end_and_stops_everything():
     assert not leaked, f"left running: {[children[p] for p in leaked]}\n{output}"
     assert not [p for p in DEMO_PORTS if busy(p)], "a demo port is still in use"
     print(f"scripts/demo --check took {elapsed:.1f}s")
+
+
+def test_the_demo_config_for_a_real_idp_validates(tmp_path, monkeypatch):
+    """DEMO_ISSUER points the demo at a real IdP: a rendered copy of envoy.yaml with a TLS
+    cluster to the issuer's host, which Envoy (and the filter in it) accepts."""
+    import sys
+    sys.path.insert(0, str(REPO / "demo"))
+    import run as demo_run
+
+    monkeypatch.setattr(demo_run, "DEMO_DIR", tmp_path)
+    monkeypatch.setenv("DEMO_ISSUER", "https://login.example.com/realms/demo")
+    monkeypatch.setenv("DEMO_CLIENT_ID", "spa-bff")
+    monkeypatch.setenv("DEMO_END_SESSION_ENDPOINT", "https://login.example.com/logout?logout_uri=x")
+    rendered = demo_run.envoy_yaml_for(demo_run.real_idp())
+    text = rendered.read_text()
+    assert "login.example.com" in text and "UpstreamTlsContext" in text
+    env = {**os.environ, **SECRETS}
+    r = subprocess.run([str(ENVOY_BIN), "--mode", "validate", "-c", str(rendered)], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "configured for issuer https://login.example.com/realms/demo" in r.stdout + r.stderr
