@@ -60,7 +60,7 @@ pub fn logout(
     req: &Request,
     session: Result<Session, NoSession>,
 ) -> Result<LogoutPlan, Failure> {
-    let clear = Session::clear(&config.cookie, req.cookie_header());
+    let clear = Session::clear_all(&config.cookie, req.cookie_header());
     let landing = post_logout_url(config, req)?;
     let session = match session {
         Ok(s) => s,
@@ -200,7 +200,10 @@ mod tests {
             "/private/logout?sid=the-sid",
             &[
                 NAV,
-                ("cookie", "__Host-bff-session=x; __Host-bff-session.1=y"),
+                (
+                    "cookie",
+                    "__Host-bff-session=x; __Host-bff-session.1=y; __Host-bff-session.tx.q=z",
+                ),
             ],
         );
         let plan = logout(&c, Some(&p), &Request::from_headers(&h), Ok(session())).unwrap();
@@ -220,7 +223,7 @@ mod tests {
         assert!(location
             .contains("&post_logout_redirect_uri=http%3A%2F%2Fapp.local%3A8080%2F&client_id=bff"));
         let cleared: Vec<&str> = r.cookies().collect();
-        assert_eq!(cleared.len(), 2);
+        assert_eq!(cleared.len(), 3, "session, chunk and login transaction");
         assert!(cleared.iter().all(|c| c.contains("Max-Age=0")));
         assert_eq!(r.counter, Some(Counter::Logouts));
     }

@@ -185,6 +185,21 @@ impl Session {
         );
         out
     }
+
+    /// The `Set-Cookie` headers that delete every cookie of the filter the request carries:
+    /// the session, its chunks and unfinished login transactions (logout).
+    pub fn clear_all(settings: &CookieSettings, cookie_header: Option<&str>) -> Vec<String> {
+        let mut out = Self::clear(settings, cookie_header);
+        let tx_prefix = format!("{}.tx.", settings.name);
+        if let Some(header) = cookie_header {
+            out.extend(
+                cookie::pairs(header)
+                    .filter(|(n, _)| n.starts_with(&tx_prefix))
+                    .map(|(n, _)| cookie::delete_cookie(settings, n)),
+            );
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +286,10 @@ mod tests {
         assert!(small[1..].iter().all(|c| c.contains("Max-Age=0")));
         let cleared = Session::clear(&settings(), Some(&header));
         assert_eq!(cleared.len(), cookies.len());
+        let with_tx = format!("{header}; {N}.tx.abc=1; other=2");
+        let all = Session::clear_all(&settings(), Some(&with_tx));
+        assert_eq!(all.len(), cookies.len() + 1);
+        assert!(all.last().unwrap().starts_with(&format!("{N}.tx.abc=;")));
     }
 
     #[test]
