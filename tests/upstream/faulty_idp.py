@@ -14,6 +14,8 @@ POST /mode with the mode name as body picks what POST /token does next:
   invalid-grant   400 {"error": "invalid_grant"}
 GET /calls returns how many token requests arrived and the last one's headers and body.
 GET /jwks answers an empty key set (the filter is configured with discovery off).
+GET /.well-known/openid-configuration misbehaves per POST /discovery-mode (same mode names;
+"ok" serves a document naming this server's endpoints).
 Prints `FAULTY READY <port>`.
 """
 
@@ -25,7 +27,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STATE = {"mode": "500", "calls": 0, "last": None}
+STATE = {"mode": "500", "discovery_mode": "500", "calls": 0, "discovery_calls": 0, "last": None}
 LOCK = threading.Lock()
 
 
@@ -44,21 +46,51 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _discovery(self):
+        with LOCK:
+            STATE["discovery_calls"] += 1
+            mode = STATE["discovery_mode"]
+        issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if mode == "ok":
+            doc = {"issuer": issuer, "authorization_endpoint": issuer + "/auth",
+                   "token_endpoint": issuer + "/token", "jwks_uri": issuer + "/jwks"}
+            self._send(200, json.dumps(doc).encode())
+        elif mode == "wrong-issuer":
+            self._send(200, json.dumps({"issuer": "https://evil.example", "authorization_endpoint":
+                                        issuer + "/auth", "token_endpoint": issuer + "/token",
+                                        "jwks_uri": issuer + "/jwks"}).encode())
+        elif mode == "500":
+            self._send(500, b"<html>internal error</html>", "text/html")
+        elif mode == "garbage":
+            self._send(200, b"\x00\xff{not json")
+        elif mode == "huge":
+            self._send(200, b'{"issuer":"' + b"a" * (2 * 1024 * 1024) + b'"}')
+        elif mode == "redirect":
+            self._send(302, b"", extra=[("Location", "http://127.0.0.1:1/elsewhere")])
+        elif mode == "slow":
+            time.sleep(10)
+            self._send(200, b"{}")
+        else:
+            self._send(500, b"unknown mode")
+
     def do_GET(self):
-        if self.path == "/jwks":
+        if self.path == "/.well-known/openid-configuration":
+            self._discovery()
+        elif self.path == "/jwks":
             self._send(200, b'{"keys": []}')
         elif self.path == "/calls":
             with LOCK:
-                self._send(200, json.dumps({"calls": STATE["calls"], "last": STATE["last"]}).encode())
+                self._send(200, json.dumps({"calls": STATE["calls"], "last": STATE["last"],
+                                            "discovery_calls": STATE["discovery_calls"]}).encode())
         else:
             self._send(404, b"{}")
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8", "replace")
-        if self.path == "/mode":
+        if self.path in ("/mode", "/discovery-mode"):
             with LOCK:
-                STATE["mode"] = body.strip()
+                STATE["mode" if self.path == "/mode" else "discovery_mode"] = body.strip()
             return self._send(200, b"{}")
         if self.path != "/token":
             return self._send(404, b"{}")
