@@ -13,6 +13,7 @@ use crate::renew::refresh_request;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::rules;
+use crate::session::cache::SessionCache;
 use crate::session::contents::Upkeep;
 use crate::session::{cookie, NoSession, Session};
 use crate::url::{is_under, path_of, query_of, safe_return_to};
@@ -68,6 +69,18 @@ pub fn decide(
     now: u64,
     rng: &mut dyn Random,
 ) -> Decision {
+    decide_with(config, provider, req, now, rng, &mut SessionCache::new(0))
+}
+
+/// [`decide`], remembering opened sessions in `sessions` (the wasm VM keeps one).
+pub fn decide_with(
+    config: &Config,
+    provider: Option<&Provider>,
+    req: &Request,
+    now: u64,
+    rng: &mut dyn Random,
+    sessions: &mut SessionCache,
+) -> Decision {
     let path = path_of(req.path);
     let client = if req.is_navigation() {
         Client::Navigation
@@ -102,23 +115,29 @@ pub fn decide(
     if let Err(failure) = csrf::check(config, req) {
         return Decision::Reply(Reply::failure(client, &failure));
     }
-    let session = Session::open(&config.keys, &config.cookie.name, req.cookie_header())
+    let session = sessions
+        .open(&config.keys, &config.cookie.name, req.cookie_header())
         .and_then(|s| s.check(now, &config.session).map(|upkeep| (s, upkeep)));
     if path == config.session_path {
-        return Decision::Reply(endpoints::session_info(config, session.map(|(s, _)| s)));
+        return Decision::Reply(endpoints::session_info(
+            config,
+            session.map(|(s, _)| Session::clone(&s)),
+        ));
     }
     if path == config.logout_path {
         if session.is_ok() && provider.is_none() {
             return Decision::AwaitProvider;
         }
-        return match endpoints::logout(config, provider, req, session.map(|(s, _)| s)) {
+        let session = session.map(|(s, _)| Session::clone(&s));
+        return match endpoints::logout(config, provider, req, session) {
             Ok(plan) => Decision::Logout(Box::new(plan)),
             Err(failure) => Decision::Reply(Reply::failure(client, &failure)),
         };
     }
     match session {
         Ok((session, Upkeep::None)) => forward(config, req, &session, Vec::new()),
-        Ok((mut session, Upkeep::Rewrite)) => {
+        Ok((session, Upkeep::Rewrite)) => {
+            let mut session = Session::clone(&session);
             session.last_seen = now;
             rewritten(config, req, session, rng)
         }
@@ -127,7 +146,7 @@ pub fn decide(
                 (Some(provider), Some(rt)) => match refresh_request(config, provider, &session) {
                     Some(request) => Decision::Refresh(Box::new(RefreshNeeded {
                         id: RefreshId::of(rt),
-                        session,
+                        session: Session::clone(&session),
                         request,
                     })),
                     None => forward(config, req, &session, Vec::new()),

@@ -108,13 +108,17 @@ impl Stream {
         let config = self.vm.config();
         let provider = self.vm.provider();
         let request = Request::from_headers(&self.headers);
-        let decision = route::decide(
-            &config,
-            provider.as_deref(),
-            &request,
-            host::now(),
-            &mut HostRandom,
-        );
+        let now = host::now();
+        let decision = self.vm.with_sessions(|sessions| {
+            route::decide_with(
+                &config,
+                provider.as_deref(),
+                &request,
+                now,
+                &mut HostRandom,
+                sessions,
+            )
+        });
         match decision {
             Decision::PassThrough => Step::Continue,
             Decision::Forward(forward) => {

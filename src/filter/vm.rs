@@ -14,6 +14,7 @@ use crate::oidc::idp_request::IdpRequest;
 use crate::oidc::jwks::Jwks;
 use crate::refresh::{self, RefreshId};
 use crate::reply::Failure;
+use crate::session::cache::SessionCache;
 use crate::store::{namespace, stamped, unstamp, Cas, SharedStore};
 use crate::url::AbsoluteUrl;
 use proxy_wasm::types::LogLevel;
@@ -21,6 +22,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
+/// Sessions kept opened per VM (each entry is about the cookie's size twice).
+const SESSION_CACHE_SIZE: usize = 1024;
 /// A failed fetch is retried after this long.
 const RETRY_AFTER_FAILURE_MS: u64 = 2_000;
 
@@ -85,6 +88,8 @@ pub struct Vm {
     callouts: HashMap<u32, Owner>,
     /// Envoy's ids for our counters, in `Counter::ALL` order.
     counters: Vec<Option<u32>>,
+    /// Opened sessions by sealed value: the authenticated path's shortcut.
+    sessions: SessionCache,
 }
 
 /// The VM's state, shared by the root context and every request.
@@ -113,6 +118,7 @@ impl VmHandle {
             waiters: Vec::new(),
             callouts: HashMap::new(),
             counters: Vec::new(),
+            sessions: SessionCache::new(SESSION_CACHE_SIZE),
         })))
     }
 
@@ -146,6 +152,15 @@ impl VmHandle {
     /// Creates the shared entries that must exist before requests arrive.
     pub fn prepare_shared(&self) {
         refresh::prepare(&HostStore, &self.namespace());
+    }
+
+    /// Runs `f` with the VM's session cache. `f` must not call back into the VM.
+    pub fn with_sessions<T>(&self, f: impl FnOnce(&mut SessionCache) -> T) -> T {
+        match self.0.try_borrow_mut() {
+            Ok(mut vm) => f(&mut vm.sessions),
+            // Cannot happen (no caller holds the VM), but never panic: work without the cache.
+            Err(_) => f(&mut SessionCache::new(0)),
+        }
     }
 
     pub fn config(&self) -> Rc<Config> {

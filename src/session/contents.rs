@@ -110,9 +110,12 @@ impl Session {
             .and_then(|h| chunks::join(name, h))
             .filter(|v| !v.is_empty())
             .ok_or(NoSession::Absent)?;
-        let json = keys
-            .open(name, &sealed)
-            .map_err(|_| NoSession::Unreadable)?;
+        Self::open_sealed(keys, name, &sealed)
+    }
+
+    /// Opens a sealed value (already joined from its chunks).
+    pub fn open_sealed(keys: &KeyRing, name: &str, sealed: &str) -> Result<Session, NoSession> {
+        let json = keys.open(name, sealed).map_err(|_| NoSession::Unreadable)?;
         serde_json::from_slice(&json).map_err(|_| NoSession::Unreadable)
     }
 

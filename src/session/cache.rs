@@ -1,0 +1,126 @@
+//! Opened sessions, remembered by their exact sealed bytes.
+//!
+//! Every API call carries the same cookie until it is re-written, and opening it (AEAD and
+//! JSON) is most of the filter's work on the authenticated path. A sealed value opens to the
+//! same session every time, so the result can be kept: a hit is a hash lookup. Lifetime and
+//! expiry are still checked on every request against the clock, and a cookie that does not
+//! open is never remembered (an attacker's garbage cannot fill the cache).
+
+use super::chunks;
+use super::contents::{NoSession, Session};
+use super::seal::KeyRing;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+pub struct SessionCache {
+    capacity: usize,
+    entries: HashMap<String, Rc<Session>>,
+    /// Insertion order, for eviction (oldest first).
+    order: VecDeque<String>,
+}
+
+impl SessionCache {
+    /// A cache of at most `capacity` sessions; 0 disables it.
+    pub fn new(capacity: usize) -> SessionCache {
+        SessionCache {
+            capacity,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The session in the request's cookies, from the cache or opened (and then remembered).
+    pub fn open(
+        &mut self,
+        keys: &KeyRing,
+        name: &str,
+        cookie_header: Option<&str>,
+    ) -> Result<Rc<Session>, NoSession> {
+        let sealed = cookie_header
+            .and_then(|h| chunks::join(name, h))
+            .filter(|v| !v.is_empty())
+            .ok_or(NoSession::Absent)?;
+        if let Some(session) = self.entries.get(&sealed) {
+            return Ok(Rc::clone(session));
+        }
+        let session = Rc::new(Session::open_sealed(keys, name, &sealed)?);
+        if self.capacity > 0 {
+            if self.entries.len() >= self.capacity {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.entries.remove(&oldest);
+                }
+            }
+            self.order.push_back(sealed.clone());
+            self.entries.insert(sealed, Rc::clone(&session));
+        }
+        Ok(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::KEY_A;
+    use crate::random::CountingRandom;
+    use crate::secret::Secret;
+
+    const N: &str = "__Host-bff-session";
+
+    fn cookie(subject: &str, keys: &KeyRing) -> String {
+        let s = Session {
+            access_token: Secret::new("at"),
+            access_expires_at: 2000,
+            refresh_token: None,
+            subject: subject.into(),
+            created: 1000,
+            last_seen: 1000,
+            id_token: None,
+            sid: "s".into(),
+        };
+        format!(
+            "{N}={}",
+            s.seal(keys, N, &mut CountingRandom(subject.len() as u8))
+                .unwrap()
+        )
+    }
+
+    #[test]
+    fn a_hit_returns_the_same_session_without_opening_again() {
+        let keys = KeyRing::from_base64_list(KEY_A).unwrap();
+        let mut cache = SessionCache::new(2);
+        let a = cookie("alice", &keys);
+        let first = cache.open(&keys, N, Some(&a)).unwrap();
+        let second = cache.open(&keys, N, Some(&a)).unwrap();
+        assert!(Rc::ptr_eq(&first, &second));
+        assert_eq!(first.subject, "alice");
+    }
+
+    #[test]
+    fn bounded_and_never_fed_by_garbage() {
+        let keys = KeyRing::from_base64_list(KEY_A).unwrap();
+        let mut cache = SessionCache::new(2);
+        for who in ["a", "bb", "ccc"] {
+            cache.open(&keys, N, Some(&cookie(who, &keys))).unwrap();
+        }
+        assert_eq!(cache.len(), 2, "the oldest went");
+        for junk in [
+            "__Host-bff-session=garbage",
+            "__Host-bff-session=v1.x.y",
+            "x=y",
+        ] {
+            assert!(cache.open(&keys, N, Some(junk)).is_err());
+        }
+        assert_eq!(cache.len(), 2);
+        let mut off = SessionCache::new(0);
+        off.open(&keys, N, Some(&cookie("a", &keys))).unwrap();
+        assert!(off.is_empty());
+    }
+}
