@@ -10,13 +10,32 @@ use super::chunks;
 use super::contents::{NoSession, Session};
 use super::seal::KeyRing;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::rc::Rc;
+
+/// A sealed value as a map key: hashed on its head (version, key id and the random nonce,
+/// which already tell sealings apart) so a lookup does not hash a kilobyte and more; equal
+/// only when every byte is, so a value with a forged tail never finds a cached session.
+#[derive(Clone, PartialEq, Eq)]
+struct Sealed(Rc<str>);
+
+const HASHED_PREFIX: usize = 64;
+
+impl Hash for Sealed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0
+            .as_bytes()
+            .get(..HASHED_PREFIX)
+            .unwrap_or(self.0.as_bytes())
+            .hash(state);
+    }
+}
 
 pub struct SessionCache {
     capacity: usize,
-    entries: HashMap<String, Rc<Session>>,
+    entries: HashMap<Sealed, Rc<Session>>,
     /// Insertion order, for eviction (oldest first).
-    order: VecDeque<String>,
+    order: VecDeque<Sealed>,
 }
 
 impl SessionCache {
@@ -48,18 +67,19 @@ impl SessionCache {
             .and_then(|h| chunks::join(name, h))
             .filter(|v| !v.is_empty())
             .ok_or(NoSession::Absent)?;
-        if let Some(session) = self.entries.get(&sealed) {
+        let key = Sealed(Rc::from(sealed));
+        if let Some(session) = self.entries.get(&key) {
             return Ok(Rc::clone(session));
         }
-        let session = Rc::new(Session::open_sealed(keys, name, &sealed)?);
+        let session = Rc::new(Session::open_sealed(keys, name, &key.0)?);
         if self.capacity > 0 {
             if self.entries.len() >= self.capacity {
                 if let Some(oldest) = self.order.pop_front() {
                     self.entries.remove(&oldest);
                 }
             }
-            self.order.push_back(sealed.clone());
-            self.entries.insert(sealed, Rc::clone(&session));
+            self.order.push_back(key.clone());
+            self.entries.insert(key, Rc::clone(&session));
         }
         Ok(session)
     }
@@ -101,6 +121,22 @@ mod tests {
         let second = cache.open(&keys, N, Some(&a)).unwrap();
         assert!(Rc::ptr_eq(&first, &second));
         assert_eq!(first.subject, "alice");
+    }
+
+    #[test]
+    fn a_forged_tail_never_hits() {
+        let keys = KeyRing::from_base64_list(KEY_A).unwrap();
+        let mut cache = SessionCache::new(4);
+        let good = cookie("alice", &keys);
+        cache.open(&keys, N, Some(&good)).unwrap();
+        // Same head (and so the same hash), another tail: must be opened, and fail.
+        let mut forged = good.clone();
+        forged.pop();
+        forged.push(if good.ends_with('A') { 'B' } else { 'A' });
+        assert_eq!(
+            cache.open(&keys, N, Some(&forged)).unwrap_err(),
+            NoSession::Unreadable
+        );
     }
 
     #[test]
