@@ -1,0 +1,17 @@
+//! Strings a client controls: the callback's query string (RFC 6749 §4.1.2), a `return_to`
+//! value, and URLs.
+
+#![no_main]
+
+use envoy_bff::oidc::callback;
+use envoy_bff::url;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let s = String::from_utf8_lossy(data);
+    let _ = callback::parse(Some(&s));
+    let _ = url::safe_return_to(&s);
+    let _ = url::AbsoluteUrl::parse(&s).map(|u| u.to_string());
+    let _ = url::is_under(url::path_of(&s), "/private");
+    let _ = url::query_of(&s);
+});

@@ -1,0 +1,75 @@
+//! A whole request → the filter's decision, with the provider's metadata known and not yet
+//! known; a code exchange or a refresh it asks for is finished with the test IdP's real token
+//! responses. Input: headers in the text form of `envoy_bff_fuzz::parse_request`.
+
+#![no_main]
+
+use envoy_bff::config::Config;
+use envoy_bff::login;
+use envoy_bff::oidc::discovery::Provider;
+use envoy_bff::oidc::jwks::Jwks;
+use envoy_bff::refresh::Outcome;
+use envoy_bff::renew;
+use envoy_bff::request::Request;
+use envoy_bff::route::{after_refresh, decide, Decision};
+use envoy_bff::url::safe_return_to;
+use envoy_bff_fuzz::{
+    config, jwks, parse_request, provider, CountingRandom, TOKEN_CODE_JSON, TOKEN_REFRESH_JSON,
+};
+use libfuzzer_sys::fuzz_target;
+
+struct Fixed {
+    config: Config,
+    provider: Provider,
+    jwks: Jwks,
+}
+
+thread_local! {
+    static FIXED: Fixed = {
+        let config = config();
+        let provider = provider(&config);
+        Fixed { config, provider, jwks: jwks() }
+    };
+}
+
+fuzz_target!(|data: &[u8]| {
+    let (headers, now) = parse_request(data);
+    let req = Request::from_headers(&headers);
+    let rng = &mut CountingRandom(1);
+    FIXED.with(|f| {
+        let (config, provider) = (&f.config, Some(&f.provider));
+        match decide(config, provider, &req, now, rng) {
+            Decision::ExchangeCode(exchange) => {
+                let _ = login::finish(
+                    config,
+                    &f.provider,
+                    Some(&f.jwks),
+                    &exchange.pending,
+                    Some(200),
+                    TOKEN_CODE_JSON,
+                    now,
+                    rng,
+                );
+            }
+            Decision::Refresh(needed) => {
+                let renewed = renew::finish_refresh(
+                    config,
+                    &f.provider,
+                    Some(&f.jwks),
+                    &needed.session,
+                    Some(200),
+                    TOKEN_REFRESH_JSON,
+                    now,
+                    rng,
+                );
+                for outcome in [renewed, Outcome::Ended, Outcome::Unavailable] {
+                    let _ =
+                        after_refresh(config, provider, &req, &needed.session, &outcome, now, rng);
+                }
+            }
+            _ => {}
+        }
+        let _ = decide(config, None, &req, now, rng);
+    });
+    let _ = safe_return_to(req.path);
+});
