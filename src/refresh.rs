@@ -99,8 +99,21 @@ fn claims_key(ns: &str) -> String {
     format!("{ns}.refresh.claims")
 }
 
-fn slot_key(ns: &str, id: &RefreshId) -> String {
-    format!("{ns}.refresh.{}", id.slot())
+/// Slots tried after the home slot when it holds another session's live result.
+const PROBES: u64 = 8;
+
+fn slot_key(ns: &str, id: &RefreshId, probe: u64) -> String {
+    format!("{ns}.refresh.{}", (id.slot() + probe) % SLOTS)
+}
+
+/// A slot's content: whose result, and whether it is still live at `now`.
+fn read_slot(store: &dyn SharedStore, key: &str, now: u64) -> Option<(String, Outcome, bool)> {
+    let (entry, _) = store.get(key)?;
+    let (at, body) = unstamp(&entry)?;
+    let (owner, outcome) = std::str::from_utf8(body).ok()?.split_once('\n')?;
+    let outcome = Outcome::decode(outcome)?;
+    let live = now < at.saturating_add(outcome.ttl());
+    Some((owner.to_string(), outcome, live))
 }
 
 /// Creates the claim list if it does not exist yet. Called when the filter starts (Envoy
@@ -114,15 +127,12 @@ pub fn prepare(store: &dyn SharedStore, ns: &str) {
 
 /// The outcome published for `id`, if it is recent enough to act on.
 pub fn lookup(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Option<Outcome> {
-    let (entry, _) = store.get(&slot_key(ns, id))?;
-    let (at, body) = unstamp(&entry)?;
-    let body = std::str::from_utf8(body).ok()?;
-    let (owner, outcome) = body.split_once('\n')?;
-    if owner != id.0 {
-        return None;
-    }
-    let outcome = Outcome::decode(outcome)?;
-    (now < at.saturating_add(outcome.ttl())).then_some(outcome)
+    (0..PROBES).find_map(
+        |probe| match read_slot(store, &slot_key(ns, id, probe), now) {
+            Some((owner, outcome, live)) if owner == id.0 => live.then_some(outcome),
+            _ => None,
+        },
+    )
 }
 
 /// Live claims: `(id, claimed at)` per line.
@@ -183,7 +193,17 @@ pub fn claim(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Cla
 /// Publishes the winner's outcome, then drops its claim.
 pub fn publish(store: &dyn SharedStore, ns: &str, id: &RefreshId, outcome: &Outcome, now: u64) {
     let body = format!("{}\n{}", id.0, outcome.encode());
-    let _ = store.set(&slot_key(ns, id), &stamped(now, body.as_bytes()), None);
+    // The first slot that is free, stale or ours: another session's live result must not be
+    // overwritten (its old cookies would refresh again with a rotated token). With every
+    // probe taken, the home slot gives way.
+    let free = (0..PROBES)
+        .map(|probe| slot_key(ns, id, probe))
+        .find(|key| match read_slot(store, key, now) {
+            Some((owner, _, live)) => owner == id.0 || !live,
+            None => true,
+        })
+        .unwrap_or_else(|| slot_key(ns, id, 0));
+    let _ = store.set(&free, &stamped(now, body.as_bytes()), None);
     release(store, ns, id, now);
 }
 
@@ -315,6 +335,13 @@ mod tests {
         publish(&store, NS, &a, &Outcome::Ended, 100);
         assert_eq!(lookup(&store, NS, &b, 100), None);
         assert_eq!(lookup(&store, NS, &a, 100), Some(Outcome::Ended));
+        // The second session's result goes to the next slot: both stand.
+        publish(&store, NS, &b, &Outcome::Renewed("v1.b".into()), 101);
+        assert_eq!(lookup(&store, NS, &a, 101), Some(Outcome::Ended));
+        assert_eq!(
+            lookup(&store, NS, &b, 101),
+            Some(Outcome::Renewed("v1.b".into()))
+        );
     }
 
     #[test]
@@ -324,7 +351,7 @@ mod tests {
             .set(&claims_key(NS), b"\xff\xfe not claims\nx y z\n", None)
             .unwrap();
         let rt = id("rt");
-        store.set(&slot_key(NS, &rt), b"garbage", None).unwrap();
+        store.set(&slot_key(NS, &rt, 0), b"garbage", None).unwrap();
         assert_eq!(lookup(&store, NS, &rt, 100), None);
         assert_eq!(claim(&store, NS, &rt, 100), Claim::Won);
     }
