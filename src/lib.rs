@@ -7,6 +7,7 @@
 pub mod config;
 pub mod csrf;
 pub mod endpoints;
+pub mod header_map;
 pub mod login;
 pub mod metrics;
 pub mod oidc;

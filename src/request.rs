@@ -18,19 +18,50 @@ pub struct Request<'a> {
     pub forwarded_host: Option<&'a str>,
     pub origin: Option<&'a str>,
     /// Every header, for the configurable ones (CSRF header, claim headers).
-    pub all: &'a [(String, String)],
+    all: All<'a>,
+}
+
+/// A header as read from the host: the name, and the value as UTF-8 (lossy only when a
+/// client sent bytes that are not).
+pub type WireHeader<'a> = (&'a str, Cow<'a, str>);
+
+/// Where [`Request::header`] looks: owned pairs (tests, fuzzing) or the host's buffer.
+#[derive(Debug, Clone, Copy)]
+enum All<'a> {
+    Owned(&'a [(String, String)]),
+    Wire(&'a [WireHeader<'a>]),
+}
+
+impl Default for All<'_> {
+    fn default() -> Self {
+        All::Owned(&[])
+    }
 }
 
 impl<'a> Request<'a> {
     /// Picks the facts out of Envoy's header list (names arrive lowercase).
     pub fn from_headers(headers: &'a [(String, String)]) -> Request<'a> {
+        Request::from_pairs(
+            All::Owned(headers),
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        )
+    }
+
+    /// [`Request::from_headers`] over headers borrowed from the host's buffer.
+    pub fn from_wire(headers: &'a [WireHeader<'a>]) -> Request<'a> {
+        Request::from_pairs(
+            All::Wire(headers),
+            headers.iter().map(|(n, v)| (*n, v.as_ref())),
+        )
+    }
+
+    fn from_pairs(all: All<'a>, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Request<'a> {
         let mut r = Request {
-            all: headers,
+            all,
             ..Request::default()
         };
-        for (name, value) in headers {
-            let v = value.as_str();
-            match name.as_str() {
+        for (name, v) in pairs {
+            match name {
                 ":method" => r.method = v,
                 ":path" => r.path = v,
                 ":scheme" => r.scheme = v,
@@ -55,10 +86,16 @@ impl<'a> Request<'a> {
 
     /// The first header called `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.all
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        match self.all {
+            All::Owned(list) => list
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str()),
+            All::Wire(list) => list
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_ref()),
+        }
     }
 
     pub fn cookie_header(&self) -> Option<&str> {

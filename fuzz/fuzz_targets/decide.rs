@@ -5,6 +5,7 @@
 #![no_main]
 
 use envoy_bff::config::Config;
+use envoy_bff::header_map;
 use envoy_bff::login;
 use envoy_bff::oidc::discovery::Provider;
 use envoy_bff::oidc::jwks::Jwks;
@@ -33,7 +34,20 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // The same bytes as a host header buffer: read in place without a panic.
+    let _ = header_map::parse(data);
     let (headers, now) = parse_request(data);
+    // The headers through the host's encoding and back, as the wasm shell reads them.
+    let list: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let wire = header_map::serialize(&list);
+    let read = header_map::parse(&wire);
+    assert_eq!(read.len(), headers.len());
+    for ((n, v), (rn, rv)) in headers.iter().zip(&read) {
+        assert_eq!((n.as_str(), v.as_str()), (*rn, rv.as_ref()));
+    }
     let req = Request::from_headers(&headers);
     let rng = &mut CountingRandom(1);
     FIXED.with(|f| {

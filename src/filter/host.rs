@@ -40,8 +40,29 @@ fn lossy_map(map: MapType) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-pub fn request_headers() -> Vec<(String, String)> {
-    lossy_map(MapType::HttpRequestHeaders)
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// The request's headers in the host's serialization, for [`crate::header_map::parse`]:
+/// one buffer, where the SDK's reader would allocate a string per name and value (and panic
+/// on a host error).
+pub fn request_headers() -> Vec<u8> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer it got from this module's `proxy_on_memory_allocate`
+    // (the SDK's: a boxed `[u8]` of exactly `size` bytes) and its size; ownership passes to us.
+    unsafe {
+        match proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Sets (`Some`) or removes (`None`) a request header.

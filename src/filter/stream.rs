@@ -5,6 +5,7 @@
 use super::host::HostStore;
 use super::host::{self, HostRandom};
 use super::vm::{Need, Owner, VmHandle, Wakeup};
+use crate::header_map;
 use crate::login::{self, Finish, PendingLogin};
 use crate::metrics::Counter;
 use crate::refresh::{self, Claim, Outcome, RefreshId};
@@ -59,7 +60,8 @@ pub struct Stream {
     context_id: u32,
     me: Weak<RefCell<Stream>>,
     vm: VmHandle,
-    headers: Vec<(String, String)>,
+    /// The request's headers as the host serialized them, read in place when deciding.
+    headers: Vec<u8>,
     state: State,
     /// `Set-Cookie` values for the upstream's response; outside the stream's own cell
     /// because the response callback must never borrow the stream.
@@ -88,7 +90,7 @@ impl Stream {
     }
 
     fn client(&self) -> Client {
-        if Request::from_headers(&self.headers).is_navigation() {
+        if Request::from_wire(&header_map::parse(&self.headers)).is_navigation() {
             Client::Navigation
         } else {
             Client::Api
@@ -107,7 +109,8 @@ impl Stream {
     fn decide(&mut self) -> Step {
         let config = self.vm.config();
         let provider = self.vm.provider();
-        let request = Request::from_headers(&self.headers);
+        let headers = header_map::parse(&self.headers);
+        let request = Request::from_wire(&headers);
         let now = host::now();
         let decision = self.vm.with_sessions(|sessions| {
             route::decide_with(
@@ -271,7 +274,8 @@ impl Stream {
     fn after_refresh(&mut self, session: &Session, outcome: &Outcome, resumed: bool) -> Step {
         let config = self.vm.config();
         let provider = self.vm.provider();
-        let request = Request::from_headers(&self.headers);
+        let headers = header_map::parse(&self.headers);
+        let request = Request::from_wire(&headers);
         let decision = route::after_refresh(
             &config,
             provider.as_deref(),

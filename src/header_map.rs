@@ -1,0 +1,164 @@
+//! The header map as the host hands it over (proxy-wasm ABI 0.2: a little-endian `u32`
+//! count, then a `u32` name length and value length per pair, then each name and value
+//! followed by a NUL), read in place. The SDK's own reader copies every name and value into
+//! new allocations and panics on a name that is not UTF-8; this one borrows from the buffer,
+//! converts a value lossily only when it is not UTF-8, and stops at a malformed buffer.
+
+use crate::request::WireHeader;
+use std::borrow::Cow;
+
+/// The pairs in `bytes`, in order; empty or cut short if the buffer is malformed.
+pub fn parse(bytes: &[u8]) -> Vec<WireHeader<'_>> {
+    let Some(count) = read_u32(bytes, 0) else {
+        return Vec::new();
+    };
+    // Each pair takes 8 bytes of sizes and 2 NULs: a count beyond that is a lie.
+    let count = count.min(bytes.len() / 10);
+    let mut pairs = Vec::with_capacity(count);
+    let mut data = 4 + count * 8;
+    for i in 0..count {
+        let (Some(name_len), Some(value_len)) =
+            (read_u32(bytes, 4 + i * 8), read_u32(bytes, 8 + i * 8))
+        else {
+            break;
+        };
+        let Some((name, after)) = field(bytes, data, name_len) else {
+            break;
+        };
+        let Some((value, after)) = field(bytes, after, value_len) else {
+            break;
+        };
+        data = after;
+        pairs.push((std::str::from_utf8(name).unwrap_or(""), text(value)));
+    }
+    pairs
+}
+
+/// `len` bytes at `at` and where the next field starts (past the NUL).
+fn field(bytes: &[u8], at: usize, len: usize) -> Option<(&[u8], usize)> {
+    let end = at.checked_add(len)?;
+    Some((bytes.get(at..end)?, end.checked_add(1)?))
+}
+
+/// A value as text. Nearly every header is ASCII, and the cookie header is a kilobyte and
+/// more on every request: eight bytes at a time tell ASCII, where `from_utf8` goes a word (four
+/// bytes on wasm32) at a time and `from_utf8_lossy` in small chunks.
+fn text(value: &[u8]) -> Cow<'_, str> {
+    if is_ascii(value) {
+        // SAFETY: every byte is below 0x80, and ASCII is valid UTF-8.
+        return Cow::Borrowed(unsafe { std::str::from_utf8_unchecked(value) });
+    }
+    String::from_utf8_lossy(value)
+}
+
+fn is_ascii(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let mut high = 0u64;
+    for word in &mut words {
+        high |= u64::from_le_bytes(word.try_into().unwrap_or([0xff; 8]));
+    }
+    high & 0x8080_8080_8080_8080 == 0 && words.remainder().is_ascii()
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+    let word: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(word)).ok()
+}
+
+/// The same encoding, for tests and fuzzing.
+pub fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend_from_slice(&len(pairs.len()));
+    for (name, value) in pairs {
+        out.extend_from_slice(&len(name.len()));
+        out.extend_from_slice(&len(value.len()));
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a value was read without loss (borrowed from the buffer).
+    #[allow(clippy::ptr_arg)] // the point is which Cow it is
+    fn is_exact(value: &Cow<'_, str>) -> bool {
+        matches!(value, Cow::Borrowed(_))
+    }
+
+    #[test]
+    fn reads_pairs_in_place() {
+        let bytes = serialize(&[
+            (":path", b"/private/x"),
+            ("cookie", b"a=1"),
+            ("cookie", b"b=2"),
+        ]);
+        let pairs = parse(&bytes);
+        assert_eq!(pairs.len(), 3);
+        assert_eq!(pairs[0], (":path", Cow::Borrowed("/private/x")));
+        assert_eq!(pairs[2], ("cookie", Cow::Borrowed("b=2")));
+        assert!(pairs.iter().all(|(_, v)| is_exact(v)));
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_read_lossily() {
+        let bytes = serialize(&[("x-odd", b"caf\xe9"), (":path", b"/")]);
+        let pairs = parse(&bytes);
+        assert_eq!(pairs[0].1, "caf\u{fffd}");
+        assert!(!is_exact(&pairs[0].1));
+        assert_eq!(pairs[1], (":path", Cow::Borrowed("/")));
+    }
+
+    #[test]
+    fn ascii_is_told_at_every_length_and_position() {
+        for len in 0..40 {
+            let plain = vec![b'a'; len];
+            assert!(is_ascii(&plain));
+            assert_eq!(text(&plain), "a".repeat(len));
+            for at in 0..len {
+                let mut odd = plain.clone();
+                odd[at] = 0xe9;
+                assert!(!is_ascii(&odd), "{len} {at}");
+                assert_eq!(text(&odd), String::from_utf8_lossy(&odd));
+            }
+        }
+        assert_eq!(
+            text("h\u{e9}llo w\u{f6}rld, caf\u{e9}".as_bytes()),
+            "h\u{e9}llo w\u{f6}rld, caf\u{e9}"
+        );
+    }
+
+    #[test]
+    fn empty_values_and_an_empty_map() {
+        assert!(parse(&[]).is_empty());
+        assert!(parse(&serialize(&[])).is_empty());
+        let bytes = serialize(&[("x-empty", b""), ("y", b"1")]);
+        assert_eq!(
+            parse(&bytes),
+            vec![("x-empty", Cow::Borrowed("")), ("y", Cow::Borrowed("1"))]
+        );
+    }
+
+    #[test]
+    fn a_malformed_buffer_gives_what_could_be_read() {
+        let bytes = serialize(&[("a", b"1"), ("b", b"2")]);
+        for cut in 0..bytes.len() {
+            let pairs = parse(&bytes[..cut]);
+            assert!(pairs.len() <= 2, "{cut}");
+        }
+        // A count far beyond the buffer, and sizes pointing past its end.
+        let mut lying = bytes.clone();
+        lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse(&lying).len() <= 2);
+        let mut long = bytes;
+        long[4..8].copy_from_slice(&1_000_000u32.to_le_bytes());
+        assert!(parse(&long).is_empty());
+    }
+}
