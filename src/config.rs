@@ -185,7 +185,13 @@ pub struct TokenHeader {
 
 impl TokenHeader {
     pub fn value(&self, token: &Secret) -> String {
-        format!("{}{}{}", self.prefix, token.expose(), self.suffix)
+        // On every authenticated request: plain appends, not the formatting machinery.
+        let token = token.expose();
+        let mut v = String::with_capacity(self.prefix.len() + token.len() + self.suffix.len());
+        v.push_str(&self.prefix);
+        v.push_str(token);
+        v.push_str(&self.suffix);
+        v
     }
 }
 

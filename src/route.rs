@@ -82,17 +82,14 @@ pub fn decide_with(
     sessions: &mut SessionCache,
 ) -> Decision {
     let path = path_of(req.path);
-    let client = if req.is_navigation() {
-        Client::Navigation
-    } else {
-        Client::Api
-    };
+    // Only answers need to know; an authenticated call never asks.
+    let client = || client_of(req);
 
     if path == config.callback_path() {
         let Some(provider) = provider else {
             return Decision::AwaitProvider;
         };
-        return match login::callback(config, provider, req, client, now) {
+        return match login::callback(config, provider, req, client(), now) {
             Ok(exchange) => Decision::ExchangeCode(Box::new(exchange)),
             Err(reply) => Decision::Reply(reply),
         };
@@ -103,17 +100,23 @@ pub fn decide_with(
     if path == config.login_path {
         let return_to = match login_return_to(config, req.path) {
             Ok(r) => r,
-            Err(f) => return Decision::Reply(Reply::failure(client, &f)),
+            Err(f) => return Decision::Reply(Reply::failure(client(), &f)),
         };
         let Some(provider) = provider else {
             return Decision::AwaitProvider;
         };
         return Decision::Reply(login::start(
-            config, provider, req, client, return_to, now, rng,
+            config,
+            provider,
+            req,
+            client(),
+            return_to,
+            now,
+            rng,
         ));
     }
     if let Err(failure) = csrf::check(config, req) {
-        return Decision::Reply(Reply::failure(client, &failure));
+        return Decision::Reply(Reply::failure(client(), &failure));
     }
     let session = sessions
         .open(&config.keys, &config.cookie.name, req.cookie_header())
@@ -131,7 +134,7 @@ pub fn decide_with(
         let session = session.map(|(s, _)| Session::clone(&s));
         return match endpoints::logout(config, provider, req, session) {
             Ok(plan) => Decision::Logout(Box::new(plan)),
-            Err(failure) => Decision::Reply(Reply::failure(client, &failure)),
+            Err(failure) => Decision::Reply(Reply::failure(client(), &failure)),
         };
     }
     match session {
@@ -754,5 +757,66 @@ pub(crate) mod tests {
             assert_eq!(r.status, 400, "{bad}");
             assert!(r.cookies().next().is_none());
         }
+    }
+}
+
+/// The authenticated path as the wasm shell runs it (the host's header buffer read in place,
+/// the decision with a warm session cache), in a loop for callgrind on the native build:
+/// `N=3000 valgrind --tool=callgrind target/release/deps/envoy_bff-<hash> --ignored
+/// hot_path_loop` (build with `CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=1
+/// cargo test --release --no-run` for symbols); two values of N give the cost per request.
+#[cfg(test)]
+mod hotpath_profile {
+    use super::tests::*;
+    use super::*;
+    use crate::config::tests::{config_from, minimal_json};
+    use crate::oidc::discovery::test_provider;
+    use crate::random::CountingRandom;
+
+    #[test]
+    #[ignore]
+    fn hot_path_loop() {
+        let c = config_from(minimal_json());
+        let provider = test_provider();
+        let cookie = session_cookie(2000);
+        let owned = get(
+            "/private/bench",
+            &[
+                API,
+                CSRF,
+                ("accept", "application/json"),
+                ("cookie", &cookie),
+                ("user-agent", "wrk"),
+                ("x-forwarded-proto", "http"),
+                ("x-request-id", "0123456789abcdef0123456789abcdef"),
+            ],
+        );
+        let list: Vec<(&str, &[u8])> = owned
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        let raw = crate::header_map::serialize(&list);
+        let mut cache = SessionCache::new(1024);
+        let n: usize = std::env::var("N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let mut forwarded = 0;
+        for _ in 0..n {
+            let pairs = crate::header_map::parse(&raw);
+            let req = Request::from_wire(&pairs);
+            let d = decide_with(
+                &c,
+                Some(&provider),
+                &req,
+                1000,
+                &mut CountingRandom(3),
+                &mut cache,
+            );
+            if matches!(d, Decision::Forward(_)) {
+                forwarded += 1;
+            }
+        }
+        assert_eq!(forwarded, n);
     }
 }

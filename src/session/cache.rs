@@ -9,31 +9,119 @@
 use super::chunks;
 use super::contents::{NoSession, Session};
 use super::seal::KeyRing;
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::rc::Rc;
 
 /// A sealed value as a map key: hashed on its head (version, key id and the random nonce,
 /// which already tell sealings apart) so a lookup does not hash a kilobyte and more; equal
 /// only when every byte is, so a value with a forged tail never finds a cached session.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 struct Sealed(Rc<str>);
 
 const HASHED_PREFIX: usize = 64;
 
+/// What a lookup compares: a stored key, or the request's value borrowed as it is (so a
+/// hit allocates nothing).
+trait SealedValue {
+    fn value(&self) -> &str;
+}
+
+impl SealedValue for Sealed {
+    fn value(&self) -> &str {
+        &self.0
+    }
+}
+
+impl SealedValue for &str {
+    fn value(&self) -> &str {
+        self
+    }
+}
+
+impl Hash for dyn SealedValue + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let bytes = self.value().as_bytes();
+        bytes.get(..HASHED_PREFIX).unwrap_or(bytes).hash(state);
+    }
+}
+
+impl PartialEq for dyn SealedValue + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        same_bytes(self.value().as_bytes(), other.value().as_bytes())
+    }
+}
+
+/// `a == b`, eight bytes at a time: on wasm32 a slice comparison is the C library's
+/// `memcmp`, a byte loop, and a hit compares the whole sealed value (a kilobyte and more).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tails_equal = wa.remainder().iter().eq(wb.remainder().iter());
+    tails_equal
+        && wa.zip(wb).all(|(x, y)| {
+            let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
+            word(x) == word(y)
+        })
+}
+
+impl Eq for dyn SealedValue + '_ {}
+
+// A stored key hashes and compares as its value does, as `Borrow` requires.
 impl Hash for Sealed {
     fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn SealedValue).hash(state);
+    }
+}
+
+impl PartialEq for Sealed {
+    fn eq(&self, other: &Self) -> bool {
+        same_bytes(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+
+impl Eq for Sealed {}
+
+impl<'a> Borrow<dyn SealedValue + 'a> for Sealed {
+    fn borrow(&self) -> &(dyn SealedValue + 'a) {
+        self
+    }
+}
+
+/// Hashes the head of a sealed value a word at a time (the Fx hash's step). No key
+/// is needed against flooding: only values that opened (sealed by us, with a random nonce in
+/// the head) are ever stored, and the cache is bounded.
+#[derive(Default)]
+struct HeadHasher(u64);
+
+impl Hasher for HeadHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.add(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
+        }
+        for &b in words.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn finish(&self) -> u64 {
         self.0
-            .as_bytes()
-            .get(..HASHED_PREFIX)
-            .unwrap_or(self.0.as_bytes())
-            .hash(state);
+    }
+}
+
+impl HeadHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 
 pub struct SessionCache {
     capacity: usize,
-    entries: HashMap<Sealed, Rc<Session>>,
+    entries: HashMap<Sealed, Rc<Session>, BuildHasherDefault<HeadHasher>>,
     /// Insertion order, for eviction (oldest first).
     order: VecDeque<Sealed>,
 }
@@ -43,7 +131,7 @@ impl SessionCache {
     pub fn new(capacity: usize) -> SessionCache {
         SessionCache {
             capacity,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: VecDeque::new(),
         }
     }
@@ -67,12 +155,13 @@ impl SessionCache {
             .and_then(|h| chunks::join(name, h))
             .filter(|v| !v.is_empty())
             .ok_or(NoSession::Absent)?;
-        let key = Sealed(Rc::from(sealed));
-        if let Some(session) = self.entries.get(&key) {
+        let value: &str = &sealed;
+        if let Some(session) = self.entries.get(&value as &dyn SealedValue) {
             return Ok(Rc::clone(session));
         }
-        let session = Rc::new(Session::open_sealed(keys, name, &key.0)?);
+        let session = Rc::new(Session::open_sealed(keys, name, value)?);
         if self.capacity > 0 {
+            let key = Sealed(Rc::from(value));
             if self.entries.len() >= self.capacity {
                 if let Some(oldest) = self.order.pop_front() {
                     self.entries.remove(&oldest);
@@ -88,6 +177,21 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let v: Vec<u8> = (0..40u8).collect();
+        for len in 0..v.len() {
+            let a = &v[..len];
+            assert!(same_bytes(a, a));
+            assert!(!same_bytes(a, &v[..len + 1]));
+            for i in 0..len {
+                let mut b = a.to_vec();
+                b[i] ^= 1;
+                assert!(!same_bytes(a, &b), "{len} {i}");
+            }
+        }
+    }
     use crate::config::tests::KEY_A;
     use crate::random::CountingRandom;
     use crate::secret::Secret;

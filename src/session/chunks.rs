@@ -6,6 +6,7 @@
 //! missing, swapped or foreign chunk simply fails authentication.
 
 use super::cookie;
+use std::borrow::Cow;
 
 /// Room for the value in one cookie, leaving space for the name and attributes.
 pub const MAX_VALUE: usize = 3800;
@@ -47,10 +48,10 @@ pub fn split(name: &str, sealed: &str) -> Vec<(String, String)> {
 }
 
 /// The sealed value carried by the request's cookies, joined from its chunks.
-pub fn join(name: &str, cookie_header: &str) -> Option<String> {
+pub fn join<'a>(name: &str, cookie_header: &'a str) -> Option<Cow<'a, str>> {
     let first = cookie::find(cookie_header, name)?;
     let Some(rest) = first.strip_prefix('c') else {
-        return Some(first.to_string());
+        return Some(Cow::Borrowed(first));
     };
     let (count, part0) = rest.split_once(':')?;
     let n: usize = count.parse().ok()?;
@@ -62,7 +63,7 @@ pub fn join(name: &str, cookie_header: &str) -> Option<String> {
     for i in 1..n {
         joined.push_str(cookie::find(cookie_header, &chunk_name(name, i))?);
     }
-    Some(joined)
+    Some(Cow::Owned(joined))
 }
 
 /// Chunk cookies (`<name>.1` …) the request carries beyond the first `keep`: they must be

@@ -38,21 +38,18 @@ pub fn is_own(cookie_name: &str, session_name: &str) -> bool {
 /// The `Cookie` header the upstream should see: every cookie but the filter's own, or `None`
 /// when nothing is left (the header is then removed).
 pub fn without_own(header: &str, session_name: &str) -> Option<String> {
-    let kept: Vec<String> = header
-        .split(';')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let name = pair.split_once('=').map(|(n, _)| n.trim()).unwrap_or(pair);
-            !is_own(name, session_name)
-        })
-        .map(str::to_string)
-        .collect();
-    if kept.is_empty() {
-        None
-    } else {
-        Some(kept.join("; "))
+    let mut kept = String::new();
+    for pair in header.split(';').map(str::trim) {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n.trim());
+        if pair.is_empty() || is_own(name, session_name) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(pair);
     }
+    (!kept.is_empty()).then_some(kept)
 }
 
 /// A `Set-Cookie` header value with the filter's attributes:
