@@ -177,8 +177,11 @@ def envoy_yaml_for(idp: dict) -> Path:
     plugin["configuration"]["value"] = json.dumps(config, indent=2)
     plugin["vm_config"]["code"]["local"]["filename"] = str(WASM)
     clusters = doc["static_resources"]["clusters"]
+    shipped_idp = next((c for c in clusters if c["name"] == "idp"), {})
     clusters[:] = [c for c in clusters if c["name"] != "idp"] + [{
         "name": "idp",
+        # envoy.yaml's: Envoy closes idle connections to the IdP before the IdP does.
+        "typed_extension_protocol_options": shipped_idp.get("typed_extension_protocol_options", {}),
         "type": "LOGICAL_DNS",
         "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": "5s",

@@ -6,12 +6,14 @@ import base64
 import hashlib
 import http.client
 import sys
+import time
 
 import pytest
 import requests
 
 from conftest import CLIENT_SECRET, Stack
-from harness.envoy import KEY_B, Browser, filter_config, query_of, set_cookies, start_envoy
+from harness.envoy import (IDP_IDLE_TIMEOUT_S, KEY_B, Browser, filter_config, query_of, set_cookies,
+                           start_envoy)
 from harness.idp import start_idp
 from harness.procs import REPO, free_port
 from harness.upstream import start_echo
@@ -237,3 +239,27 @@ def test_an_idp_cluster_envoy_does_not_know_gives_503(procs):
     assert r.headers["Retry-After"] == "5"
     assert r.json()["error"] == "idp_unavailable"
     assert_still_serving(envoy)
+
+
+# --- the connection to the IdP ------------------------------------------------------------------
+
+def test_envoy_closes_idle_idp_connections_before_the_idp_does(two_envoys):
+    """Node closes a keep-alive connection after 5 s; a token request sent on it at that moment
+    fails. Envoy's idle timeout for the idp cluster (4 s, as envoy/envoy.yaml sets it) closes
+    the connection first, so the next token request opens a fresh one."""
+    stack, _ = two_envoys
+    envoy = stack.envoy
+    before = envoy.stats("cluster.idp.")
+    b = Browser(envoy)
+    assert b.login().status_code == 302
+    time.sleep(IDP_IDLE_TIMEOUT_S + 2)
+    after = envoy.stats("cluster.idp.")
+    assert after["cluster.idp.upstream_rq_total"] > before.get("cluster.idp.upstream_rq_total", 0)
+    assert after["cluster.idp.upstream_cx_active"] == 0, "an idle connection was left open"
+    assert after["cluster.idp.upstream_cx_idle_timeout"] > before.get("cluster.idp.upstream_cx_idle_timeout", 0)
+    assert after.get("cluster.idp.upstream_cx_destroy_remote", 0) == before.get(
+        "cluster.idp.upstream_cx_destroy_remote", 0), "the IdP closed a connection first"
+    # The session works, and the next token request (a second login) goes out fine.
+    r = b.get("/private/ping", navigate=False)
+    assert r.status_code == 200
+    assert Browser(envoy).login().status_code == 302

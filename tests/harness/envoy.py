@@ -41,8 +41,20 @@ def filter_config(idp_issuer: str, **overrides) -> dict:
     return {k: v for k, v in config.items() if v is not None}
 
 
+# As envoy/envoy.yaml sets it for the IdP: Envoy closes an idle connection before the IdP
+# does (Node's keep-alive is 5 s), so a token request never races the IdP's close.
+IDP_IDLE_TIMEOUT_S = 4
+IDLE_CLOSE_FIRST = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"idle_timeout": f"{IDP_IDLE_TIMEOUT_S}s"},
+        "explicit_http_config": {"http_protocol_options": {}},
+    },
+}
+
+
 def _cluster(name: str, port: int, timeout_s: float = 2) -> dict:
-    return {
+    cluster = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": f"{timeout_s}s",
@@ -52,6 +64,9 @@ def _cluster(name: str, port: int, timeout_s: float = 2) -> dict:
                 "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
         },
     }
+    if name == "idp":
+        cluster["typed_extension_protocol_options"] = IDLE_CLOSE_FIRST
+    return cluster
 
 
 def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_port: int,
