@@ -24,6 +24,8 @@ use std::rc::{Rc, Weak};
 
 /// Sessions kept opened per VM (each entry is about the cookie's size twice).
 const SESSION_CACHE_SIZE: usize = 1024;
+/// How often an idle tick reads what other workers fetched.
+const SYNC_WHEN_IDLE_MS: u64 = 1_000;
 /// A failed fetch is retried after this long.
 const RETRY_AFTER_FAILURE_MS: u64 = 2_000;
 
@@ -85,6 +87,8 @@ pub struct Vm {
     fetching: Option<InFlight>,
     failed_at_ms: Option<u64>,
     waiters: Vec<Waiter>,
+    /// When the tick last read the other workers' documents from shared data.
+    synced_ms: u64,
     callouts: HashMap<u32, Owner>,
     /// Envoy's ids for our counters, in `Counter::ALL` order.
     counters: Vec<Option<u32>>,
@@ -116,6 +120,7 @@ impl VmHandle {
             fetching: None,
             failed_at_ms: None,
             waiters: Vec::new(),
+            synced_ms: 0,
             callouts: HashMap::new(),
             counters: Vec::new(),
             sessions: SessionCache::new(SESSION_CACHE_SIZE),
@@ -252,7 +257,22 @@ impl VmHandle {
     /// The root context's timer: pick up what other workers fetched, start what is due, and
     /// wake or time out paused requests.
     pub fn tick(&self) {
-        self.sync_from_shared();
+        // Reading shared data copies the discovery and JWKS documents into the VM: every tick
+        // while something is missing or awaited, else once a second (what another worker
+        // fetched is then picked up within a second).
+        let now_ms = host::now_ms();
+        let sync = {
+            let vm = self.0.borrow();
+            !vm.waiters.is_empty()
+                || vm.keys_wanted
+                || vm.keys.is_none()
+                || (vm.config.discovery && vm.provider.is_none())
+                || now_ms >= vm.synced_ms.saturating_add(SYNC_WHEN_IDLE_MS)
+        };
+        if sync {
+            self.sync_from_shared();
+            self.0.borrow_mut().synced_ms = now_ms;
+        }
         self.fetch_if_due();
         self.wake_waiters(None);
     }
