@@ -53,6 +53,29 @@ impl PartialEq for dyn SealedValue + '_ {
     }
 }
 
+impl Eq for dyn SealedValue + '_ {}
+
+// A stored key hashes and compares as its value does, as `Borrow` requires.
+impl Hash for Sealed {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn SealedValue).hash(state);
+    }
+}
+
+impl PartialEq for Sealed {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn SealedValue) == (other as &dyn SealedValue)
+    }
+}
+
+impl Eq for Sealed {}
+
+impl<'a> Borrow<dyn SealedValue + 'a> for Sealed {
+    fn borrow(&self) -> &(dyn SealedValue + 'a) {
+        self
+    }
+}
+
 /// `a == b`, eight bytes at a time: on wasm32 a slice comparison is the C library's
 /// `memcmp`, a byte loop, and a hit compares the whole sealed value (a kilobyte and more).
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
@@ -66,29 +89,6 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
             let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
             word(x) == word(y)
         })
-}
-
-impl Eq for dyn SealedValue + '_ {}
-
-// A stored key hashes and compares as its value does, as `Borrow` requires.
-impl Hash for Sealed {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self as &dyn SealedValue).hash(state);
-    }
-}
-
-impl PartialEq for Sealed {
-    fn eq(&self, other: &Self) -> bool {
-        same_bytes(self.0.as_bytes(), other.0.as_bytes())
-    }
-}
-
-impl Eq for Sealed {}
-
-impl<'a> Borrow<dyn SealedValue + 'a> for Sealed {
-    fn borrow(&self) -> &(dyn SealedValue + 'a) {
-        self
-    }
 }
 
 /// Hashes the head of a sealed value a word at a time (the Fx hash's step). No key
@@ -177,6 +177,9 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::KEY_A;
+    use crate::random::CountingRandom;
+    use crate::secret::Secret;
 
     #[test]
     fn same_bytes_is_equality() {
@@ -192,9 +195,6 @@ mod tests {
             }
         }
     }
-    use crate::config::tests::KEY_A;
-    use crate::random::CountingRandom;
-    use crate::secret::Secret;
 
     const N: &str = "__Host-bff-session";
 
