@@ -207,6 +207,37 @@ def test_invalid_grant_ends_the_session(short_tokens):
     assert nav.status_code == 302 and nav.headers["Location"].startswith(idp.issuer)
 
 
+def test_a_refresh_whose_request_left_still_renews_the_session(procs):
+    """The browser leaves while the IdP answers a refresh, which it has already rotated: the
+    answer is taken all the same, so the next request gets the new token at once instead of
+    waiting, and no second refresh presents the consumed refresh token (the IdP would answer
+    invalid_grant and the session would end)."""
+    idp, envoy = start(procs, idp_env={"IDP_ACCESS_TOKEN_TTL": "65", "IDP_REFRESH_DELAY_MS": "1500"},
+                       name="envoy-left-refresh")
+    b = Browser(envoy)
+    b.login()
+    first = token_upstream(b)
+    time.sleep(5.5)
+    before = idp.stats()["refresh_requests"]
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.get(envoy.url("/private/api/me"), timeout=0.5,
+                     headers={"Cookie": b.cookie_header(), "Accept": "application/json", "X-CSRF": "1"})
+    time.sleep(2.5)
+    assert idp.stats()["refresh_requests"] == before + 1, "the refresh reached the IdP"
+
+    r = b.get("/private/api/me", navigate=False)
+    assert r.status_code == 200, r.text
+    second = r.json()["headers"]["authorization"]
+    assert second != first, "the refreshed token, not the old one"
+    assert r.elapsed.total_seconds() < 1, "served from the published outcome, not after a wait"
+    assert SESSION in set_cookies(r), "the renewed session is set"
+    assert idp.stats()["refresh_requests"] == before + 1, "no second refresh"
+    ok = {k: v for k, v in envoy.stats().items() if k.endswith(".refreshes_ok")}
+    assert sum(ok.values()) == 1, ok
+    assert token_upstream(b) == second
+    envoy.assert_vm_healthy()
+
+
 def test_an_unreachable_idp_lets_requests_go_on_with_the_current_token(procs):
     idp, envoy = start(procs, idp_env={"IDP_ACCESS_TOKEN_TTL": "65"}, name="envoy-idp-gone",
                        idp_timeout_ms=1000)

@@ -134,6 +134,24 @@ pub fn set_tick_period(period: Duration) {
     let _ = hostcalls::set_tick_period(period);
 }
 
+/// Registers a shared queue this VM's root context is told about (`on_queue_ready`) when
+/// anything is put in it; `None` if the host refuses. Names are per Envoy process: a second
+/// registration of one name takes the queue over, so each VM picks its own.
+pub fn register_queue(name: &str) -> Option<u32> {
+    hostcalls::register_shared_queue(name).ok()
+}
+
+/// Puts a one-byte message in the queue: a nudge for the root context (not empty: an empty
+/// message may come back as "no message" and stop [`drain`] early). False if it failed.
+pub fn nudge(queue: u32) -> bool {
+    hostcalls::enqueue_shared_queue(queue, Some(b"!")).is_ok()
+}
+
+/// Takes every message out of the queue (they carry nothing but the nudge).
+pub fn drain(queue: u32) {
+    while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
+}
+
 /// Declares a counter in Envoy's stats; `None` if the host refuses.
 pub fn define_counter(name: &str) -> Option<u32> {
     hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).ok()

@@ -1,10 +1,11 @@
 //! The root context: reads and checks the configuration once, then runs the VM's timer
 //! (metadata fetches, paused requests) and hands the VM to every request.
 
-use super::host;
+use super::host::{self, HostRandom};
 use super::http::{BffHttp, Unconfigured};
 use super::vm::VmHandle;
 use crate::config::Config;
+use crate::random;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
@@ -60,6 +61,7 @@ impl RootContext for BffRoot {
                 let vm = VmHandle::new(Rc::new(config));
                 vm.prepare_shared();
                 vm.define_counters();
+                vm.set_queue(register_own_queue(&vm.namespace()));
                 self.vm = Some(vm);
                 host::set_tick_period(TICK);
                 true
@@ -70,6 +72,13 @@ impl RootContext for BffRoot {
                 self.vm = None;
                 false
             }
+        }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        host::drain(queue_id);
+        if let Some(vm) = &self.vm {
+            vm.send_refreshes();
         }
     }
 
@@ -91,4 +100,11 @@ impl RootContext for BffRoot {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// This VM's own queue (named at random: every worker's VM registers one, and a name taken
+/// twice would nudge only the last). `None` when the host refuses: the tick then sends.
+fn register_own_queue(namespace: &str) -> Option<u32> {
+    let suffix = random::token(&mut HostRandom, 12).ok()?;
+    host::register_queue(&format!("{namespace}.refresh.{suffix}"))
 }

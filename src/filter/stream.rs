@@ -7,9 +7,7 @@ use super::host::{self, HostRandom};
 use super::vm::{Need, Owner, VmHandle, Wakeup};
 use crate::header_map;
 use crate::login::{self, Finish, PendingLogin};
-use crate::metrics::Counter;
 use crate::refresh::{self, Claim, Outcome, RefreshId};
-use crate::renew;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::route::{self, Decision, Forward, RefreshNeeded};
@@ -32,13 +30,8 @@ enum State {
         status: Option<u16>,
         body: Vec<u8>,
     },
-    /// This request won the claim and is refreshing the session's token.
-    Refreshing {
-        token_id: u32,
-        id: RefreshId,
-        session: Session,
-    },
-    /// Another request is refreshing this session: wait for its outcome.
+    /// The session's token is being refreshed (by the VM, for this request or another one,
+    /// or by another worker): wait for the outcome.
     AwaitingRefresh {
         id: RefreshId,
         session: Session,
@@ -226,46 +219,21 @@ impl Stream {
         }
     }
 
-    /// The token is due: refresh it here, or wait for the request that already does.
+    /// The token is due: use a refresh's outcome, or wait for it (after starting it, when this
+    /// request won the claim).
     fn refresh(&mut self, needed: RefreshNeeded) -> Step {
-        let config = self.vm.config();
         let ns = self.vm.namespace();
         match refresh::claim(&HostStore, &ns, &needed.id, host::now()) {
             Claim::Done(outcome) => self.after_refresh(&needed.session, &outcome, false),
-            Claim::Taken => {
-                self.state = State::AwaitingRefresh {
-                    id: needed.id.clone(),
-                    session: needed.session,
-                };
-                self.vm.wait(self.owner(), Need::Refresh(needed.id));
-                Step::Stop
-            }
-            Claim::Won => {
-                match host::dispatch(&config.idp_cluster, &needed.request, config.idp_timeout) {
-                    Ok(token_id) => {
-                        self.vm.register_callout(token_id, self.owner());
-                        self.state = State::Refreshing {
-                            token_id,
-                            id: needed.id,
-                            session: needed.session,
-                        };
-                        Step::Stop
-                    }
-                    Err(status) => {
-                        host::log(
-                            LogLevel::Error,
-                            &format!("bff: cannot call the token endpoint to refresh: {status:?}"),
-                        );
-                        refresh::publish(
-                            &HostStore,
-                            &ns,
-                            &needed.id,
-                            &Outcome::Unavailable,
-                            host::now(),
-                        );
-                        self.after_refresh(&needed.session, &Outcome::Unavailable, false)
-                    }
+            claim => {
+                let id = needed.id.clone();
+                let session = needed.session.clone();
+                if claim == Claim::Won {
+                    self.vm.start_refresh(needed);
                 }
+                self.vm.wait(self.owner(), Need::Refresh(id.clone()));
+                self.state = State::AwaitingRefresh { id, session };
+                Step::Stop
             }
         }
     }
@@ -314,39 +282,6 @@ impl Stream {
             } if expected == token_id => {
                 let (status, body) = host::call_response(num_headers, body_size);
                 self.finish_login(pending, status, body, true);
-            }
-            State::Refreshing {
-                token_id: expected,
-                id,
-                session,
-            } if expected == token_id => {
-                let (status, body) = host::call_response(num_headers, body_size);
-                let config = self.vm.config();
-                let outcome = match self.vm.provider() {
-                    Some(provider) => renew::finish_refresh(
-                        &config,
-                        &provider,
-                        self.vm.keys().as_deref(),
-                        &session,
-                        status,
-                        &body,
-                        host::now(),
-                        &mut HostRandom,
-                    ),
-                    None => Outcome::Unavailable,
-                };
-                if outcome == Outcome::Ended {
-                    host::log(
-                        LogLevel::Info,
-                        "bff: the IdP refused a refresh; the session ends",
-                    );
-                }
-                self.vm.count(match outcome {
-                    Outcome::Renewed(_) => Counter::RefreshesOk,
-                    _ => Counter::RefreshesFailed,
-                });
-                refresh::publish(&HostStore, &self.vm.namespace(), &id, &outcome, host::now());
-                self.after_refresh(&session, &outcome, true);
             }
             State::Revoking {
                 token_id: expected,
@@ -448,6 +383,7 @@ impl Stream {
             }
             (State::AwaitingRefresh { id, session }, wakeup) => {
                 let outcome = match wakeup {
+                    Wakeup::Refreshed(outcome) => outcome,
                     Wakeup::Ready => {
                         refresh::lookup(&HostStore, &self.vm.namespace(), &id, host::now())
                             .unwrap_or(Outcome::Unavailable)

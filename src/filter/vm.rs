@@ -1,25 +1,28 @@
 //! What one wasm VM (one Envoy worker) knows and waits for: the provider's metadata and
 //! signing keys (shared with the other workers through shared data), the requests paused
-//! until something arrives, and which request owns which IdP call.
+//! until something arrives, which request owns which IdP call, and the refreshes it makes.
 //!
 //! Borrow rule: a `Vm` borrow never spans a call into a `Stream`; work to hand to streams is
 //! collected first, the borrow dropped, then the streams are called.
 
-use super::host::{self, HostStore};
+use super::host::{self, HostRandom, HostStore};
 use super::stream::Stream;
 use crate::config::Config;
 use crate::metrics::Counter;
 use crate::oidc::discovery::{discovery_url, Provider};
 use crate::oidc::idp_request::IdpRequest;
 use crate::oidc::jwks::Jwks;
-use crate::refresh::{self, RefreshId};
+use crate::refresh::{self, Outcome, RefreshId};
+use crate::renew;
 use crate::reply::Failure;
+use crate::route::RefreshNeeded;
 use crate::session::cache::SessionCache;
 use crate::store::{namespace, stamped, unstamp, Cas, SharedStore};
 use crate::url::AbsoluteUrl;
 use proxy_wasm::types::LogLevel;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::mem;
 use std::rc::{Rc, Weak};
 
 /// Sessions kept opened per VM (each entry is about the cookie's size twice).
@@ -54,6 +57,8 @@ pub enum Wakeup {
     Ready,
     /// It will not come in time.
     Failed(Failure),
+    /// The refresh it waited for, made by this VM: its outcome, first hand.
+    Refreshed(Outcome),
 }
 
 struct Waiter {
@@ -90,6 +95,14 @@ pub struct Vm {
     /// When the tick last read the other workers' documents from shared data.
     synced_ms: u64,
     callouts: HashMap<u32, Owner>,
+    /// The shared queue that nudges the root context to send `refreshes_due` at once.
+    queue: Option<u32>,
+    /// Refreshes won by a request, not sent yet. They are sent from the root context, whose
+    /// calls outlive any request: the IdP rotates the refresh token when it answers, so an
+    /// answer lost with a request that left would leave the session with a spent token.
+    refreshes_due: Vec<RefreshNeeded>,
+    /// Refreshes sent, by call token.
+    refreshing: HashMap<u32, RefreshNeeded>,
     /// Envoy's ids for our counters, in `Counter::ALL` order.
     counters: Vec<Option<u32>>,
     /// Opened sessions by sealed value: the authenticated path's shortcut.
@@ -122,6 +135,9 @@ impl VmHandle {
             waiters: Vec::new(),
             synced_ms: 0,
             callouts: HashMap::new(),
+            queue: None,
+            refreshes_due: Vec::new(),
+            refreshing: HashMap::new(),
             counters: Vec::new(),
             sessions: SessionCache::new(SESSION_CACHE_SIZE),
         })))
@@ -218,6 +234,82 @@ impl VmHandle {
         });
     }
 
+    pub fn set_queue(&self, queue: Option<u32>) {
+        self.0.borrow_mut().queue = queue;
+    }
+
+    /// A request won the claim to refresh: the root context sends it (nudged through the
+    /// queue, or at the next tick) and the request waits for the outcome like any other.
+    pub fn start_refresh(&self, needed: RefreshNeeded) {
+        let queue = {
+            let mut vm = self.0.borrow_mut();
+            vm.refreshes_due.push(needed);
+            vm.queue
+        };
+        if let Some(queue) = queue {
+            host::nudge(queue);
+        }
+    }
+
+    /// Root context only (so that the SDK routes the answer to it): sends the refreshes due.
+    pub fn send_refreshes(&self) {
+        let due = mem::take(&mut self.0.borrow_mut().refreshes_due);
+        if due.is_empty() {
+            return;
+        }
+        let config = self.config();
+        for needed in due {
+            match host::dispatch(&config.idp_cluster, &needed.request, config.idp_timeout) {
+                Ok(token) => {
+                    self.0.borrow_mut().refreshing.insert(token, needed);
+                }
+                Err(status) => {
+                    host::log(
+                        LogLevel::Error,
+                        &format!("bff: cannot call the token endpoint to refresh: {status:?}"),
+                    );
+                    self.refreshed(&needed.id, Outcome::Unavailable);
+                }
+            }
+        }
+    }
+
+    /// The token endpoint answered a refresh, whether or not the request that won it is here.
+    fn refresh_answered(&self, needed: &RefreshNeeded, num_headers: usize, body_size: usize) {
+        let (status, body) = host::call_response(num_headers, body_size);
+        let config = self.config();
+        let outcome = match self.provider() {
+            Some(provider) => renew::finish_refresh(
+                &config,
+                &provider,
+                self.keys().as_deref(),
+                &needed.session,
+                status,
+                &body,
+                host::now(),
+                &mut HostRandom,
+            ),
+            None => Outcome::Unavailable,
+        };
+        if outcome == Outcome::Ended {
+            host::log(
+                LogLevel::Info,
+                "bff: the IdP refused a refresh; the session ends",
+            );
+        }
+        self.count(match outcome {
+            Outcome::Renewed(_) => Counter::RefreshesOk,
+            _ => Counter::RefreshesFailed,
+        });
+        self.refreshed(&needed.id, outcome);
+    }
+
+    /// Publishes a refresh's outcome to every worker and hands it to this VM's waiters.
+    fn refreshed(&self, id: &RefreshId, outcome: Outcome) {
+        refresh::publish(&HostStore, &self.namespace(), id, &outcome, host::now());
+        self.wake(None, Some((id, outcome)));
+    }
+
     pub fn register_callout(&self, token: u32, owner: Owner) {
         self.0.borrow_mut().callouts.insert(token, owner);
     }
@@ -234,6 +326,11 @@ impl VmHandle {
         if let Some(what) = fetch {
             let (status, body) = host::call_response(num_headers, body_size);
             self.fetched(what, status, &body);
+            return;
+        }
+        let refreshing = self.0.borrow_mut().refreshing.remove(&token);
+        if let Some(needed) = refreshing {
+            self.refresh_answered(&needed, num_headers, body_size);
             return;
         }
         let owner = self.0.borrow_mut().callouts.remove(&token);
@@ -273,6 +370,7 @@ impl VmHandle {
             self.sync_from_shared();
             self.0.borrow_mut().synced_ms = now_ms;
         }
+        self.send_refreshes();
         self.fetch_if_due();
         self.wake_waiters(None);
     }
@@ -445,6 +543,11 @@ impl VmHandle {
     /// Resumes every waiter whose need is met, whose time is up, or (with `failure`) every
     /// waiter for the provider.
     fn wake_waiters(&self, failure: Option<Failure>) {
+        self.wake(failure, None);
+    }
+
+    /// [`Self::wake_waiters`], also handing a refresh's outcome to the waiters for it.
+    fn wake(&self, failure: Option<Failure>, refreshed: Option<(&RefreshId, Outcome)>) {
         let now_ms = host::now_ms();
         let woken: Vec<(Owner, Need, Wakeup)> = {
             let mut vm = self.0.borrow_mut();
@@ -462,9 +565,12 @@ impl VmHandle {
                         Some(Wakeup::Ready)
                     }
                     Need::Keys { .. } => None,
-                    Need::Refresh(id) => {
-                        refresh::lookup(&HostStore, &ns, id, now).map(|_| Wakeup::Ready)
-                    }
+                    Need::Refresh(id) => match &refreshed {
+                        Some((done, outcome)) if *done == id => {
+                            Some(Wakeup::Refreshed(outcome.clone()))
+                        }
+                        _ => refresh::lookup(&HostStore, &ns, id, now).map(|_| Wakeup::Ready),
+                    },
                 };
                 let wakeup = wakeup.or_else(|| {
                     (now_ms >= w.until_ms).then_some(match w.need {

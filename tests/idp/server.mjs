@@ -46,6 +46,7 @@
 //     revocations      POSTs to the revocation endpoint
 //     token_endpoint_calls  every POST to the token endpoint, whatever its grant_type
 //   Failed requests count too: they are counted by a middleware before the provider answers.
+//   IDP_REFRESH_DELAY_MS=N holds every refresh answer N ms after the refresh token was rotated.
 //   POST /test/revoke-all -> {"revoked_grants": N}
 //     revokes every grant issued so far with all its codes, access and refresh tokens, so the
 //     next refresh of any of them is invalid_grant. IdP login sessions are kept (a new
@@ -115,6 +116,10 @@ try {
 } catch (err) {
   fail(err.message);
 }
+// Test hook: a refresh is answered this long after the provider has rotated the refresh token
+// (0: at once), so a test can drop the client while the IdP already moved on.
+const REFRESH_DELAY_MS = Number(env('IDP_REFRESH_DELAY_MS', '0'));
+if (!Number.isInteger(REFRESH_DELAY_MS) || REFRESH_DELAY_MS < 0) fail('IDP_REFRESH_DELAY_MS must be a whole number of milliseconds');
 const USER = env('IDP_USER', 'alice');
 const PASSWORD = env('IDP_PASSWORD', 'wonderland');
 
@@ -425,6 +430,9 @@ provider.use(async (ctx, next) => {
       }
     }
     await next();
+    if (isToken && REFRESH_DELAY_MS > 0 && ctx.oidc?.params?.grant_type === 'refresh_token') {
+      await new Promise((resolve) => setTimeout(resolve, REFRESH_DELAY_MS));
+    }
   } finally {
     if (isToken) {
       stats.token_endpoint_calls += 1;
