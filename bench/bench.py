@@ -827,7 +827,7 @@ def main(argv=None) -> int:
     if args.instructions_requests < 1 or args.instructions_repeats < 1 or args.instructions_idle <= 0:
         ap.error("--instructions-requests, --instructions-repeats, --instructions-idle must be positive")
 
-    for path, what in ((WASM, "cargo build --target wasm32-wasip1 --release"),
+    for path, what in ((WASM, "scripts/build-wasm"),
                        (FLOOR_WASM, "cargo build --manifest-path bench/floor-filter/Cargo.toml "
                                     "--target wasm32-wasip1 --release")):
         if not path.exists():

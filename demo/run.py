@@ -110,7 +110,7 @@ def check_prerequisites() -> None:
         raise DemoError("port(s) already in use: " + ", ".join(busy)
                         + " (is the demo already running?)")
     for path, fix in ((ENVOY_BIN, "run scripts/setup"),
-                      (WASM, "cargo build --target wasm32-wasip1 --release"),
+                      (WASM, "run scripts/build-wasm"),
                       (REPO / "node_modules" / "oidc-provider", "run scripts/setup")):
         if not path.exists():
             raise DemoError(f"{path.relative_to(REPO)} is missing: {fix}")

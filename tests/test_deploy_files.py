@@ -158,7 +158,7 @@ def test_the_expected_files_are_there():
 
 def require_wasm():
     if not WASM.exists():
-        pytest.fail(f"{rel(WASM)} is missing: cargo build --target wasm32-wasip1 --release")
+        pytest.fail(f"{rel(WASM)} is missing: build it with scripts/build-wasm")
 
 
 @pytest.mark.parametrize("name", sorted(compose_services()))

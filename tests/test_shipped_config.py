@@ -34,7 +34,7 @@ SECRETS = {
 @pytest.fixture(scope="module", autouse=True)
 def built_module():
     if not WASM.exists():
-        pytest.fail(f"{WASM} is missing: cargo build --target wasm32-wasip1 --release")
+        pytest.fail(f"{WASM} is missing: build it with scripts/build-wasm")
 
 
 def validate(config_path, env_extra=None, drop_secrets=False):

@@ -169,7 +169,7 @@ def start_envoy(procs: ProcessGroup, config: dict, upstream_port: int, idp_port:
                 name: str = "envoy", port: int | None = None, edge: bool = True) -> Envoy:
     """Start Envoy with the filter; secrets reach the VM through Envoy's own environment."""
     if not WASM.exists():
-        raise RuntimeError(f"{WASM} is missing: build it with cargo build --target wasm32-wasip1 --release")
+        raise RuntimeError(f"{WASM} is missing: build it with scripts/build-wasm")
     listen_port, admin_port = port or free_port(), free_port()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     config_path = ARTIFACTS / f"{name}-{listen_port}.json"
