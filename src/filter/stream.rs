@@ -104,7 +104,7 @@ impl Stream {
         let provider = self.vm.provider();
         let headers = header_map::parse(&self.headers);
         let request = Request::from_wire(&headers);
-        let now = host::now();
+        let now = self.vm.decision_time();
         let decision = self.vm.with_sessions(|sessions| {
             route::decide_with(
                 &config,

@@ -94,6 +94,8 @@ pub struct Vm {
     waiters: Vec<Waiter>,
     /// When the tick last read the other workers' documents from shared data.
     synced_ms: u64,
+    /// The clock as the last tick read it (0 before the first): what a request decides by.
+    tick_ms: u64,
     callouts: HashMap<u32, Owner>,
     /// The shared queue that nudges the root context to send `refreshes_due` at once.
     queue: Option<u32>,
@@ -134,6 +136,7 @@ impl VmHandle {
             failed_at_ms: None,
             waiters: Vec::new(),
             synced_ms: 0,
+            tick_ms: 0,
             callouts: HashMap::new(),
             queue: None,
             refreshes_due: Vec::new(),
@@ -232,6 +235,16 @@ impl VmHandle {
             need,
             until_ms: host::now_ms().saturating_add(bound),
         });
+    }
+
+    /// The time in seconds for deciding a request, as of the last tick (at most a tick old,
+    /// like nginx's cached time): saves a host call per request, and every limit the decision
+    /// checks is whole seconds. The host's clock before the first tick.
+    pub fn decision_time(&self) -> u64 {
+        match self.0.borrow().tick_ms {
+            0 => host::now(),
+            ms => ms / 1000,
+        }
     }
 
     pub fn set_queue(&self, queue: Option<u32>) {
@@ -358,6 +371,7 @@ impl VmHandle {
         // while something is missing or awaited, else once a second (what another worker
         // fetched is then picked up within a second).
         let now_ms = host::now_ms();
+        self.0.borrow_mut().tick_ms = now_ms;
         let sync = {
             let vm = self.0.borrow();
             !vm.waiters.is_empty()
