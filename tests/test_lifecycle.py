@@ -238,6 +238,31 @@ def test_a_refresh_whose_request_left_still_renews_the_session(procs):
     envoy.assert_vm_healthy()
 
 
+def test_a_cookie_copied_before_logout_lasts_only_until_its_token_is_due(short_tokens):
+    """README, Logout: with no server-side store a copy of the cookie outlives the logout, but
+    only until its access token is due; its refresh token was revoked, so the refresh fails
+    and the copy's session ends."""
+    idp, envoy = short_tokens
+    b = Browser(envoy)
+    b.login()
+    copy = b.cookie_header()
+    revocations = idp.stats()["revocations"]
+    assert b.get(b.get("/private/session", navigate=False).json()["logout_url"]).status_code == 302
+    assert idp.stats()["revocations"] == revocations + 1
+
+    def replay():
+        return requests.get(envoy.url("/private/api/me"), timeout=20,
+                            headers={"Cookie": copy, "Accept": "application/json", "X-CSRF": "1"})
+
+    assert replay().status_code == 200, "the documented window: the token is still fresh"
+    time.sleep(5.5)
+    r = replay()
+    assert r.status_code == 401 and r.json()["error"] == "unauthenticated", r.text
+    assert set_cookies(r)[SESSION]["attrs"]["max-age"] == "0"
+    assert replay().status_code == 401, "and stays refused"
+    envoy.assert_vm_healthy()
+
+
 def test_an_unreachable_idp_lets_requests_go_on_with_the_current_token(procs):
     idp, envoy = start(procs, idp_env={"IDP_ACCESS_TOKEN_TTL": "65"}, name="envoy-idp-gone",
                        idp_timeout_ms=1000)
