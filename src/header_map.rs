@@ -6,6 +6,7 @@
 //! (no header the filter looks for), and stops at a malformed buffer.
 
 use crate::request::WireHeader;
+use crate::words::is_ascii;
 use std::borrow::Cow;
 
 /// The pairs in `bytes`, in order; empty or cut short if the buffer is malformed.
@@ -56,15 +57,6 @@ fn text(value: &[u8]) -> Cow<'_, str> {
 fn ascii(bytes: &[u8]) -> Option<&str> {
     // SAFETY: every byte is below 0x80, and ASCII is valid UTF-8.
     is_ascii(bytes).then(|| unsafe { std::str::from_utf8_unchecked(bytes) })
-}
-
-fn is_ascii(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    let mut high = 0u64;
-    for word in &mut words {
-        high |= u64::from_le_bytes(word.try_into().unwrap_or([0xff; 8]));
-    }
-    high & 0x8080_8080_8080_8080 == 0 && words.remainder().is_ascii()
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {

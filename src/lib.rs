@@ -22,6 +22,7 @@ pub mod secret;
 pub mod session;
 pub mod store;
 pub mod url;
+pub mod words;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -9,6 +9,7 @@
 use super::chunks;
 use super::contents::{NoSession, Session};
 use super::seal::KeyRing;
+use crate::words;
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -49,7 +50,7 @@ impl Hash for dyn SealedValue + '_ {
 
 impl PartialEq for dyn SealedValue + '_ {
     fn eq(&self, other: &Self) -> bool {
-        same_bytes(self.value().as_bytes(), other.value().as_bytes())
+        words::eq(self.value().as_bytes(), other.value().as_bytes())
     }
 }
 
@@ -76,21 +77,6 @@ impl<'a> Borrow<dyn SealedValue + 'a> for Sealed {
     }
 }
 
-/// `a == b`, eight bytes at a time: on wasm32 a slice comparison is the C library's
-/// `memcmp`, a byte loop, and a hit compares the whole sealed value (a kilobyte and more).
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tails_equal = wa.remainder().iter().eq(wb.remainder().iter());
-    tails_equal
-        && wa.zip(wb).all(|(x, y)| {
-            let word = |c: &[u8]| u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
-            word(x) == word(y)
-        })
-}
-
 /// Hashes the head of a sealed value a word at a time (the Fx hash's step). No key
 /// is needed against flooding: only values that opened (sealed by us, with a random nonce in
 /// the head) are ever stored, and the cache is bounded.
@@ -101,7 +87,7 @@ impl Hasher for HeadHasher {
     fn write(&mut self, bytes: &[u8]) {
         let mut words = bytes.chunks_exact(8);
         for word in &mut words {
-            self.add(u64::from_le_bytes(word.try_into().unwrap_or([0; 8])));
+            self.add(words::word(word));
         }
         for &b in words.remainder() {
             self.add(u64::from(b));
@@ -180,21 +166,6 @@ mod tests {
     use crate::config::tests::KEY_A;
     use crate::random::CountingRandom;
     use crate::secret::Secret;
-
-    #[test]
-    fn same_bytes_is_equality() {
-        let v: Vec<u8> = (0..40u8).collect();
-        for len in 0..v.len() {
-            let a = &v[..len];
-            assert!(same_bytes(a, a));
-            assert!(!same_bytes(a, &v[..len + 1]));
-            for i in 0..len {
-                let mut b = a.to_vec();
-                b[i] ^= 1;
-                assert!(!same_bytes(a, &b), "{len} {i}");
-            }
-        }
-    }
 
     const N: &str = "__Host-bff-session";
 

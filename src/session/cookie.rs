@@ -1,11 +1,12 @@
 //! Reading the `Cookie` request header and writing `Set-Cookie` response headers (RFC 6265).
 
 use crate::config::{CookieSettings, SameSite};
+use crate::words;
 
 /// The `name=value` pairs of a `Cookie` header, in order. Malformed pairs are skipped: a
 /// browser may hold cookies of other apps on the same host, and none of them may break us.
 pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
-    header.split(';').filter_map(|pair| {
+    split_pairs(header).filter_map(|pair| {
         let (name, value) = pair.split_once('=')?;
         let name = name.trim();
         if name.is_empty() {
@@ -18,6 +19,26 @@ pub fn pairs(header: &str) -> impl Iterator<Item = (&str, &str)> {
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(value);
         Some((name, value))
+    })
+}
+
+/// `header.split(';')`, finding each `;` eight bytes at a time: the session's value is a
+/// kilobyte and more, and this runs more than once per request.
+fn split_pairs(header: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(header);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        // `;` is ASCII, so both sides of it are char boundaries.
+        match words::find(r.as_bytes(), b';') {
+            Some(at) => {
+                rest = r.get(at + 1..);
+                r.get(..at)
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
     })
 }
 
@@ -39,7 +60,7 @@ pub fn is_own(cookie_name: &str, session_name: &str) -> bool {
 /// when nothing is left (the header is then removed).
 pub fn without_own(header: &str, session_name: &str) -> Option<String> {
     let mut kept = String::new();
-    for pair in header.split(';').map(str::trim) {
+    for pair in split_pairs(header).map(str::trim) {
         let name = pair.split_once('=').map_or(pair, |(n, _)| n.trim());
         if pair.is_empty() || is_own(name, session_name) {
             continue;
@@ -98,6 +119,28 @@ mod tests {
             same_site: SameSite::Lax,
             secure: true,
             transaction_max_age: 600,
+        }
+    }
+
+    #[test]
+    fn splits_like_split() {
+        for h in [
+            "",
+            ";",
+            ";;",
+            "a",
+            "a;",
+            ";a",
+            "a=1; b=2",
+            "a=1;b=2;",
+            " ; x=\u{e9};y",
+            "a=1234567;b",
+        ] {
+            assert_eq!(
+                split_pairs(h).collect::<Vec<_>>(),
+                h.split(';').collect::<Vec<_>>(),
+                "{h:?}"
+            );
         }
     }
 
