@@ -19,8 +19,9 @@ What is asserted:
     (a new token and a renewed cookie), also when three requests arrive at once. No refresh is
     ever refused (invalid_grant): one process and sequential sessions, so no reuse;
   - Envoy's calls to the IdP may fail: the test IdP (Node) closes keep-alive connections idle
-    for 5 s, and now and then Envoy reuses one at that very moment (a reset, Envoy answers
-    503). A refresh then is postponed (the filter goes on with the current token, as
+    for 5 s; Envoy's `idp` cluster closes them after 4 s (idle_timeout), so it should never
+    reuse one at that very moment (a reset, Envoy answers 503), but if it does, a refresh
+    is postponed (the filter goes on with the current token, as
     documented) and a code exchange fails (502, the user must log in again). Tolerated, but
     every such case must be counted by the filter (refreshes_failed) and by Envoy's `idp`
     cluster stats (a connection closed with a request on it);
