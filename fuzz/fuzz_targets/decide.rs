@@ -46,7 +46,9 @@ fuzz_target!(|data: &[u8]| {
     let read = header_map::parse(&wire);
     assert_eq!(read.len(), headers.len());
     for ((n, v), (rn, rv)) in headers.iter().zip(&read) {
-        assert_eq!((n.as_str(), v.as_str()), (*rn, rv.as_ref()));
+        // A name that is not ASCII (never one the filter looks for) reads as empty.
+        let name = if n.is_ascii() { n.as_str() } else { "" };
+        assert_eq!((name, v.as_str()), (*rn, rv.as_ref()));
     }
     let req = Request::from_headers(&headers);
     let rng = &mut CountingRandom(1);

@@ -1,10 +1,12 @@
 //! The Cookie header as any client may send it → the session (chunks joined) and the login
-//! transaction. Input: the `state` the callback would carry, a newline, the Cookie header.
+//! transaction. Input: the `state` the callback would carry, a newline, the Cookie header (and,
+//! as raw bytes, a differential check of `words`).
 
 #![no_main]
 
 use envoy_bff::config::Config;
 use envoy_bff::session::{cookie, KeyRing, LoginTransaction, Session};
+use envoy_bff::words;
 use envoy_bff_fuzz::{config, CountingRandom, COOKIE_KEYS, DEFAULT_NOW};
 use libfuzzer_sys::fuzz_target;
 
@@ -16,6 +18,12 @@ thread_local! {
 }
 
 fuzz_target!(|data: &[u8]| {
+    // The eight-bytes-at-a-time loops the cookie goes through agree with the standard library.
+    assert_eq!(words::find(data, b';'), data.iter().position(|&b| b == b';'));
+    assert_eq!(words::is_ascii(data), data.is_ascii());
+    if let (Some(x), Some(y)) = (data.get(1..), data.get(..data.len().saturating_sub(1))) {
+        assert_eq!(words::eq(x, y), x == y);
+    }
     let text = String::from_utf8_lossy(data);
     let (state, header) = text.split_once('\n').unwrap_or(("", &text));
     FIXED.with(|(keys, config)| {

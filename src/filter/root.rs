@@ -1,5 +1,6 @@
 //! The root context: reads and checks the configuration once, then runs the VM's timer
-//! (metadata fetches, paused requests) and hands the VM to every request.
+//! (metadata fetches, paused requests), sends the refreshes requests won (its calls outlive any
+//! request), and hands the VM to every request.
 
 use super::host::{self, HostRandom};
 use super::http::{BffHttp, Unconfigured};
