@@ -60,7 +60,7 @@ pub fn logout(
     req: &Request,
     session: Result<Session, NoSession>,
 ) -> Result<LogoutPlan, Failure> {
-    let clear = Session::clear_all(&config.cookie, req.cookie_header());
+    let clear = Session::clear_all(&config.cookie, &req.cookies());
     let landing = post_logout_url(config, req)?;
     let session = match session {
         Ok(s) => s,

@@ -3,20 +3,32 @@
 //! followed by a NUL), read in place. The SDK's own reader copies every name and value into
 //! new allocations and panics on a name that is not UTF-8; this one borrows from the buffer,
 //! converts a value lossily only when it is not UTF-8, reads a name that is not ASCII as empty
-//! (no header the filter looks for), and stops at a malformed buffer.
+//! (no header the filter looks for), and stops at a malformed buffer. `Cookie` values are
+//! kept apart as bytes, unchecked: they are the biggest headers, and
+//! [`crate::session::cookie::Jar`] reads them byte for byte.
 
 use crate::request::WireHeader;
 use crate::words::is_ascii;
 use std::borrow::Cow;
 
-/// The pairs in `bytes`, in order; empty or cut short if the buffer is malformed.
-pub fn parse(bytes: &[u8]) -> Vec<WireHeader<'_>> {
+/// A request's headers read from the host's buffer.
+#[derive(Debug, Default)]
+pub struct Headers<'a> {
+    /// Every header but `Cookie`, in order.
+    pub pairs: Vec<WireHeader<'a>>,
+    /// The values of the `Cookie` headers, in order (HTTP/2 may send one per cookie).
+    pub cookies: Vec<&'a [u8]>,
+}
+
+/// The headers in `bytes`; empty or cut short if the buffer is malformed.
+pub fn parse(bytes: &[u8]) -> Headers<'_> {
+    let mut headers = Headers::default();
     let Some(count) = read_u32(bytes, 0) else {
-        return Vec::new();
+        return headers;
     };
     // Each pair takes 8 bytes of sizes and 2 NULs: a count beyond that is a lie.
     let count = count.min(bytes.len() / 10);
-    let mut pairs = Vec::with_capacity(count);
+    headers.pairs.reserve(count);
     let mut data = 4 + count * 8;
     for i in 0..count {
         let (Some(name_len), Some(value_len)) =
@@ -31,9 +43,12 @@ pub fn parse(bytes: &[u8]) -> Vec<WireHeader<'_>> {
             break;
         };
         data = after;
-        pairs.push((ascii(name).unwrap_or(""), text(value)));
+        match ascii(name).unwrap_or("") {
+            "cookie" => headers.cookies.push(value),
+            name => headers.pairs.push((name, text(value))),
+        }
     }
-    pairs
+    headers
 }
 
 /// `len` bytes at `at` and where the next field starts (past the NUL).
@@ -97,19 +112,22 @@ mod tests {
         let bytes = serialize(&[
             (":path", b"/private/x"),
             ("cookie", b"a=1"),
-            ("cookie", b"b=2"),
+            ("accept", b"*/*"),
+            ("cookie", b"b=\xff"),
         ]);
-        let pairs = parse(&bytes);
-        assert_eq!(pairs.len(), 3);
+        let headers = parse(&bytes);
+        let pairs = &headers.pairs;
+        assert_eq!(pairs.len(), 2);
         assert_eq!(pairs[0], (":path", Cow::Borrowed("/private/x")));
-        assert_eq!(pairs[2], ("cookie", Cow::Borrowed("b=2")));
+        assert_eq!(pairs[1], ("accept", Cow::Borrowed("*/*")));
         assert!(pairs.iter().all(|(_, v)| is_exact(v)));
+        assert_eq!(headers.cookies, vec![&b"a=1"[..], &b"b=\xff"[..]]);
     }
 
     #[test]
     fn a_value_that_is_not_utf8_is_read_lossily() {
         let bytes = serialize(&[("x-odd", b"caf\xe9"), (":path", b"/")]);
-        let pairs = parse(&bytes);
+        let pairs = parse(&bytes).pairs;
         assert_eq!(pairs[0].1, "caf\u{fffd}");
         assert!(!is_exact(&pairs[0].1));
         assert_eq!(pairs[1], (":path", Cow::Borrowed("/")));
@@ -136,22 +154,22 @@ mod tests {
 
     #[test]
     fn a_name_that_is_not_ascii_reads_as_empty() {
-        let mut bytes = serialize(&[("caf\u{e9}", b"1"), ("x-?", b"2"), ("cookie", b"a=1")]);
+        let mut bytes = serialize(&[("caf\u{e9}", b"1"), ("x-?", b"2"), ("accept", b"a")]);
         let at = bytes.iter().position(|&b| b == b'?').unwrap();
         bytes[at] = 0xff; // not UTF-8 at all
-        let pairs = parse(&bytes);
+        let pairs = parse(&bytes).pairs;
         assert_eq!(pairs[0], ("", Cow::Borrowed("1")));
         assert_eq!(pairs[1], ("", Cow::Borrowed("2")));
-        assert_eq!(pairs[2], ("cookie", Cow::Borrowed("a=1")));
+        assert_eq!(pairs[2], ("accept", Cow::Borrowed("a")));
     }
 
     #[test]
     fn empty_values_and_an_empty_map() {
-        assert!(parse(&[]).is_empty());
-        assert!(parse(&serialize(&[])).is_empty());
+        assert!(parse(&[]).pairs.is_empty());
+        assert!(parse(&serialize(&[])).pairs.is_empty());
         let bytes = serialize(&[("x-empty", b""), ("y", b"1")]);
         assert_eq!(
-            parse(&bytes),
+            parse(&bytes).pairs,
             vec![("x-empty", Cow::Borrowed("")), ("y", Cow::Borrowed("1"))]
         );
     }
@@ -160,15 +178,15 @@ mod tests {
     fn a_malformed_buffer_gives_what_could_be_read() {
         let bytes = serialize(&[("a", b"1"), ("b", b"2")]);
         for cut in 0..bytes.len() {
-            let pairs = parse(&bytes[..cut]);
+            let pairs = parse(&bytes[..cut]).pairs;
             assert!(pairs.len() <= 2, "{cut}");
         }
         // A count far beyond the buffer, and sizes pointing past its end.
         let mut lying = bytes.clone();
         lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(parse(&lying).len() <= 2);
+        assert!(parse(&lying).pairs.len() <= 2);
         let mut long = bytes;
         long[4..8].copy_from_slice(&1_000_000u32.to_le_bytes());
-        assert!(parse(&long).is_empty());
+        assert!(parse(&long).pairs.is_empty());
     }
 }

@@ -15,7 +15,8 @@ use crate::random::{self, Random};
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::route::CodeExchange;
-use crate::session::{cookie, LoginTransaction, Session, TransactionError};
+use crate::session::cookie::{self, Jar};
+use crate::session::{LoginTransaction, Session, TransactionError};
 use crate::url::query_of;
 
 /// Allowed clock difference with the IdP when checking `exp` and `iat`.
@@ -31,7 +32,7 @@ pub struct PendingLogin {
     tx_cookie: String,
     client: Client,
     /// The callback's cookies: a new session must delete chunks an old one left.
-    cookie_header: Option<String>,
+    cookie_header: Option<Vec<u8>>,
 }
 
 impl PendingLogin {
@@ -146,12 +147,12 @@ pub fn callback(
 ) -> Result<CodeExchange, Reply> {
     let response = callback::parse(query_of(req.path))
         .map_err(|e| Reply::failure(client, &Failure::BadCallback(e)))?;
-    let cookies = req.cookie_header();
+    let cookies = req.cookies();
     let open = |state: &str| {
         LoginTransaction::open(
             &config.keys,
             &config.cookie.name,
-            cookies,
+            &cookies,
             state,
             now,
             config.cookie.transaction_max_age,
@@ -159,17 +160,9 @@ pub fn callback(
     };
     let forget = |reply: Reply, state: &str| {
         // The transaction is single-use: whatever happened, drop its cookie.
-        if cookies.is_some_and(|h| {
-            cookie::find(
-                h,
-                &LoginTransaction::cookie_name(&config.cookie.name, state),
-            )
-            .is_some()
-        }) {
-            reply.with_cookie(cookie::delete_cookie(
-                &config.cookie,
-                &LoginTransaction::cookie_name(&config.cookie.name, state),
-            ))
+        let name = LoginTransaction::cookie_name(&config.cookie.name, state);
+        if cookies.find(&name).is_some() {
+            reply.with_cookie(cookie::delete_cookie(&config.cookie, &name))
         } else {
             reply
         }
@@ -221,7 +214,7 @@ pub fn callback(
                     tx_cookie: LoginTransaction::cookie_name(&config.cookie.name, &state),
                     tx,
                     client,
-                    cookie_header: cookies.map(str::to_string),
+                    cookie_header: req.cookie_header().map(<[u8]>::to_vec),
                 },
             })
         }
@@ -341,7 +334,7 @@ fn try_finish(
         .write(
             &config.keys,
             &config.cookie,
-            pending.cookie_header.as_deref(),
+            &Jar::parse(pending.cookie_header.as_deref()),
             rng,
         )
         .map_err(|_| Failure::Internal("could not seal the session"))
@@ -463,7 +456,12 @@ mod tests {
         assert!(cookies[1].ends_with("; Path=/; HttpOnly; Secure; SameSite=Lax"));
         let header = cookies[1].split(';').next().unwrap();
         let keys = KeyRing::from_base64_list(crate::config::tests::KEY_A).unwrap();
-        let s = Session::open(&keys, "__Host-bff-session", Some(header)).unwrap();
+        let s = Session::open(
+            &keys,
+            "__Host-bff-session",
+            &Jar::parse(Some(header.as_bytes())),
+        )
+        .unwrap();
         assert_eq!(s.access_token.expose(), "AT");
         assert_eq!(s.access_expires_at, 1310);
         assert_eq!(s.subject, "alice");

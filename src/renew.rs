@@ -131,12 +131,7 @@ mod tests {
             panic!("{outcome:?}")
         };
         let c = config_from(minimal_json());
-        Session::open(
-            &c.keys,
-            &c.cookie.name,
-            Some(&format!("{}={sealed}", c.cookie.name)),
-        )
-        .unwrap()
+        Session::open_sealed(&c.keys, &c.cookie.name, sealed.as_bytes()).unwrap()
     }
 
     fn id_token(sub: &str) -> String {

@@ -1,5 +1,7 @@
 //! The facts about an incoming request that the decision needs, taken from its headers once.
 
+use crate::header_map::Headers;
+use crate::session::cookie::Jar;
 use std::borrow::Cow;
 
 #[derive(Debug, Default, Clone)]
@@ -9,8 +11,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     pub scheme: &'a str,
     pub authority: &'a str,
-    /// Every `Cookie` header joined (HTTP/2 sends one per cookie).
-    pub cookie: Option<Cow<'a, str>>,
+    /// Every `Cookie` header joined (HTTP/2 may send one per cookie), as bytes.
+    cookie: Option<Cow<'a, [u8]>>,
     pub accept: Option<&'a str>,
     pub sec_fetch_mode: Option<&'a str>,
     pub x_requested_with: Option<&'a str>,
@@ -41,20 +43,30 @@ impl Default for All<'_> {
 impl<'a> Request<'a> {
     /// Picks the facts out of Envoy's header list (names arrive lowercase).
     pub fn from_headers(headers: &'a [(String, String)]) -> Request<'a> {
-        Request::from_pairs(
+        let mut r = Request::from_pairs(
             All::Owned(headers),
             headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        )
+        );
+        r.cookie = joined(
+            headers
+                .iter()
+                .filter(|(n, _)| n == "cookie")
+                .map(|(_, v)| v.as_bytes()),
+        );
+        r
     }
 
     /// [`Request::from_headers`] over headers borrowed from the host's buffer.
-    pub fn from_wire(headers: &'a [WireHeader<'a>]) -> Request<'a> {
-        Request::from_pairs(
-            All::Wire(headers),
-            headers.iter().map(|(n, v)| (*n, v.as_ref())),
-        )
+    pub fn from_wire(headers: &'a Headers<'a>) -> Request<'a> {
+        let mut r = Request::from_pairs(
+            All::Wire(&headers.pairs),
+            headers.pairs.iter().map(|(n, v)| (*n, v.as_ref())),
+        );
+        r.cookie = joined(headers.cookies.iter().copied());
+        r
     }
 
+    /// The facts in every header but `Cookie`.
     fn from_pairs(all: All<'a>, pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Request<'a> {
         let mut r = Request {
             all,
@@ -66,12 +78,6 @@ impl<'a> Request<'a> {
                 ":path" => r.path = v,
                 ":scheme" => r.scheme = v,
                 ":authority" => r.authority = v,
-                "cookie" => {
-                    r.cookie = Some(match r.cookie.take() {
-                        None => Cow::Borrowed(v),
-                        Some(prev) => Cow::Owned(format!("{prev}; {v}")),
-                    })
-                }
                 "accept" => r.accept = Some(v),
                 "sec-fetch-mode" => r.sec_fetch_mode = Some(v),
                 "x-requested-with" => r.x_requested_with = Some(v),
@@ -84,7 +90,7 @@ impl<'a> Request<'a> {
         r
     }
 
-    /// The first header called `name` (lowercase).
+    /// The first header called `name` (lowercase), but `Cookie` (see [`Request::cookies`]).
     pub fn header(&self, name: &str) -> Option<&'a str> {
         match self.all {
             All::Owned(list) => list
@@ -98,8 +104,14 @@ impl<'a> Request<'a> {
         }
     }
 
-    pub fn cookie_header(&self) -> Option<&str> {
+    /// The `Cookie` header as sent (every one joined with `; `).
+    pub fn cookie_header(&self) -> Option<&[u8]> {
         self.cookie.as_deref()
+    }
+
+    /// The request's cookies, split: one pass over the header, so take it once per request.
+    pub fn cookies(&self) -> Jar<'_> {
+        Jar::parse(self.cookie_header())
     }
 
     /// A top-level browser navigation, which may be redirected to the IdP. Browsers send
@@ -117,6 +129,21 @@ impl<'a> Request<'a> {
     }
 }
 
+/// One `Cookie` header from several (RFC 6265 §5.4: joined with `; `), borrowed when there
+/// is only one.
+fn joined<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<Cow<'a, [u8]>> {
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut all = [first, second].join(&b"; "[..]);
+    for value in values {
+        all.extend_from_slice(b"; ");
+        all.extend_from_slice(value);
+    }
+    Some(Cow::Owned(all))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +159,33 @@ mod tests {
         let h = headers(&[(":path", "/x"), ("cookie", "a=1"), ("cookie", "b=2")]);
         let r = Request::from_headers(&h);
         assert_eq!(r.path, "/x");
-        assert_eq!(r.cookie_header(), Some("a=1; b=2"));
+        assert_eq!(r.cookie_header(), Some(&b"a=1; b=2"[..]));
+        assert_eq!(r.cookies().find("b"), Some(&b"2"[..]));
+        let three = headers(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        let r = Request::from_headers(&three);
+        assert_eq!(r.cookie_header(), Some(&b"a=1; b=2; c=3"[..]));
+        let one = headers(&[("cookie", "a=1")]);
+        assert!(matches!(
+            Request::from_headers(&one).cookie,
+            Some(Cow::Borrowed(b"a=1"))
+        ));
+        assert_eq!(Request::from_headers(&[]).cookie_header(), None);
+    }
+
+    #[test]
+    fn reads_the_host_buffer_with_its_cookies_as_bytes() {
+        let wire = crate::header_map::serialize(&[
+            (":path", b"/p"),
+            ("cookie", b"a=caf\xe9"),
+            ("accept", b"text/html"),
+            ("cookie", b"b=2"),
+        ]);
+        let headers = crate::header_map::parse(&wire);
+        let r = Request::from_wire(&headers);
+        assert_eq!((r.path, r.accept), ("/p", Some("text/html")));
+        assert_eq!(r.cookie_header(), Some(&b"a=caf\xe9; b=2"[..]));
+        assert_eq!(r.header("accept"), Some("text/html"));
+        assert_eq!(r.header("cookie"), None);
     }
 
     #[test]

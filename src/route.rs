@@ -15,7 +15,8 @@ use crate::request::Request;
 use crate::rules;
 use crate::session::cache::SessionCache;
 use crate::session::contents::Upkeep;
-use crate::session::{cookie, NoSession, Session};
+use crate::session::cookie::Jar;
+use crate::session::{NoSession, Session};
 use crate::url::{is_under, path_of, query_of, safe_return_to};
 
 #[derive(Debug)]
@@ -40,8 +41,9 @@ pub enum Decision {
 pub struct Forward {
     /// `None` for a request that passes through unauthenticated.
     pub token_header: Option<(String, String)>,
-    /// The `Cookie` header to send upstream; `None` removes it.
-    pub cookie: Option<String>,
+    /// The `Cookie` header to send upstream with the token; `None` removes it. Without a
+    /// token the header is left as it is.
+    pub cookie: Option<Vec<u8>>,
     /// `Set-Cookie` headers for the response (a re-written session).
     pub set_cookies: Vec<String>,
     /// Other request headers to set (`Some`) or remove (`None`): claim headers, and any
@@ -118,8 +120,9 @@ pub fn decide_with(
     if let Err(failure) = csrf::check(config, req) {
         return Decision::Reply(Reply::failure(client(), &failure));
     }
+    let jar = req.cookies();
     let session = sessions
-        .open(&config.keys, &config.cookie.name, req.cookie_header())
+        .open(&config.keys, &config.cookie.name, &jar)
         .and_then(|s| s.check(now, &config.session).map(|upkeep| (s, upkeep)));
     if path == config.session_path {
         return Decision::Reply(endpoints::session_info(
@@ -138,11 +141,11 @@ pub fn decide_with(
         };
     }
     match session {
-        Ok((session, Upkeep::None)) => forward(config, req, &session, Vec::new()),
+        Ok((session, Upkeep::None)) => forward(config, req, &jar, &session, Vec::new()),
         Ok((session, Upkeep::Rewrite)) => {
             let mut session = Session::clone(&session);
             session.last_seen = now;
-            rewritten(config, req, session, rng)
+            rewritten(config, req, &jar, session, rng)
         }
         Ok((session, Upkeep::Refresh)) => {
             match (provider, session.refresh_token.as_ref()) {
@@ -152,14 +155,16 @@ pub fn decide_with(
                         session: Session::clone(&session),
                         request,
                     })),
-                    None => forward(config, req, &session, Vec::new()),
+                    None => forward(config, req, &jar, &session, Vec::new()),
                 },
                 // Metadata not known yet: use the token while it lasts.
-                _ if now < session.access_expires_at => forward(config, req, &session, Vec::new()),
+                _ if now < session.access_expires_at => {
+                    forward(config, req, &jar, &session, Vec::new())
+                }
                 _ => Decision::AwaitProvider,
             }
         }
-        Err(reason) => unauthenticated(config, provider, req, reason, now, rng),
+        Err(reason) => unauthenticated(config, provider, req, &jar, reason, now, rng),
     }
 }
 
@@ -173,18 +178,20 @@ pub fn after_refresh(
     now: u64,
     rng: &mut dyn Random,
 ) -> Decision {
+    let jar = req.cookies();
     match outcome {
         Outcome::Renewed(sealed) => {
-            let cookie = format!("{}={sealed}", config.cookie.name);
-            match Session::open(&config.keys, &config.cookie.name, Some(&cookie)) {
-                Ok(renewed) => rewritten(config, req, renewed, rng),
-                Err(reason) => unauthenticated(config, provider, req, reason, now, rng),
+            match Session::open_sealed(&config.keys, &config.cookie.name, sealed.as_bytes()) {
+                Ok(renewed) => rewritten(config, req, &jar, renewed, rng),
+                Err(reason) => unauthenticated(config, provider, req, &jar, reason, now, rng),
             }
         }
-        Outcome::Ended => unauthenticated(config, provider, req, NoSession::Expired, now, rng),
+        Outcome::Ended => {
+            unauthenticated(config, provider, req, &jar, NoSession::Expired, now, rng)
+        }
         // The IdP is down: go on with the current token while it is valid.
         Outcome::Unavailable if now < session.access_expires_at => {
-            forward(config, req, session, Vec::new())
+            forward(config, req, &jar, session, Vec::new())
         }
         Outcome::Unavailable => {
             Decision::Reply(Reply::failure(client_of(req), &Failure::IdpUnavailable))
@@ -205,6 +212,7 @@ fn client_of(req: &Request) -> Client {
 fn forward(
     config: &Config,
     req: &Request,
+    jar: &Jar,
     session: &Session,
     set_cookies: Vec<String>,
 ) -> Decision {
@@ -229,9 +237,7 @@ fn forward(
             config.upstream_token.name.clone(),
             config.upstream_token.value(&session.access_token),
         )),
-        cookie: req
-            .cookie_header()
-            .and_then(|h| cookie::without_own(h, &config.cookie.name)),
+        cookie: jar.without_own(&config.cookie.name),
         set_cookies,
         extra,
     })
@@ -271,18 +277,24 @@ fn pass_through(config: &Config, req: &Request) -> Decision {
     }
     Decision::Forward(Forward {
         token_header: None,
-        cookie: req.cookie_header().map(str::to_string),
+        cookie: None,
         set_cookies: Vec::new(),
         extra: forged,
     })
 }
 
 /// Forwards with the session re-written on the response (sealed with the current key).
-fn rewritten(config: &Config, req: &Request, session: Session, rng: &mut dyn Random) -> Decision {
-    match session.write(&config.keys, &config.cookie, req.cookie_header(), rng) {
-        Ok(cookies) => forward(config, req, &session, cookies),
+fn rewritten(
+    config: &Config,
+    req: &Request,
+    jar: &Jar,
+    session: Session,
+    rng: &mut dyn Random,
+) -> Decision {
+    match session.write(&config.keys, &config.cookie, jar, rng) {
+        Ok(cookies) => forward(config, req, jar, &session, cookies),
         // Could not seal: the current cookie still works, so forward without re-writing.
-        Err(_) => forward(config, req, &session, Vec::new()),
+        Err(_) => forward(config, req, jar, &session, Vec::new()),
     }
 }
 
@@ -292,6 +304,7 @@ fn unauthenticated(
     config: &Config,
     provider: Option<&Provider>,
     req: &Request,
+    jar: &Jar,
     reason: NoSession,
     now: u64,
     rng: &mut dyn Random,
@@ -316,7 +329,7 @@ fn unauthenticated(
     };
     let reply = match reason {
         NoSession::Absent => reply,
-        _ => Session::clear(&config.cookie, req.cookie_header())
+        _ => Session::clear(&config.cookie, jar)
             .into_iter()
             .fold(reply, Reply::with_cookie),
     };
@@ -555,7 +568,7 @@ pub(crate) mod tests {
             f.token_header,
             Some(("authorization".into(), "Bearer the-access-token".into()))
         );
-        assert_eq!(f.cookie.as_deref(), Some("theme=dark"));
+        assert_eq!(f.cookie.as_deref(), Some(&b"theme=dark"[..]));
 
         let d = decide_on(
             &c,
@@ -632,7 +645,8 @@ pub(crate) mod tests {
             .split_once('=')
             .unwrap();
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
-        let tx: serde_json::Value = serde_json::from_slice(&k.open(name, value).unwrap()).unwrap();
+        let tx: serde_json::Value =
+            serde_json::from_slice(&k.open(name, value.as_bytes()).unwrap()).unwrap();
         assert_eq!(tx["r"], "/private/page?tab=2");
         assert_eq!(tx["u"], "http://app.local:8080/private/callback");
     }

@@ -1,11 +1,13 @@
-//! The Cookie header as any client may send it → the session (chunks joined) and the login
-//! transaction. Input: the `state` the callback would carry, a newline, the Cookie header (and,
-//! as raw bytes, a differential check of `words`).
+//! The Cookie header as any client may send it → the session (chunks joined), the login
+//! transaction and the header that goes upstream. Input: the `state` the callback would
+//! carry, a newline, the Cookie header as bytes (and, all of it, a differential check of
+//! `words`).
 
 #![no_main]
 
 use envoy_bff::config::Config;
-use envoy_bff::session::{cookie, KeyRing, LoginTransaction, Session};
+use envoy_bff::session::cookie::{self, Jar};
+use envoy_bff::session::{KeyRing, LoginTransaction, Session};
 use envoy_bff::words;
 use envoy_bff_fuzz::{config, CountingRandom, COOKIE_KEYS, DEFAULT_NOW};
 use libfuzzer_sys::fuzz_target;
@@ -19,16 +21,27 @@ thread_local! {
 
 fuzz_target!(|data: &[u8]| {
     // The eight-bytes-at-a-time loops the cookie goes through agree with the standard library.
-    assert_eq!(words::find(data, b';'), data.iter().position(|&b| b == b';'));
+    assert_eq!(
+        words::find(data, b';'),
+        data.iter().position(|&b| b == b';')
+    );
     assert_eq!(words::is_ascii(data), data.is_ascii());
     if let (Some(x), Some(y)) = (data.get(1..), data.get(..data.len().saturating_sub(1))) {
         assert_eq!(words::eq(x, y), x == y);
     }
-    let text = String::from_utf8_lossy(data);
-    let (state, header) = text.split_once('\n').unwrap_or(("", &text));
+    // The state is text; the Cookie header is bytes, as the host hands it over.
+    let (state, header) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (
+            data.get(..at).unwrap_or_default(),
+            data.get(at + 1..).unwrap_or_default(),
+        ),
+        None => (&[][..], data),
+    };
+    let state = String::from_utf8_lossy(state);
+    let jar = Jar::parse(Some(header));
     FIXED.with(|(keys, config)| {
         let name = config.cookie.name.as_str();
-        if let Ok(session) = Session::open(keys, name, Some(header)) {
+        if let Ok(session) = Session::open(keys, name, &jar) {
             let _ = session.claims();
             let _ = session.ends_at(&config.session);
             for now in [
@@ -39,13 +52,20 @@ fuzz_target!(|data: &[u8]| {
             ] {
                 let _ = session.check(now, &config.session);
             }
-            let _ = session.write(keys, &config.cookie, Some(header), &mut CountingRandom(7));
+            let _ = session.write(keys, &config.cookie, &jar, &mut CountingRandom(7));
         }
-        let _ = Session::clear_all(&config.cookie, Some(header));
-        let _ = cookie::without_own(header, name);
+        let _ = Session::clear_all(&config.cookie, &jar);
+        // What goes upstream: none of ours, every other pair as sent, and the same cookies
+        // when read again.
+        let kept = jar.without_own(name);
+        let again = Jar::parse(kept.as_deref());
+        assert!(again.cookies().all(|(n, _)| !cookie::is_own(n, name)));
+        assert!(again
+            .cookies()
+            .eq(jar.cookies().filter(|(n, _)| !cookie::is_own(n, name))));
         let max_age = config.cookie.transaction_max_age;
-        let _ = LoginTransaction::open(keys, name, Some(header), state, DEFAULT_NOW, max_age);
+        let _ = LoginTransaction::open(keys, name, &jar, &state, DEFAULT_NOW, max_age);
         // No time limit: whatever opens goes all the way.
-        let _ = LoginTransaction::open(keys, name, Some(header), state, u64::MAX, u64::MAX);
+        let _ = LoginTransaction::open(keys, name, &jar, &state, u64::MAX, u64::MAX);
     });
 });

@@ -66,8 +66,8 @@ pub fn request_headers() -> Vec<u8> {
 }
 
 /// Sets (`Some`) or removes (`None`) a request header.
-pub fn set_request_header(name: &str, value: Option<&str>) {
-    if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+pub fn set_request_header(name: &str, value: Option<&[u8]>) {
+    if let Err(status) = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value) {
         log(
             LogLevel::Error,
             &format!("bff: could not set request header {name}: {status:?}"),

@@ -195,11 +195,11 @@ impl Stream {
 
     fn apply_forward(&mut self, forward: Forward) {
         if let Some((name, value)) = &forward.token_header {
-            host::set_request_header(name, Some(value));
+            host::set_request_header(name, Some(value.as_bytes()));
             host::set_request_header("cookie", forward.cookie.as_deref());
         }
         for (name, value) in &forward.extra {
-            host::set_request_header(name, value.as_deref());
+            host::set_request_header(name, value.as_deref().map(str::as_bytes));
         }
         if let Ok(mut cookies) = self.response_cookies.try_borrow_mut() {
             *cookies = forward.set_cookies;

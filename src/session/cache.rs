@@ -8,6 +8,7 @@
 
 use super::chunks;
 use super::contents::{NoSession, Session};
+use super::cookie::Jar;
 use super::seal::KeyRing;
 use crate::words;
 use std::borrow::Borrow;
@@ -19,38 +20,38 @@ use std::rc::Rc;
 /// which already tell sealings apart) so a lookup does not hash a kilobyte and more; equal
 /// only when every byte is, so a value with a forged tail never finds a cached session.
 #[derive(Clone)]
-struct Sealed(Rc<str>);
+struct Sealed(Rc<[u8]>);
 
 const HASHED_PREFIX: usize = 64;
 
 /// What a lookup compares: a stored key, or the request's value borrowed as it is (so a
 /// hit allocates nothing).
 trait SealedValue {
-    fn value(&self) -> &str;
+    fn value(&self) -> &[u8];
 }
 
 impl SealedValue for Sealed {
-    fn value(&self) -> &str {
+    fn value(&self) -> &[u8] {
         &self.0
     }
 }
 
-impl SealedValue for &str {
-    fn value(&self) -> &str {
+impl SealedValue for &[u8] {
+    fn value(&self) -> &[u8] {
         self
     }
 }
 
 impl Hash for dyn SealedValue + '_ {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let bytes = self.value().as_bytes();
+        let bytes = self.value();
         bytes.get(..HASHED_PREFIX).unwrap_or(bytes).hash(state);
     }
 }
 
 impl PartialEq for dyn SealedValue + '_ {
     fn eq(&self, other: &Self) -> bool {
-        words::eq(self.value().as_bytes(), other.value().as_bytes())
+        words::eq(self.value(), other.value())
     }
 }
 
@@ -135,13 +136,12 @@ impl SessionCache {
         &mut self,
         keys: &KeyRing,
         name: &str,
-        cookie_header: Option<&str>,
+        jar: &Jar,
     ) -> Result<Rc<Session>, NoSession> {
-        let sealed = cookie_header
-            .and_then(|h| chunks::join(name, h))
+        let sealed = chunks::join(name, jar)
             .filter(|v| !v.is_empty())
             .ok_or(NoSession::Absent)?;
-        let value: &str = &sealed;
+        let value: &[u8] = &sealed;
         if let Some(session) = self.entries.get(&value as &dyn SealedValue) {
             return Ok(Rc::clone(session));
         }
@@ -166,6 +166,10 @@ mod tests {
     use crate::config::tests::KEY_A;
     use crate::random::CountingRandom;
     use crate::secret::Secret;
+
+    fn jar(header: &str) -> Jar<'_> {
+        Jar::parse(Some(header.as_bytes()))
+    }
 
     const N: &str = "__Host-bff-session";
 
@@ -192,8 +196,8 @@ mod tests {
         let keys = KeyRing::from_base64_list(KEY_A).unwrap();
         let mut cache = SessionCache::new(2);
         let a = cookie("alice", &keys);
-        let first = cache.open(&keys, N, Some(&a)).unwrap();
-        let second = cache.open(&keys, N, Some(&a)).unwrap();
+        let first = cache.open(&keys, N, &jar(&a)).unwrap();
+        let second = cache.open(&keys, N, &jar(&a)).unwrap();
         assert!(Rc::ptr_eq(&first, &second));
         assert_eq!(first.subject, "alice");
     }
@@ -203,13 +207,13 @@ mod tests {
         let keys = KeyRing::from_base64_list(KEY_A).unwrap();
         let mut cache = SessionCache::new(4);
         let good = cookie("alice", &keys);
-        cache.open(&keys, N, Some(&good)).unwrap();
+        cache.open(&keys, N, &jar(&good)).unwrap();
         // Same head (and so the same hash), another tail: must be opened, and fail.
         let mut forged = good.clone();
         forged.pop();
         forged.push(if good.ends_with('A') { 'B' } else { 'A' });
         assert_eq!(
-            cache.open(&keys, N, Some(&forged)).unwrap_err(),
+            cache.open(&keys, N, &jar(&forged)).unwrap_err(),
             NoSession::Unreadable
         );
     }
@@ -219,7 +223,7 @@ mod tests {
         let keys = KeyRing::from_base64_list(KEY_A).unwrap();
         let mut cache = SessionCache::new(2);
         for who in ["a", "bb", "ccc"] {
-            cache.open(&keys, N, Some(&cookie(who, &keys))).unwrap();
+            cache.open(&keys, N, &jar(&cookie(who, &keys))).unwrap();
         }
         assert_eq!(cache.len(), 2, "the oldest went");
         for junk in [
@@ -227,11 +231,11 @@ mod tests {
             "__Host-bff-session=v1.x.y",
             "x=y",
         ] {
-            assert!(cache.open(&keys, N, Some(junk)).is_err());
+            assert!(cache.open(&keys, N, &jar(junk)).is_err());
         }
         assert_eq!(cache.len(), 2);
         let mut off = SessionCache::new(0);
-        off.open(&keys, N, Some(&cookie("a", &keys))).unwrap();
+        off.open(&keys, N, &jar(&cookie("a", &keys))).unwrap();
         assert!(off.is_empty());
     }
 }

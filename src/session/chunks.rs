@@ -5,7 +5,7 @@
 //! `<name>.1=<part 1>` … `<name>.<N-1>`. The parts are joined before the AEAD opens them, so a
 //! missing, swapped or foreign chunk simply fails authentication.
 
-use super::cookie;
+use super::cookie::Jar;
 use std::borrow::Cow;
 
 /// Room for the value in one cookie, leaving space for the name and attributes.
@@ -48,33 +48,31 @@ pub fn split(name: &str, sealed: &str) -> Vec<(String, String)> {
 }
 
 /// The sealed value carried by the request's cookies, joined from its chunks.
-pub fn join<'a>(name: &str, cookie_header: &'a str) -> Option<Cow<'a, str>> {
-    let first = cookie::find(cookie_header, name)?;
-    let Some(rest) = first.strip_prefix('c') else {
+pub fn join<'a>(name: &str, jar: &Jar<'a>) -> Option<Cow<'a, [u8]>> {
+    let first = jar.find(name)?;
+    let Some(rest) = first.strip_prefix(b"c") else {
         return Some(Cow::Borrowed(first));
     };
-    let (count, part0) = rest.split_once(':')?;
-    let n: usize = count.parse().ok()?;
+    let colon = rest.iter().position(|&b| b == b':')?;
+    let (count, part0) = (rest.get(..colon)?, rest.get(colon + 1..)?);
+    let n: usize = std::str::from_utf8(count).ok()?.parse().ok()?;
     if !(2..=MAX_CHUNKS).contains(&n) {
         return None;
     }
-    let mut joined = String::with_capacity(n * MAX_VALUE);
-    joined.push_str(part0);
+    let mut joined = Vec::with_capacity(n * MAX_VALUE);
+    joined.extend_from_slice(part0);
     for i in 1..n {
-        joined.push_str(cookie::find(cookie_header, &chunk_name(name, i))?);
+        joined.extend_from_slice(jar.find(&chunk_name(name, i))?);
     }
     Some(Cow::Owned(joined))
 }
 
 /// Chunk cookies (`<name>.1` …) the request carries beyond the first `keep`: they must be
 /// deleted when a smaller session is written, or they would linger.
-pub fn stale(name: &str, cookie_header: Option<&str>, keep: usize) -> Vec<String> {
-    let Some(header) = cookie_header else {
-        return Vec::new();
-    };
+pub fn stale(name: &str, jar: &Jar, keep: usize) -> Vec<String> {
     (keep.max(1)..=MAX_CHUNKS)
         .map(|i| chunk_name(name, i))
-        .filter(|n| cookie::find(header, n).is_some())
+        .filter(|n| jar.find(n).is_some())
         .collect()
 }
 
@@ -92,11 +90,21 @@ mod tests {
             .join("; ")
     }
 
+    /// The joined value of a Cookie header, as text.
+    fn joined(header: &str) -> Option<String> {
+        join(N, &Jar::parse(Some(header.as_bytes())))
+            .map(|v| String::from_utf8(v.into_owned()).unwrap())
+    }
+
+    fn stale_in(header: Option<&str>, keep: usize) -> Vec<String> {
+        stale(N, &Jar::parse(header.map(str::as_bytes)), keep)
+    }
+
     #[test]
     fn small_values_stay_whole() {
         let pairs = split(N, "v1.abc.def");
         assert_eq!(pairs, vec![(N.to_string(), "v1.abc.def".to_string())]);
-        assert_eq!(join(N, &header(&pairs)).as_deref(), Some("v1.abc.def"));
+        assert_eq!(joined(&header(&pairs)).as_deref(), Some("v1.abc.def"));
     }
 
     #[test]
@@ -108,7 +116,7 @@ mod tests {
         assert!(pairs[0].1.starts_with("c3:v1.kid."));
         assert!(pairs.iter().all(|(n, v)| n.len() + v.len() < 4000));
         let h = format!("other=1; {}", header(&pairs));
-        assert_eq!(join(N, &h).as_deref(), Some(sealed.as_str()));
+        assert_eq!(joined(&h).as_deref(), Some(sealed.as_str()));
     }
 
     #[test]
@@ -116,11 +124,11 @@ mod tests {
         let sealed = format!("v1.kid.{}", "y".repeat(9000));
         let pairs = split(N, &sealed);
         let without_middle = header(&[pairs[0].clone(), pairs[2].clone()]);
-        assert_eq!(join(N, &without_middle), None);
-        assert_eq!(join(N, &format!("{N}=c99:abc")), None);
-        assert_eq!(join(N, &format!("{N}=c1:abc")), None);
-        assert_eq!(join(N, &format!("{N}=cx:abc")), None);
-        assert_eq!(join(N, "x=1"), None);
+        assert_eq!(joined(&without_middle), None);
+        assert_eq!(joined(&format!("{N}=c99:abc")), None);
+        assert_eq!(joined(&format!("{N}=c1:abc")), None);
+        assert_eq!(joined(&format!("{N}=cx:abc")), None);
+        assert_eq!(joined("x=1"), None);
     }
 
     #[test]
@@ -130,18 +138,18 @@ mod tests {
         let (v1, v2) = (pairs[1].1.clone(), pairs[2].1.clone());
         pairs[1].1 = v2;
         pairs[2].1 = v1;
-        assert_ne!(join(N, &header(&pairs)).as_deref(), Some(sealed.as_str()));
+        assert_ne!(joined(&header(&pairs)).as_deref(), Some(sealed.as_str()));
     }
 
     #[test]
     fn stale_chunks_are_found() {
         let h = format!("{N}=c3:a; {N}.1=b; {N}.2=c; {N}.tx.abc=d");
         assert_eq!(
-            stale(N, Some(&h), 1),
+            stale_in(Some(&h), 1),
             vec![format!("{N}.1"), format!("{N}.2")]
         );
-        assert_eq!(stale(N, Some(&h), 2), vec![format!("{N}.2")]);
-        assert!(stale(N, Some(&h), 3).is_empty());
-        assert!(stale(N, None, 1).is_empty());
+        assert_eq!(stale_in(Some(&h), 2), vec![format!("{N}.2")]);
+        assert!(stale_in(Some(&h), 3).is_empty());
+        assert!(stale_in(None, 1).is_empty());
     }
 }

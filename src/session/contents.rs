@@ -2,7 +2,7 @@
 //! keeps only what the filter needs, under one-letter names.
 
 use super::chunks;
-use super::cookie;
+use super::cookie::{self, Jar};
 use super::seal::{KeyRing, SealError};
 use crate::config::{CookieSettings, SessionLifetime};
 use crate::random::Random;
@@ -101,20 +101,15 @@ impl Session {
     }
 
     /// Reads the session from the request's cookies (joining chunks).
-    pub fn open(
-        keys: &KeyRing,
-        name: &str,
-        cookie_header: Option<&str>,
-    ) -> Result<Session, NoSession> {
-        let sealed = cookie_header
-            .and_then(|h| chunks::join(name, h))
+    pub fn open(keys: &KeyRing, name: &str, jar: &Jar) -> Result<Session, NoSession> {
+        let sealed = chunks::join(name, jar)
             .filter(|v| !v.is_empty())
             .ok_or(NoSession::Absent)?;
         Self::open_sealed(keys, name, &sealed)
     }
 
     /// Opens a sealed value (already joined from its chunks).
-    pub fn open_sealed(keys: &KeyRing, name: &str, sealed: &str) -> Result<Session, NoSession> {
+    pub fn open_sealed(keys: &KeyRing, name: &str, sealed: &[u8]) -> Result<Session, NoSession> {
         let json = keys.open(name, sealed).map_err(|_| NoSession::Unreadable)?;
         serde_json::from_slice(&json).map_err(|_| NoSession::Unreadable)
     }
@@ -159,17 +154,17 @@ impl Session {
     }
 
     /// The `Set-Cookie` headers that store this session (in chunks when large) and delete
-    /// chunks a bigger earlier session left in `cookie_header`.
+    /// chunks a bigger earlier session left in the request's cookies.
     pub fn write(
         &self,
         keys: &KeyRing,
         settings: &CookieSettings,
-        cookie_header: Option<&str>,
+        jar: &Jar,
         rng: &mut dyn Random,
     ) -> Result<Vec<String>, SealError> {
         let sealed = self.seal(keys, &settings.name, rng)?;
         let pairs = chunks::split(&settings.name, &sealed);
-        let stale = chunks::stale(&settings.name, cookie_header, pairs.len());
+        let stale = chunks::stale(&settings.name, jar, pairs.len());
         let mut out: Vec<String> = pairs
             .iter()
             .map(|(n, v)| cookie::set_cookie(settings, n, v, None))
@@ -179,10 +174,10 @@ impl Session {
     }
 
     /// The `Set-Cookie` headers that delete this session, chunks included.
-    pub fn clear(settings: &CookieSettings, cookie_header: Option<&str>) -> Vec<String> {
+    pub fn clear(settings: &CookieSettings, jar: &Jar) -> Vec<String> {
         let mut out = vec![cookie::delete_cookie(settings, &settings.name)];
         out.extend(
-            chunks::stale(&settings.name, cookie_header, 1)
+            chunks::stale(&settings.name, jar, 1)
                 .iter()
                 .map(|n| cookie::delete_cookie(settings, n)),
         );
@@ -191,16 +186,15 @@ impl Session {
 
     /// The `Set-Cookie` headers that delete every cookie of the filter the request carries:
     /// the session, its chunks and unfinished login transactions (logout).
-    pub fn clear_all(settings: &CookieSettings, cookie_header: Option<&str>) -> Vec<String> {
-        let mut out = Self::clear(settings, cookie_header);
+    pub fn clear_all(settings: &CookieSettings, jar: &Jar) -> Vec<String> {
+        let mut out = Self::clear(settings, jar);
         let tx_prefix = format!("{}.tx.", settings.name);
-        if let Some(header) = cookie_header {
-            out.extend(
-                cookie::pairs(header)
-                    .filter(|(n, _)| n.starts_with(&tx_prefix))
-                    .map(|(n, _)| cookie::delete_cookie(settings, n)),
-            );
-        }
+        out.extend(
+            jar.cookies()
+                .filter_map(|(n, _)| std::str::from_utf8(n).ok())
+                .filter(|n| n.starts_with(&tx_prefix))
+                .map(|n| cookie::delete_cookie(settings, n)),
+        );
         out
     }
 }
@@ -212,6 +206,10 @@ mod tests {
     use crate::config::SameSite;
     use crate::random::CountingRandom;
     use serde_json::json;
+
+    fn jar(header: &str) -> Jar<'_> {
+        Jar::parse(Some(header.as_bytes()))
+    }
 
     const N: &str = "__Host-bff-session";
 
@@ -258,11 +256,11 @@ mod tests {
     fn round_trip_via_cookie_header() {
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         let cookies = session()
-            .write(&k, &settings(), None, &mut CountingRandom(0))
+            .write(&k, &settings(), &Jar::default(), &mut CountingRandom(0))
             .unwrap();
         assert_eq!(cookies.len(), 1);
         let header = format!("a=b; {}", header_of(&cookies));
-        assert_eq!(Session::open(&k, N, Some(&header)).unwrap(), session());
+        assert_eq!(Session::open(&k, N, &jar(&header)).unwrap(), session());
         assert!(!header.contains("at-123"));
     }
 
@@ -275,22 +273,22 @@ mod tests {
             &json!({"sub": "alice", "groups": groups}),
         )));
         let cookies = s
-            .write(&k, &settings(), None, &mut CountingRandom(0))
+            .write(&k, &settings(), &Jar::default(), &mut CountingRandom(0))
             .unwrap();
         assert!(cookies.len() >= 3, "{}", cookies.len());
         assert!(cookies.iter().all(|c| c.len() < 4096));
         let header = header_of(&cookies);
-        assert_eq!(Session::open(&k, N, Some(&header)).unwrap(), s);
+        assert_eq!(Session::open(&k, N, &jar(&header)).unwrap(), s);
         // Writing a small session over it deletes the stale chunks.
         let small = session()
-            .write(&k, &settings(), Some(&header), &mut CountingRandom(0))
+            .write(&k, &settings(), &jar(&header), &mut CountingRandom(0))
             .unwrap();
         assert_eq!(small.len(), cookies.len());
         assert!(small[1..].iter().all(|c| c.contains("Max-Age=0")));
-        let cleared = Session::clear(&settings(), Some(&header));
+        let cleared = Session::clear(&settings(), &jar(&header));
         assert_eq!(cleared.len(), cookies.len());
         let with_tx = format!("{header}; {N}.tx.abc=1; other=2");
-        let all = Session::clear_all(&settings(), Some(&with_tx));
+        let all = Session::clear_all(&settings(), &jar(&with_tx));
         assert_eq!(all.len(), cookies.len() + 1);
         assert!(all.last().unwrap().starts_with(&format!("{N}.tx.abc=;")));
     }
@@ -300,20 +298,23 @@ mod tests {
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         let sealed = session().seal(&k, N, &mut CountingRandom(0)).unwrap();
         let ok = format!("{N}={sealed}");
-        assert_eq!(Session::open(&k, N, None), Err(NoSession::Absent));
-        assert_eq!(Session::open(&k, N, Some("x=y")), Err(NoSession::Absent));
         assert_eq!(
-            Session::open(&k, N, Some(&format!("{N}="))),
+            Session::open(&k, N, &Jar::default()),
+            Err(NoSession::Absent)
+        );
+        assert_eq!(Session::open(&k, N, &jar("x=y")), Err(NoSession::Absent));
+        assert_eq!(
+            Session::open(&k, N, &jar(&format!("{N}="))),
             Err(NoSession::Absent)
         );
         let other = KeyRing::from_base64_list(KEY_B).unwrap();
         assert_eq!(
-            Session::open(&other, N, Some(&ok)),
+            Session::open(&other, N, &jar(&ok)),
             Err(NoSession::Unreadable)
         );
         let not_session = k.seal(N, b"{\"s\":\"x\"}", &mut CountingRandom(0)).unwrap();
         assert_eq!(
-            Session::open(&k, N, Some(&format!("{N}={not_session}"))),
+            Session::open(&k, N, &jar(&format!("{N}={not_session}"))),
             Err(NoSession::Unreadable)
         );
     }

@@ -2,7 +2,7 @@
 //! short-lived cookie named after the flow (`<session>.tx.<flow>`), so several tabs can log in
 //! at once without overwriting each other.
 
-use super::cookie;
+use super::cookie::Jar;
 use super::seal::KeyRing;
 use crate::oidc::pkce::PkceVerifier;
 use crate::random::{token, Random, RandomUnavailable};
@@ -80,15 +80,13 @@ impl LoginTransaction {
     pub fn open(
         keys: &KeyRing,
         session_name: &str,
-        cookie_header: Option<&str>,
+        jar: &Jar,
         state: &str,
         now: u64,
         max_age: u64,
     ) -> Result<Self, TransactionError> {
         let name = Self::cookie_name(session_name, state);
-        let sealed = cookie_header
-            .and_then(|h| cookie::find(h, &name))
-            .ok_or(TransactionError::Missing)?;
+        let sealed = jar.find(&name).ok_or(TransactionError::Missing)?;
         let json = keys
             .open(&name, sealed)
             .map_err(|_| TransactionError::Invalid)?;
@@ -110,6 +108,10 @@ mod tests {
     use crate::config::tests::{KEY_A, KEY_B};
     use crate::random::CountingRandom;
 
+    fn jar(header: &str) -> Jar<'_> {
+        Jar::parse(Some(header.as_bytes()))
+    }
+
     const S: &str = "__Host-bff-session";
 
     fn ring(k: &str) -> KeyRing {
@@ -128,7 +130,7 @@ mod tests {
     fn round_trip_through_the_cookie_header() {
         let (tx, header) = sealed_tx(1000);
         let back =
-            LoginTransaction::open(&ring(KEY_A), S, Some(&header), &tx.state, 1100, 600).unwrap();
+            LoginTransaction::open(&ring(KEY_A), S, &jar(&header), &tx.state, 1100, 600).unwrap();
         assert_eq!(back.nonce, tx.nonce);
         assert_eq!(back.return_to, "/app");
         assert_eq!(back.redirect_uri, "https://a/cb");
@@ -147,11 +149,11 @@ mod tests {
         let (tx, header) = sealed_tx(1000);
         let k = ring(KEY_A);
         assert_eq!(
-            LoginTransaction::open(&k, S, None, &tx.state, 1000, 600).unwrap_err(),
+            LoginTransaction::open(&k, S, &Jar::default(), &tx.state, 1000, 600).unwrap_err(),
             TransactionError::Missing
         );
         assert_eq!(
-            LoginTransaction::open(&k, S, Some(&header), "forged-state-value", 1000, 600)
+            LoginTransaction::open(&k, S, &jar(&header), "forged-state-value", 1000, 600)
                 .unwrap_err(),
             TransactionError::Missing
         );
@@ -159,22 +161,22 @@ mod tests {
         let mut forged = tx.state.clone();
         forged.push('x');
         assert_eq!(
-            LoginTransaction::open(&k, S, Some(&header), &forged, 1000, 600).unwrap_err(),
+            LoginTransaction::open(&k, S, &jar(&header), &forged, 1000, 600).unwrap_err(),
             TransactionError::StateMismatch
         );
         assert_eq!(
-            LoginTransaction::open(&k, S, Some(&header), &tx.state, 1601, 600).unwrap_err(),
+            LoginTransaction::open(&k, S, &jar(&header), &tx.state, 1601, 600).unwrap_err(),
             TransactionError::Expired
         );
         assert_eq!(
-            LoginTransaction::open(&ring(KEY_B), S, Some(&header), &tx.state, 1000, 600)
+            LoginTransaction::open(&ring(KEY_B), S, &jar(&header), &tx.state, 1000, 600)
                 .unwrap_err(),
             TransactionError::Invalid
         );
         let name = LoginTransaction::cookie_name(S, &tx.state);
         let garbage = format!("{name}=v1.abc.garbage");
         assert_eq!(
-            LoginTransaction::open(&k, S, Some(&garbage), &tx.state, 1000, 600).unwrap_err(),
+            LoginTransaction::open(&k, S, &jar(&garbage), &tx.state, 1000, 600).unwrap_err(),
             TransactionError::Invalid
         );
     }
