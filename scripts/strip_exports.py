@@ -14,6 +14,7 @@ Fails, leaving the file as it was, if the module is not wasm or lacks a callback
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # What envoy-bff's contexts implement (src/filter/root.rs, src/filter/http.rs), plus what the
@@ -62,10 +63,23 @@ def leb(value: int) -> bytes:
             return bytes(out)
 
 
-def kept_exports(body: bytes) -> tuple[bytes, list[str], list[str]]:
-    """The export section's body with only non-function exports and KEEP's functions."""
+def sections(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """(section id, its start, its body's start, its end) for each section of a module."""
+    if not data.startswith(MAGIC):
+        raise ValueError("not a wasm module (version 1)")
+    at = len(MAGIC)
+    while at < len(data):
+        size, body_at = read_leb(data, at + 1)
+        end = body_at + size
+        if end > len(data):
+            raise ValueError("a section runs past the end of the module")
+        yield data[at], at, body_at, end
+        at = end
+
+
+def exports(body: bytes) -> Iterator[tuple[str, int, bytes]]:
+    """(name, kind, the entry's bytes) for each entry of an export section's body."""
     count, at = read_leb(body, 0)
-    entries, kept, dropped = [], [], []
     for _ in range(count):
         start = at
         length, at = read_leb(body, at)
@@ -73,29 +87,28 @@ def kept_exports(body: bytes) -> tuple[bytes, list[str], list[str]]:
         at += length
         kind = body[at]
         _, at = read_leb(body, at + 1)
+        yield name, kind, body[start:at]
+    if at != len(body):
+        raise ValueError("the export section has trailing bytes")
+
+
+def kept_exports(body: bytes) -> tuple[bytes, list[str], list[str]]:
+    """The export section's body with only non-function exports and KEEP's functions."""
+    entries, kept, dropped = [], [], []
+    for name, kind, entry in exports(body):
         if kind != FUNCTION or name in KEEP:
-            entries.append(body[start:at])
+            entries.append(entry)
             kept.append(name)
         else:
             dropped.append(name)
-    if at != len(body):
-        raise ValueError("the export section has trailing bytes")
     return leb(len(entries)) + b"".join(entries), kept, dropped
 
 
 def strip(data: bytes) -> tuple[bytes, list[str]]:
-    if not data.startswith(MAGIC):
-        raise ValueError("not a wasm module (version 1)")
     out = bytearray(MAGIC)
-    at = len(MAGIC)
     seen_exports = False
     dropped: list[str] = []
-    while at < len(data):
-        section = data[at]
-        size, body_at = read_leb(data, at + 1)
-        end = body_at + size
-        if end > len(data):
-            raise ValueError("a section runs past the end of the module")
+    for section, start, body_at, end in sections(data):
         if section == EXPORT_SECTION:
             seen_exports = True
             body, kept, dropped = kept_exports(data[body_at:end])
@@ -104,8 +117,7 @@ def strip(data: bytes) -> tuple[bytes, list[str]]:
                 raise ValueError(f"the module does not export {', '.join(missing)}")
             out += bytes([section]) + leb(len(body)) + body
         else:
-            out += data[at:end]
-        at = end
+            out += data[start:end]
     if not seen_exports:
         raise ValueError("the module has no export section")
     return bytes(out), dropped

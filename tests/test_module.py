@@ -17,17 +17,12 @@ spec.loader.exec_module(strip_exports)
 
 
 def exports(module: bytes) -> list[str]:
-    names, at = [], len(strip_exports.MAGIC)
-    while at < len(module):
-        size, body = strip_exports.read_leb(module, at + 1)
-        if module[at] == strip_exports.EXPORT_SECTION:
-            count, i = strip_exports.read_leb(module, body)
-            for _ in range(count):
-                length, i = strip_exports.read_leb(module, i)
-                names.append(module[i:i + length].decode())
-                _, i = strip_exports.read_leb(module, i + length + 1)
-        at = body + size
-    return names
+    return [
+        name
+        for section, _, body, end in strip_exports.sections(module)
+        if section == strip_exports.EXPORT_SECTION
+        for name, _, _ in strip_exports.exports(module[body:end])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +43,11 @@ def test_stripping_is_idempotent_and_keeps_everything_else(module):
 
 def test_the_stripper_drops_unused_callbacks_and_refuses_bad_input(module):
     # A module as cargo builds it: one more exported callback (an alias of a kept function).
-    at = len(strip_exports.MAGIC)
-    while at < len(module):
-        size, body = strip_exports.read_leb(module, at + 1)
-        if module[at] == strip_exports.EXPORT_SECTION:
-            export_start, body_at, end = at, body, body + size
-        at = body + size
+    (export_start, body_at, end), = [
+        (start, body, end)
+        for section, start, body, end in strip_exports.sections(module)
+        if section == strip_exports.EXPORT_SECTION
+    ]
     count, first = strip_exports.read_leb(module, body_at)
     extra = strip_exports.leb(len(b"proxy_on_log")) + b"proxy_on_log" + b"\x00" + strip_exports.leb(0)
     section = strip_exports.leb(count + 1) + module[first:end] + extra
