@@ -27,7 +27,7 @@ from harness.idp import (
     pkce_pair,
     start_idp,
 )
-from harness.procs import ProcessGroup, ProcessStartError, free_port
+from harness.procs import ProcessGroup, ProcessStartError
 
 # A secret with the characters RFC 6749 §2.3.1 form-encoding changes (':' '/' '%' '+' and a
 # space, which becomes '+'), and whose encoded "bff:<secret>" needs base64 padding ("==").
@@ -41,10 +41,15 @@ def procs(request):
     return group
 
 
+# The client's port: nothing listens there, the IdP only ever redirects to it and we never
+# follow. Not a free port picked at random: the IdP started next could get that very port, and
+# its redirect would then look like one to itself. Port 9 is below the range the OS hands out.
+CLIENT_PORT = 9
+
+
 @pytest.fixture(scope="module")
 def client_port():
-    # Nothing listens here: the IdP only ever redirects to it, and we never follow.
-    return free_port()
+    return CLIENT_PORT
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +339,7 @@ def test_rp_initiated_logout_ends_the_idp_session(idp, redirect_uri, post_logout
 
 @pytest.mark.parametrize("alg", ["PS256", "ES256", "EdDSA"])
 def test_id_token_algorithm_and_lifetimes_come_from_the_environment(procs, alg):
-    redirect_uri = f"http://127.0.0.1:{free_port()}/cb"
+    redirect_uri = f"http://127.0.0.1:{CLIENT_PORT}/cb"
     other = start_idp(procs, [redirect_uri], env_overrides={
         "IDP_ID_TOKEN_ALG": alg,
         "IDP_ACCESS_TOKEN_TTL": "30",
@@ -396,7 +401,7 @@ def test_bob_logs_out_with_his_big_id_token_as_hint(idp, redirect_uri, post_logo
 # --- revocation and lifetimes ------------------------------------------------------------------
 
 def test_revoke_all_kills_every_refresh_token_but_not_the_login_session(procs):
-    redirect_uri = f"http://127.0.0.1:{free_port()}/cb"
+    redirect_uri = f"http://127.0.0.1:{CLIENT_PORT}/cb"
     other = start_idp(procs, [redirect_uri])
     try:
         http = requests.Session()
@@ -428,7 +433,7 @@ def test_revoke_all_kills_every_refresh_token_but_not_the_login_session(procs):
 
 
 def test_access_tokens_expire_after_idp_access_token_ttl(procs):
-    redirect_uri = f"http://127.0.0.1:{free_port()}/cb"
+    redirect_uri = f"http://127.0.0.1:{CLIENT_PORT}/cb"
     other = start_idp(procs, [redirect_uri], env_overrides={"IDP_ACCESS_TOKEN_TTL": "2"})
     try:
         _, tokens = tokens_for(other, redirect_uri)
@@ -454,7 +459,7 @@ def test_access_tokens_expire_after_idp_access_token_ttl(procs):
 
 def test_key_file_is_written_and_reused_across_a_restart_on_the_same_port(procs, tmp_path):
     key_file = tmp_path / "idp-keys.json"
-    redirect_uri = f"http://127.0.0.1:{free_port()}/cb"
+    redirect_uri = f"http://127.0.0.1:{CLIENT_PORT}/cb"
     env = {"IDP_KEY_FILE": str(key_file)}
     first = start_idp(procs, [redirect_uri], env_overrides=env)
     try:
@@ -485,7 +490,7 @@ def test_key_file_is_written_and_reused_across_a_restart_on_the_same_port(procs,
 
 
 def test_without_a_key_file_a_restart_brings_new_keys(procs):
-    redirect_uri = f"http://127.0.0.1:{free_port()}/cb"
+    redirect_uri = f"http://127.0.0.1:{CLIENT_PORT}/cb"
     first = start_idp(procs, [redirect_uri])
     kids = {k["kid"] for k in first.jwks()["keys"]}
     first.process.stop()
@@ -497,7 +502,7 @@ def test_without_a_key_file_a_restart_brings_new_keys(procs):
 
 
 def test_key_id_prefix_names_the_generated_keys(procs):
-    redirect_uri = f"http://127.0.0.1:{free_port()}/cb"
+    redirect_uri = f"http://127.0.0.1:{CLIENT_PORT}/cb"
     other = start_idp(procs, [redirect_uri], env_overrides={"IDP_KEY_ID_PREFIX": "gen2-",
                                                               "IDP_ID_TOKEN_ALG": "ES256"})
     try:
@@ -511,7 +516,7 @@ def test_key_id_prefix_names_the_generated_keys(procs):
 
 def test_key_file_with_two_keys_per_alg_publishes_both_and_signs_with_the_first(procs, tmp_path):
     """Rotation with overlap: the new key first, the old one still published."""
-    redirect_uri = f"http://127.0.0.1:{free_port()}/cb"
+    redirect_uri = f"http://127.0.0.1:{CLIENT_PORT}/cb"
     old_file, new_file = tmp_path / "old.json", tmp_path / "new.json"
     for path, prefix in ((old_file, "old-"), (new_file, "new-")):
         start_idp(procs, [redirect_uri], env_overrides={
@@ -540,5 +545,5 @@ def test_a_bad_key_file_stops_the_start_with_a_clear_message(procs, tmp_path, co
     key_file = tmp_path / "keys.json"
     key_file.write_text(content)
     with pytest.raises(ProcessStartError, match=message):
-        start_idp(procs, [f"http://127.0.0.1:{free_port()}/cb"],
+        start_idp(procs, [f"http://127.0.0.1:{CLIENT_PORT}/cb"],
                   env_overrides={"IDP_KEY_FILE": str(key_file)})
