@@ -458,7 +458,8 @@ def runnable_cors_example(listen_port: int, admin_port: int, dead_port: int) -> 
 
 def test_cors_example_answers_preflights_before_the_filter(procs, tmp_path):
     require_wasm()
-    listen_port, admin_port, dead_port = free_port(), free_port(), free_port()
+    # Port 9: below the range the OS hands out, so it cannot become Envoy's own port.
+    listen_port, admin_port, dead_port = free_port(), free_port(), 9
     config_path = tmp_path / "cors-example-loopback.json"
     config_path.write_text(json.dumps(runnable_cors_example(listen_port, admin_port, dead_port)))
     envoy = procs.start("envoy-cors", [ENVOY_BIN, "-c", config_path, "--concurrency", 1,
