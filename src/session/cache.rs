@@ -6,7 +6,6 @@
 //! expiry are still checked on every request against the clock, and a cookie that does not
 //! open is never remembered (an attacker's garbage cannot fill the cache).
 
-use super::chunks;
 use super::contents::{NoSession, Session};
 use super::cookie::Jar;
 use super::seal::KeyRing;
@@ -138,9 +137,7 @@ impl SessionCache {
         name: &str,
         jar: &Jar,
     ) -> Result<Rc<Session>, NoSession> {
-        let sealed = chunks::join(name, jar)
-            .filter(|v| !v.is_empty())
-            .ok_or(NoSession::Absent)?;
+        let sealed = Session::sealed_in(name, jar)?;
         let value: &[u8] = &sealed;
         if let Some(session) = self.entries.get(&value as &dyn SealedValue) {
             return Ok(Rc::clone(session));
@@ -166,10 +163,7 @@ mod tests {
     use crate::config::tests::KEY_A;
     use crate::random::CountingRandom;
     use crate::secret::Secret;
-
-    fn jar(header: &str) -> Jar<'_> {
-        Jar::parse(Some(header.as_bytes()))
-    }
+    use crate::session::cookie::tests::jar;
 
     const N: &str = "__Host-bff-session";
 

@@ -8,6 +8,7 @@ use crate::config::{CookieSettings, SessionLifetime};
 use crate::random::Random;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -102,10 +103,14 @@ impl Session {
 
     /// Reads the session from the request's cookies (joining chunks).
     pub fn open(keys: &KeyRing, name: &str, jar: &Jar) -> Result<Session, NoSession> {
-        let sealed = chunks::join(name, jar)
+        Self::open_sealed(keys, name, &Self::sealed_in(name, jar)?)
+    }
+
+    /// The sealed session the request's cookies carry, joined from its chunks.
+    pub fn sealed_in<'a>(name: &str, jar: &Jar<'a>) -> Result<Cow<'a, [u8]>, NoSession> {
+        chunks::join(name, jar)
             .filter(|v| !v.is_empty())
-            .ok_or(NoSession::Absent)?;
-        Self::open_sealed(keys, name, &sealed)
+            .ok_or(NoSession::Absent)
     }
 
     /// Opens a sealed value (already joined from its chunks).
@@ -205,11 +210,8 @@ mod tests {
     use crate::config::tests::{KEY_A, KEY_B};
     use crate::config::SameSite;
     use crate::random::CountingRandom;
+    use crate::session::cookie::tests::jar;
     use serde_json::json;
-
-    fn jar(header: &str) -> Jar<'_> {
-        Jar::parse(Some(header.as_bytes()))
-    }
 
     const N: &str = "__Host-bff-session";
 

@@ -150,7 +150,7 @@ fn set_cookie_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn settings() -> CookieSettings {
@@ -162,7 +162,8 @@ mod tests {
         }
     }
 
-    fn jar(header: &str) -> Jar<'_> {
+    /// The cookies of a `Cookie` header given as text.
+    pub(crate) fn jar(header: &str) -> Jar<'_> {
         Jar::parse(Some(header.as_bytes()))
     }
 

@@ -107,10 +107,7 @@ mod tests {
     use super::*;
     use crate::config::tests::{KEY_A, KEY_B};
     use crate::random::CountingRandom;
-
-    fn jar(header: &str) -> Jar<'_> {
-        Jar::parse(Some(header.as_bytes()))
-    }
+    use crate::session::cookie::tests::jar;
 
     const S: &str = "__Host-bff-session";
 
