@@ -4,7 +4,6 @@
 //! does not grant), and a request that names its `Origin` must come from the app.
 
 use crate::config::Config;
-use crate::login::request_origin;
 use crate::reply::Failure;
 use crate::request::Request;
 
@@ -28,7 +27,10 @@ fn origin_allowed(config: &Config, req: &Request, origin: &str) -> bool {
     if config.csrf.allowed_origins.iter().any(|o| o == origin) {
         return true;
     }
-    if request_origin(config, req).is_ok_and(|own| own == origin) {
+    if req
+        .browser_origin(config.trust_forwarded)
+        .is_some_and(|own| own == origin)
+    {
         return true;
     }
     // The origin of an absolute redirect URI is the app's too.

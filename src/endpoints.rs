@@ -1,7 +1,6 @@
 //! The endpoints the SPA calls: who is logged in (the session endpoint) and logout.
 
 use crate::config::Config;
-use crate::login::request_origin;
 use crate::metrics::Counter;
 use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::IdpRequest;
@@ -142,7 +141,8 @@ fn post_logout_url(config: &Config, req: &Request) -> Result<String, Failure> {
     if config.post_logout_url.starts_with('/') {
         Ok(format!(
             "{}{}",
-            request_origin(config, req)?,
+            req.browser_origin(config.trust_forwarded)
+                .ok_or(Failure::BadHost)?,
             config.post_logout_url
         ))
     } else {

@@ -7,9 +7,12 @@
 //! kept apart as bytes, unchecked: they are the biggest headers, and
 //! [`crate::session::cookie::Jar`] reads them byte for byte.
 
-use crate::request::WireHeader;
-use crate::words::is_ascii;
+use crate::byte_loops::is_ascii;
 use std::borrow::Cow;
+
+/// A header as read from the host: the name, and the value as UTF-8 (lossy only when a
+/// client sent bytes that are not).
+pub type WireHeader<'a> = (&'a str, Cow<'a, str>);
 
 /// A request's headers read from the host's buffer.
 #[derive(Debug, Default)]

@@ -4,16 +4,18 @@
 //! Everything outside `filter` is plain Rust with no host calls, tested natively; `filter`
 //! is the thin proxy-wasm shell, compiled only for wasm.
 
+pub mod byte_loops;
 pub mod config;
 pub mod csrf;
+pub mod ctx;
 pub mod endpoints;
+pub mod engine;
 pub mod header_map;
 pub mod login;
 pub mod metrics;
 pub mod oidc;
 pub mod random;
 pub mod refresh;
-pub mod renew;
 pub mod reply;
 pub mod request;
 pub mod route;
@@ -22,7 +24,6 @@ pub mod secret;
 pub mod session;
 pub mod store;
 pub mod url;
-pub mod words;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -2,28 +2,28 @@
 //! the token endpoint's answer.
 
 use crate::config::{Config, RedirectUri};
+use crate::ctx::Ctx;
 use crate::metrics::Counter;
 use crate::oidc::authorize::authorization_url;
 use crate::oidc::callback::{self, AuthorizationResponse};
 use crate::oidc::discovery::Provider;
-use crate::oidc::id_token::{self, Expectations, IdTokenError};
-use crate::oidc::idp_request::IdpRequest;
-use crate::oidc::jwks::{Alg, Jwks};
+use crate::oidc::id_token::{self, Binding, IdTokenError};
+use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::oidc::jws::JwsError;
 use crate::oidc::token;
-use crate::random::{self, Random};
+use crate::random;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
-use crate::route::CodeExchange;
 use crate::session::cookie::{self, Jar};
 use crate::session::{LoginTransaction, Session, TransactionError};
 use crate::url::query_of;
 
-/// Allowed clock difference with the IdP when checking `exp` and `iat`.
-pub const CLOCK_LEEWAY_S: u64 = 60;
-/// Access-token lifetime assumed when the token endpoint omits `expires_in` (RFC 6749 §5.1
-/// only recommends it).
-pub const DEFAULT_ACCESS_TOKEN_LIFETIME_S: u64 = 3600;
+/// A callback that checked out: the token request to send, and what to finish the login with.
+#[derive(Debug)]
+pub struct CodeExchange {
+    pub request: IdpRequest,
+    pub pending: PendingLogin,
+}
 
 /// A login paused while the token endpoint answers.
 #[derive(Debug)]
@@ -52,28 +52,25 @@ pub enum Finish {
 
 /// Starts the authorization-code flow: a new transaction cookie and a redirect to the IdP.
 pub fn start(
-    config: &Config,
+    ctx: &mut Ctx,
     provider: &Provider,
     req: &Request,
     client: Client,
     return_to: String,
-    now: u64,
-    rng: &mut dyn Random,
 ) -> Reply {
-    match try_start(config, provider, req, return_to, now, rng) {
+    match try_start(ctx, provider, req, return_to) {
         Ok(reply) => reply,
         Err(failure) => Reply::failure(client, &failure),
     }
 }
 
 fn try_start(
-    config: &Config,
+    ctx: &mut Ctx,
     provider: &Provider,
     req: &Request,
     return_to: String,
-    now: u64,
-    rng: &mut dyn Random,
 ) -> Result<Reply, Failure> {
+    let (config, now, rng) = (ctx.config, ctx.now, &mut *ctx.rng);
     let redirect_uri = redirect_uri(config, req)?;
     let tx = LoginTransaction::begin(rng, return_to, redirect_uri, now)
         .map_err(|_| Failure::Internal("no randomness for the login"))?;
@@ -96,44 +93,17 @@ fn try_start(
         )))
 }
 
-/// The first value of a comma-separated header (the client-facing proxy's).
-fn first(v: Option<&str>) -> Option<&str> {
-    v.and_then(|v| v.split(',').next()).map(str::trim)
-}
-
 /// The absolute redirect URI for this request.
 fn redirect_uri(config: &Config, req: &Request) -> Result<String, Failure> {
     match &config.redirect_uri {
         RedirectUri::Absolute(url) => Ok(url.to_string()),
-        RedirectUri::Path { path, .. } => Ok(format!("{}{path}", request_origin(config, req)?)),
+        RedirectUri::Path { path, .. } => {
+            let origin = req
+                .browser_origin(config.trust_forwarded)
+                .ok_or(Failure::BadHost)?;
+            Ok(format!("{origin}{path}"))
+        }
     }
-}
-
-/// `scheme://host` the browser used for this request: `:scheme` and `:authority`, or the
-/// load balancer's X-Forwarded-Proto/-Host when `trust_forwarded_headers` is set.
-pub fn request_origin(config: &Config, req: &Request) -> Result<String, Failure> {
-    // Behind a load balancer the original scheme and host arrive in X-Forwarded-*; only
-    // trusted when configured, since a client can send them too.
-    let (scheme, host) = if config.trust_forwarded {
-        (
-            first(req.forwarded_proto).unwrap_or(req.scheme),
-            first(req.forwarded_host).unwrap_or(req.authority),
-        )
-    } else {
-        (req.scheme, req.authority)
-    };
-    let scheme = match scheme {
-        "http" | "https" => scheme,
-        _ => return Err(Failure::BadHost),
-    };
-    let host_ok = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
-    if !host_ok {
-        return Err(Failure::BadHost);
-    }
-    Ok(format!("{scheme}://{host}"))
 }
 
 /// Takes the IdP's redirect back: checks it against the transaction cookie and builds the
@@ -221,31 +191,29 @@ pub fn callback(
     }
 }
 
-/// Finishes the login with the token endpoint's answer (`status` is `None` when the call
-/// failed or timed out): a session cookie and a redirect to where the user was going.
-#[allow(clippy::too_many_arguments)]
+/// Finishes the login with the token endpoint's answer: a session cookie and a redirect to
+/// where the user was going.
 pub fn finish(
-    config: &Config,
+    ctx: &mut Ctx,
     provider: &Provider,
-    keys: Option<&Jwks>,
     pending: &PendingLogin,
-    status: Option<u16>,
-    body: &[u8],
-    now: u64,
-    rng: &mut dyn Random,
+    answer: &IdpAnswer,
 ) -> Finish {
-    match try_finish(config, provider, keys, pending, status, body, now, rng) {
+    match try_finish(ctx, provider, pending, answer) {
         Ok(session_cookies) => {
             let mut reply = Reply::redirect(&pending.tx.return_to)
                 .counting(Counter::CallbacksOk)
-                .with_cookie(cookie::delete_cookie(&config.cookie, &pending.tx_cookie));
+                .with_cookie(cookie::delete_cookie(
+                    &ctx.config.cookie,
+                    &pending.tx_cookie,
+                ));
             for c in session_cookies {
                 reply = reply.with_cookie(c);
             }
             Finish::Done(reply, None)
         }
         Err(Failure::IdToken(e)) if e.is_unknown_key() => Finish::UnknownKey,
-        Err(failure) => Finish::Done(failed(config, pending, &failure), Some(failure)),
+        Err(failure) => Finish::Done(failed(ctx.config, pending, &failure), Some(failure)),
     }
 }
 
@@ -265,69 +233,37 @@ pub fn unknown_key_failure(have_keys: bool) -> Failure {
     }
 }
 
-/// Validates an ID token from this IdP: signed with one of its keys and an algorithm it
-/// announces, issued to us, fresh; with the login's nonce, or on refresh, for the same user.
-#[allow(clippy::too_many_arguments)]
-pub fn check_id_token(
-    config: &Config,
-    provider: &Provider,
-    keys: &Jwks,
-    token: &str,
-    nonce: Option<&str>,
-    subject: Option<&str>,
-    now: u64,
-) -> Result<id_token::IdTokenClaims, IdTokenError> {
-    id_token::validate(
-        token,
-        keys,
-        &Alg::supported_among(&provider.signing_algs),
-        &Expectations {
-            issuer: &config.issuer,
-            client_id: &config.client_id,
-            nonce,
-            subject,
-            now,
-            leeway: CLOCK_LEEWAY_S,
-        },
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
 fn try_finish(
-    config: &Config,
+    ctx: &mut Ctx,
     provider: &Provider,
-    keys: Option<&Jwks>,
     pending: &PendingLogin,
-    status: Option<u16>,
-    body: &[u8],
-    now: u64,
-    rng: &mut dyn Random,
+    answer: &IdpAnswer,
 ) -> Result<Vec<String>, Failure> {
-    let tokens = token::parse_token_response(status, body).map_err(Failure::TokenExchange)?;
+    let config = ctx.config;
+    let now = ctx.now;
+    let tokens =
+        token::parse_token_response(answer.status, &answer.body).map_err(Failure::TokenExchange)?;
     let id_token = tokens.id_token.as_ref().ok_or(Failure::NoIdToken)?;
-    let keys = keys.ok_or(Failure::IdToken(IdTokenError::Signature(
-        JwsError::UnknownKey,
-    )))?;
-    let claims = check_id_token(
-        config,
+    let claims = id_token::check(
+        ctx,
         provider,
-        keys,
         id_token.expose(),
-        Some(&pending.tx.nonce),
-        None,
-        now,
+        Binding::Nonce(&pending.tx.nonce),
     )
     .map_err(Failure::IdToken)?;
     let session = Session {
         access_token: tokens.access_token,
-        access_expires_at: now
-            .saturating_add(tokens.expires_in.unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME_S)),
+        access_expires_at: now.saturating_add(
+            tokens
+                .expires_in
+                .unwrap_or(token::DEFAULT_ACCESS_TOKEN_LIFETIME_S),
+        ),
         refresh_token: tokens.refresh_token,
         subject: claims.subject,
         created: now,
         last_seen: now,
         id_token: Some(id_token.clone()),
-        sid: random::token(rng, 16)
+        sid: random::token(ctx.rng, 16)
             .map_err(|_| Failure::Internal("no randomness for the session"))?,
     };
     session
@@ -335,7 +271,7 @@ fn try_finish(
             &config.keys,
             &config.cookie,
             &Jar::parse(pending.cookie_header.as_deref()),
-            rng,
+            ctx.rng,
         )
         .map_err(|_| Failure::Internal("could not seal the session"))
 }
@@ -347,15 +283,16 @@ mod tests {
     use crate::oidc::discovery::test_provider;
     use crate::oidc::id_token::test_signer;
     use crate::random::CountingRandom;
+    use crate::route::tests::decide_at;
     use crate::route::tests::{get, NAV};
-    use crate::route::{decide, Decision};
+    use crate::route::Decision;
     use crate::session::KeyRing;
     use serde_json::json;
 
     /// Starts a login and returns (state, nonce, cookie header carrying the transaction).
     fn started(config: &Config) -> (String, String, String) {
         let h = get("/private/login?return_to=/app", &[NAV]);
-        let Decision::Reply(r) = decide(
+        let Decision::Reply(r) = decide_at(
             config,
             Some(&test_provider()),
             &Request::from_headers(&h),
@@ -397,6 +334,29 @@ mod tests {
         )
     }
 
+    /// [`finish`] at 1010 with the test provider and these keys.
+    fn finish_at(
+        c: &Config,
+        keys: Option<&crate::oidc::jwks::Jwks>,
+        pending: &PendingLogin,
+        status: Option<u16>,
+        body: &[u8],
+    ) -> Finish {
+        let provider = test_provider();
+        let mut ctx = Ctx {
+            config: c,
+            provider: Some(&provider),
+            keys,
+            now: 1010,
+            rng: &mut CountingRandom(1),
+        };
+        let answer = IdpAnswer {
+            status,
+            body: body.to_vec(),
+        };
+        finish(&mut ctx, &provider, pending, &answer)
+    }
+
     fn finish_with(
         c: &Config,
         pending: &PendingLogin,
@@ -404,16 +364,7 @@ mod tests {
         body: &[u8],
     ) -> (Reply, Option<Failure>) {
         let keys = test_signer::jwks();
-        match finish(
-            c,
-            &test_provider(),
-            Some(&keys),
-            pending,
-            status,
-            body,
-            1010,
-            &mut CountingRandom(1),
-        ) {
+        match finish_at(c, Some(&keys), pending, status, body) {
             Finish::Done(reply, failure) => (reply, failure),
             Finish::UnknownKey => panic!("unknown key"),
         }
@@ -556,27 +507,15 @@ mod tests {
         let body =
             json!({"access_token": "AT", "token_type": "Bearer", "id_token": rotated}).to_string();
         let keys = test_signer::jwks();
-        let outcome = finish(
+        let outcome = finish_at(
             &c,
-            &test_provider(),
             Some(&keys),
             &exchange.pending,
             Some(200),
             body.as_bytes(),
-            1010,
-            &mut CountingRandom(1),
         );
         assert!(matches!(outcome, Finish::UnknownKey));
-        let outcome = finish(
-            &c,
-            &test_provider(),
-            None,
-            &exchange.pending,
-            Some(200),
-            body.as_bytes(),
-            1010,
-            &mut CountingRandom(1),
-        );
+        let outcome = finish_at(&c, None, &exchange.pending, Some(200), body.as_bytes());
         assert!(matches!(outcome, Finish::UnknownKey), "no keys yet");
         assert_eq!(unknown_key_failure(true).status(), 401);
         assert_eq!(unknown_key_failure(false).status(), 503);

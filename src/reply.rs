@@ -74,6 +74,20 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every request while the configuration was refused: fail closed, never pass.
+    pub fn unconfigured() -> Reply {
+        Reply::failure(
+            Client::Api,
+            &Failure::Internal("the bff filter is not configured"),
+        )
+    }
+
+    /// A request that arrived while the VM's engine was busy (Envoy called back into the VM
+    /// from inside the engine's own host call: never seen, but never a panic).
+    pub fn engine_busy() -> Reply {
+        Reply::failure(Client::Api, &Failure::Internal("request state busy"))
+    }
+
     /// The answer for a failure, shaped for the client.
     pub fn failure(client: Client, failure: &Failure) -> Reply {
         let status = failure.status();

@@ -1,6 +1,6 @@
 //! The facts about an incoming request that the decision needs, taken from its headers once.
 
-use crate::header_map::Headers;
+use crate::header_map::{Headers, WireHeader};
 use crate::session::cookie::Jar;
 use std::borrow::Cow;
 
@@ -22,10 +22,6 @@ pub struct Request<'a> {
     /// Every header, for the configurable ones (CSRF header, claim headers).
     all: All<'a>,
 }
-
-/// A header as read from the host: the name, and the value as UTF-8 (lossy only when a
-/// client sent bytes that are not).
-pub type WireHeader<'a> = (&'a str, Cow<'a, str>);
 
 /// Where [`Request::header`] looks: owned pairs (tests, fuzzing) or the host's buffer.
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +126,31 @@ impl<'a> Request<'a> {
     pub fn is_get_or_head(&self) -> bool {
         self.method == "GET" || self.method == "HEAD"
     }
+
+    /// `scheme://host` the browser used: `:scheme` and `:authority`, or the load balancer's
+    /// X-Forwarded-Proto/-Host when `trust_forwarded` (a client can send those too, so only
+    /// when configured). `None` for a scheme or host that cannot stand in a URL.
+    pub fn browser_origin(&self, trust_forwarded: bool) -> Option<String> {
+        let (scheme, host) = if trust_forwarded {
+            (
+                first(self.forwarded_proto).unwrap_or(self.scheme),
+                first(self.forwarded_host).unwrap_or(self.authority),
+            )
+        } else {
+            (self.scheme, self.authority)
+        };
+        let scheme_ok = matches!(scheme, "http" | "https");
+        let host_ok = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+        (scheme_ok && host_ok).then(|| format!("{scheme}://{host}"))
+    }
+}
+
+/// The first value of a comma-separated header (the client-facing proxy's).
+fn first(v: Option<&str>) -> Option<&str> {
+    v.and_then(|v| v.split(',').next()).map(str::trim)
 }
 
 /// One `Cookie` header from several (RFC 6265 §5.4: joined with `; `), borrowed when there

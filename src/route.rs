@@ -1,15 +1,15 @@
-//! The decision for every request: one pure function over the request's facts. The wasm
-//! shell only carries the decision out (DESIGN.md, "What the filter does with a request").
+//! The decision for every request: one pure function over the request's facts. The engine
+//! carries the decision out (DESIGN.md, "What the filter does with a request").
 
 use crate::config::Config;
 use crate::csrf;
+use crate::ctx::Ctx;
 use crate::endpoints::{self, LogoutPlan};
-use crate::login::{self, PendingLogin};
+use crate::login::{self, CodeExchange};
 use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::IdpRequest;
-use crate::random::Random;
+use crate::refresh::grant::refresh_request;
 use crate::refresh::{Outcome, RefreshId};
-use crate::renew::refresh_request;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::rules;
@@ -19,6 +19,7 @@ use crate::session::cookie::Jar;
 use crate::session::{NoSession, Session};
 use crate::url::{is_under, path_of, query_of, safe_return_to};
 
+/// What to do with a request when its headers arrive.
 #[derive(Debug)]
 pub enum Decision {
     /// Not ours: leave the request exactly as it is.
@@ -35,6 +36,16 @@ pub enum Decision {
     Refresh(Box<RefreshNeeded>),
     /// Revoke the refresh token (if the plan says so), then answer.
     Logout(Box<LogoutPlan>),
+}
+
+/// How a request ends once nothing more is awaited: it goes on (with these edits) or is
+/// answered here. Every stage after a pause ends in one of these.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Upstream, untouched.
+    PassThrough,
+    Forward(Forward),
+    Reply(Reply),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -58,31 +69,12 @@ pub struct RefreshNeeded {
     pub request: IdpRequest,
 }
 
-#[derive(Debug)]
-pub struct CodeExchange {
-    pub request: IdpRequest,
-    pub pending: PendingLogin,
-}
-
-pub fn decide(
-    config: &Config,
-    provider: Option<&Provider>,
-    req: &Request,
-    now: u64,
-    rng: &mut dyn Random,
-) -> Decision {
-    decide_with(config, provider, req, now, rng, &mut SessionCache::new(0))
-}
-
-/// [`decide`], remembering opened sessions in `sessions` (the wasm VM keeps one).
-pub fn decide_with(
-    config: &Config,
-    provider: Option<&Provider>,
-    req: &Request,
-    now: u64,
-    rng: &mut dyn Random,
-    sessions: &mut SessionCache,
-) -> Decision {
+/// Decides what to do with a request, remembering opened sessions in `sessions` (the engine
+/// keeps one per VM; `SessionCache::new(0)` remembers nothing).
+pub fn decide(ctx: &mut Ctx, req: &Request, sessions: &mut SessionCache) -> Decision {
+    let config = ctx.config;
+    let provider = ctx.provider;
+    let now = ctx.now;
     let path = path_of(req.path);
     // Only answers need to know; an authenticated call never asks.
     let client = || client_of(req);
@@ -107,15 +99,7 @@ pub fn decide_with(
         let Some(provider) = provider else {
             return Decision::AwaitProvider;
         };
-        return Decision::Reply(login::start(
-            config,
-            provider,
-            req,
-            client(),
-            return_to,
-            now,
-            rng,
-        ));
+        return Decision::Reply(login::start(ctx, provider, req, client(), return_to));
     }
     if let Err(failure) = csrf::check(config, req) {
         return Decision::Reply(Reply::failure(client(), &failure));
@@ -140,71 +124,91 @@ pub fn decide_with(
             Err(failure) => Decision::Reply(Reply::failure(client(), &failure)),
         };
     }
-    match session {
+    let settled = match session {
         Ok((session, Upkeep::None)) => forward(config, req, &jar, &session, Vec::new()),
         Ok((session, Upkeep::Rewrite)) => {
             let mut session = Session::clone(&session);
             session.last_seen = now;
-            rewritten(config, req, &jar, session, rng)
+            rewritten(ctx, req, &jar, session)
         }
         Ok((session, Upkeep::Refresh)) => {
             match (provider, session.refresh_token.as_ref()) {
                 (Some(provider), Some(rt)) => match refresh_request(config, provider, &session) {
-                    Some(request) => Decision::Refresh(Box::new(RefreshNeeded {
-                        id: RefreshId::of(rt),
-                        session: Session::clone(&session),
-                        request,
-                    })),
+                    Some(request) => {
+                        return Decision::Refresh(Box::new(RefreshNeeded {
+                            id: RefreshId::of(rt),
+                            session: Session::clone(&session),
+                            request,
+                        }))
+                    }
                     None => forward(config, req, &jar, &session, Vec::new()),
                 },
                 // Metadata not known yet: use the token while it lasts.
                 _ if now < session.access_expires_at => {
                     forward(config, req, &jar, &session, Vec::new())
                 }
-                _ => Decision::AwaitProvider,
+                _ => return Decision::AwaitProvider,
             }
         }
-        Err(reason) => unauthenticated(config, provider, req, &jar, reason, now, rng),
+        Err(reason) => match provider {
+            Some(provider) => unauthenticated(ctx, provider, req, &jar, reason),
+            // Only a login needs the metadata; an API call gets its 401 at once.
+            None if logs_in(req) => return Decision::AwaitProvider,
+            None => Settled::Reply(no_session(config, &jar, reason)),
+        },
+    };
+    settled.into()
+}
+
+impl From<Settled> for Decision {
+    fn from(settled: Settled) -> Decision {
+        match settled {
+            Settled::PassThrough => Decision::PassThrough,
+            Settled::Forward(f) => Decision::Forward(f),
+            Settled::Reply(r) => Decision::Reply(r),
+        }
     }
 }
 
 /// Carries out a refresh's outcome for a request of that session.
 pub fn after_refresh(
-    config: &Config,
-    provider: Option<&Provider>,
+    ctx: &mut Ctx,
+    provider: &Provider,
     req: &Request,
     session: &Session,
     outcome: &Outcome,
-    now: u64,
-    rng: &mut dyn Random,
-) -> Decision {
+) -> Settled {
+    let config = ctx.config;
     let jar = req.cookies();
     match outcome {
         Outcome::Renewed(sealed) => {
             match Session::open_sealed(&config.keys, &config.cookie.name, sealed.as_bytes()) {
-                Ok(renewed) => rewritten(config, req, &jar, renewed, rng),
-                Err(reason) => unauthenticated(config, provider, req, &jar, reason, now, rng),
+                Ok(renewed) => rewritten(ctx, req, &jar, renewed),
+                Err(reason) => unauthenticated(ctx, provider, req, &jar, reason),
             }
         }
-        Outcome::Ended => {
-            unauthenticated(config, provider, req, &jar, NoSession::Expired, now, rng)
-        }
+        Outcome::Ended => unauthenticated(ctx, provider, req, &jar, NoSession::Expired),
         // The IdP is down: go on with the current token while it is valid.
-        Outcome::Unavailable if now < session.access_expires_at => {
+        Outcome::Unavailable if ctx.now < session.access_expires_at => {
             forward(config, req, &jar, session, Vec::new())
         }
         Outcome::Unavailable => {
-            Decision::Reply(Reply::failure(client_of(req), &Failure::IdpUnavailable))
+            Settled::Reply(Reply::failure(client_of(req), &Failure::IdpUnavailable))
         }
     }
 }
 
-fn client_of(req: &Request) -> Client {
+pub fn client_of(req: &Request) -> Client {
     if req.is_navigation() {
         Client::Navigation
     } else {
         Client::Api
     }
+}
+
+/// Whether a request without a session is sent to log in (rather than answered 401).
+fn logs_in(req: &Request) -> bool {
+    client_of(req) == Client::Navigation && req.is_get_or_head()
 }
 
 /// Sends an authenticated request upstream: the token, the claim headers, no filter cookie;
@@ -215,7 +219,7 @@ fn forward(
     jar: &Jar,
     session: &Session,
     set_cookies: Vec<String>,
-) -> Decision {
+) -> Settled {
     let path = path_of(req.path);
     let needs_claims = !config.claim_headers.is_empty() || rules::applies(&config.rules, path);
     let claims = if needs_claims {
@@ -225,14 +229,14 @@ fn forward(
     };
     if !rules::allows(&config.rules, path, &claims) {
         let reply = Reply::failure(client_of(req), &Failure::Forbidden);
-        return Decision::Reply(set_cookies.into_iter().fold(reply, Reply::with_cookie));
+        return Settled::Reply(set_cookies.into_iter().fold(reply, Reply::with_cookie));
     }
     let extra = config
         .claim_headers
         .iter()
         .map(|(claim, header)| (header.clone(), claims.get(claim).and_then(header_value)))
         .collect();
-    Decision::Forward(Forward {
+    Settled::Forward(Forward {
         token_header: Some((
             config.upstream_token.name.clone(),
             config.upstream_token.value(&session.access_token),
@@ -284,14 +288,9 @@ fn pass_through(config: &Config, req: &Request) -> Decision {
 }
 
 /// Forwards with the session re-written on the response (sealed with the current key).
-fn rewritten(
-    config: &Config,
-    req: &Request,
-    jar: &Jar,
-    session: Session,
-    rng: &mut dyn Random,
-) -> Decision {
-    match session.write(&config.keys, &config.cookie, jar, rng) {
+fn rewritten(ctx: &mut Ctx, req: &Request, jar: &Jar, session: Session) -> Settled {
+    let config = ctx.config;
+    match session.write(&config.keys, &config.cookie, jar, ctx.rng) {
         Ok(cookies) => forward(config, req, jar, &session, cookies),
         // Could not seal: the current cookie still works, so forward without re-writing.
         Err(_) => forward(config, req, jar, &session, Vec::new()),
@@ -301,39 +300,43 @@ fn rewritten(
 /// No usable session: a navigation logs in (back to this page), anything else gets 401. A
 /// session cookie that is there but dead is deleted on the way.
 fn unauthenticated(
-    config: &Config,
-    provider: Option<&Provider>,
+    ctx: &mut Ctx,
+    provider: &Provider,
     req: &Request,
     jar: &Jar,
     reason: NoSession,
-    now: u64,
-    rng: &mut dyn Random,
-) -> Decision {
-    let client = client_of(req);
-    let reply = if client == Client::Navigation && req.is_get_or_head() {
-        let Some(provider) = provider else {
-            return Decision::AwaitProvider;
-        };
-        // Come back to this very page after login, if it is a path we can safely return to.
-        let return_to = safe_return_to(req.path)
-            .map(str::to_string)
-            .unwrap_or_else(|_| config.post_login_url.clone());
-        login::start(config, provider, req, client, return_to, now, rng)
-    } else {
-        Reply::failure(
-            Client::Api,
-            &Failure::Unauthenticated {
-                login_url: config.login_path.clone(),
-            },
-        )
-    };
-    let reply = match reason {
+) -> Settled {
+    let config = ctx.config;
+    if !logs_in(req) {
+        return Settled::Reply(no_session(config, jar, reason));
+    }
+    // Come back to this very page after login, if it is a path we can safely return to.
+    let return_to = safe_return_to(req.path)
+        .map(str::to_string)
+        .unwrap_or_else(|_| config.post_login_url.clone());
+    let reply = login::start(ctx, provider, req, Client::Navigation, return_to);
+    Settled::Reply(dead_cookies_cleared(config, jar, reason, reply))
+}
+
+/// The API's 401 without a session.
+fn no_session(config: &Config, jar: &Jar, reason: NoSession) -> Reply {
+    let reply = Reply::failure(
+        Client::Api,
+        &Failure::Unauthenticated {
+            login_url: config.login_path.clone(),
+        },
+    );
+    dead_cookies_cleared(config, jar, reason, reply)
+}
+
+/// A session cookie that was sent but is dead goes with the reply.
+fn dead_cookies_cleared(config: &Config, jar: &Jar, reason: NoSession, reply: Reply) -> Reply {
+    match reason {
         NoSession::Absent => reply,
         _ => Session::clear(&config.cookie, jar)
             .into_iter()
             .fold(reply, Reply::with_cookie),
-    };
-    Decision::Reply(reply)
+    }
 }
 
 /// `?return_to=` on the login endpoint: a checked relative path, or the configured default.
@@ -386,9 +389,27 @@ pub(crate) mod tests {
     pub const API: (&str, &str) = ("sec-fetch-mode", "cors");
     pub const CSRF: (&str, &str) = ("x-csrf", "1");
 
+    /// [`decide`] with this provider (or none yet), at `now`, without a session cache.
+    pub fn decide_at(
+        config: &Config,
+        provider: Option<&Provider>,
+        req: &Request,
+        now: u64,
+        rng: &mut dyn crate::random::Random,
+    ) -> Decision {
+        let mut ctx = Ctx {
+            config,
+            provider,
+            keys: None,
+            now,
+            rng,
+        };
+        decide(&mut ctx, req, &mut SessionCache::new(0))
+    }
+
     fn decide_on(config: &Config, h: &[(String, String)], now: u64) -> Decision {
         let provider = test_provider();
-        decide(
+        decide_at(
             config,
             Some(&provider),
             &Request::from_headers(h),
@@ -454,11 +475,11 @@ pub(crate) mod tests {
         // Without metadata yet, the token is used while it lasts; after that, wait for it.
         let req = Request::from_headers(&h);
         assert!(matches!(
-            decide(&c, None, &req, 1000, &mut CountingRandom(1)),
+            decide_at(&c, None, &req, 1000, &mut CountingRandom(1)),
             Decision::Forward(_)
         ));
         assert!(matches!(
-            decide(&c, None, &req, 1030, &mut CountingRandom(1)),
+            decide_at(&c, None, &req, 1030, &mut CountingRandom(1)),
             Decision::AwaitProvider
         ));
     }
@@ -471,15 +492,14 @@ pub(crate) mod tests {
         let h = get("/private/api", &[API, CSRF, ("cookie", &cookie_of(&old))]);
         let req = Request::from_headers(&h);
         let after = |outcome: &Outcome, now: u64| {
-            after_refresh(
-                &c,
-                Some(&p),
-                &req,
-                &old,
-                outcome,
+            let mut ctx = Ctx {
+                config: &c,
+                provider: Some(&p),
+                keys: None,
                 now,
-                &mut CountingRandom(2),
-            )
+                rng: &mut CountingRandom(2),
+            };
+            Decision::from(after_refresh(&mut ctx, &p, &req, &old, outcome))
         };
         let mut renewed = refreshable(1300);
         renewed.access_token = Secret::new("new-token");
@@ -655,7 +675,7 @@ pub(crate) mod tests {
     fn only_what_needs_the_provider_waits_for_it() {
         let c = config_from(minimal_json());
         let without = |h: &[(String, String)]| {
-            decide(
+            decide_at(
                 &c,
                 None,
                 &Request::from_headers(h),
@@ -819,14 +839,14 @@ mod hotpath_profile {
         for _ in 0..n {
             let pairs = crate::header_map::parse(&raw);
             let req = Request::from_wire(&pairs);
-            let d = decide_with(
-                &c,
-                Some(&provider),
-                &req,
-                1000,
-                &mut CountingRandom(3),
-                &mut cache,
-            );
+            let mut ctx = Ctx {
+                config: &c,
+                provider: Some(&provider),
+                keys: None,
+                now: 1000,
+                rng: &mut CountingRandom(3),
+            };
+            let d = decide(&mut ctx, &req, &mut cache);
             if matches!(d, Decision::Forward(_)) {
                 forwarded += 1;
             }

@@ -5,14 +5,17 @@
 #![no_main]
 
 use envoy_bff::config::Config;
+use envoy_bff::ctx::Ctx;
 use envoy_bff::header_map;
 use envoy_bff::login;
 use envoy_bff::oidc::discovery::Provider;
+use envoy_bff::oidc::idp_request::IdpAnswer;
 use envoy_bff::oidc::jwks::Jwks;
 use envoy_bff::refresh::Outcome;
-use envoy_bff::renew;
+use envoy_bff::refresh::grant;
 use envoy_bff::request::Request;
 use envoy_bff::route::{after_refresh, decide, Decision};
+use envoy_bff::session::cache::SessionCache;
 use envoy_bff::url::safe_return_to;
 use envoy_bff_fuzz::{
     config, jwks, parse_request, provider, CountingRandom, TOKEN_CODE_JSON, TOKEN_REFRESH_JSON,
@@ -60,39 +63,37 @@ fuzz_target!(|data: &[u8]| {
     );
     let rng = &mut CountingRandom(1);
     FIXED.with(|f| {
-        let (config, provider) = (&f.config, Some(&f.provider));
-        match decide(config, provider, &req, now, rng) {
+        let provider = &f.provider;
+        let answer = |body: &[u8]| IdpAnswer {
+            status: Some(200),
+            body: body.to_vec(),
+        };
+        let mut ctx = Ctx {
+            config: &f.config,
+            provider: Some(provider),
+            keys: Some(&f.jwks),
+            now,
+            rng,
+        };
+        match decide(&mut ctx, &req, &mut SessionCache::new(0)) {
             Decision::ExchangeCode(exchange) => {
-                let _ = login::finish(
-                    config,
-                    &f.provider,
-                    Some(&f.jwks),
-                    &exchange.pending,
-                    Some(200),
-                    TOKEN_CODE_JSON,
-                    now,
-                    rng,
-                );
+                let _ = login::finish(&mut ctx, provider, &exchange.pending, &answer(TOKEN_CODE_JSON));
             }
             Decision::Refresh(needed) => {
-                let renewed = renew::finish_refresh(
-                    config,
-                    &f.provider,
-                    Some(&f.jwks),
+                let renewed = grant::finish_refresh(
+                    &mut ctx,
+                    provider,
                     &needed.session,
-                    Some(200),
-                    TOKEN_REFRESH_JSON,
-                    now,
-                    rng,
+                    &answer(TOKEN_REFRESH_JSON),
                 );
                 for outcome in [renewed, Outcome::Ended, Outcome::Unavailable] {
-                    let _ =
-                        after_refresh(config, provider, &req, &needed.session, &outcome, now, rng);
+                    let _ = after_refresh(&mut ctx, provider, &req, &needed.session, &outcome);
                 }
             }
             _ => {}
         }
-        let _ = decide(config, None, &req, now, rng);
+        ctx.provider = None;
+        let _ = decide(&mut ctx, &req, &mut SessionCache::new(0));
     });
     let _ = safe_return_to(req.path);
 });

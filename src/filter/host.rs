@@ -1,8 +1,11 @@
-//! Every host call the filter makes, with host failures turned into values. The SDK's
-//! convenience methods unwrap, and its `get_map` panics on a header value that is not UTF-8,
-//! which any client can send: so we read bytes and convert lossily.
+//! Every host call the filter makes, with host failures turned into values, and the engine's
+//! [`Host`] made of them. The SDK's convenience methods unwrap, and its `get_map` panics on a
+//! header value that is not UTF-8, which any client can send: so we read bytes and convert
+//! lossily.
 
-use crate::oidc::idp_request::IdpRequest;
+use crate::engine::{Host, Level};
+use crate::metrics::Counter;
+use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::random::{Random, RandomUnavailable};
 use crate::reply::Reply;
 use crate::store::{Cas, SharedStore, StoreError};
@@ -15,10 +18,6 @@ const MAX_IDP_BODY: usize = 256 * 1024;
 
 pub fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
-}
-
-pub fn now() -> u64 {
-    now_ms() / 1000
 }
 
 pub fn now_ms() -> u64 {
@@ -157,10 +156,6 @@ pub fn define_counter(name: &str) -> Option<u32> {
     hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, name).ok()
 }
 
-pub fn increment(metric_id: u32) {
-    let _ = hostcalls::increment_metric(metric_id, 1);
-}
-
 /// proxy-wasm shared data: one store for every worker of the Envoy process.
 pub struct HostStore;
 
@@ -181,11 +176,11 @@ impl SharedStore for HostStore {
     }
 }
 
-/// The answer to a dispatched call: its status (`None` when the call failed or timed out)
-/// and body.
-pub fn call_response(num_headers: usize, body_size: usize) -> (Option<u16>, Vec<u8>) {
+/// The answer to a dispatched call, read in its callback (the host's buffers last only as
+/// long as that).
+pub fn call_answer(num_headers: usize, body_size: usize) -> IdpAnswer {
     if num_headers == 0 {
-        return (None, Vec::new());
+        return IdpAnswer::none();
     }
     let status = lossy_map(MapType::HttpCallResponseHeaders)
         .into_iter()
@@ -199,7 +194,7 @@ pub fn call_response(num_headers: usize, body_size: usize) -> (Option<u16>, Vec<
     .ok()
     .flatten()
     .unwrap_or_default();
-    (status, body)
+    IdpAnswer { status, body }
 }
 
 /// Randomness from the host (WASI `random_get`, which Envoy backs with its own CSPRNG).
@@ -208,5 +203,58 @@ pub struct HostRandom;
 impl Random for HostRandom {
     fn fill(&mut self, buf: &mut [u8]) -> Result<(), RandomUnavailable> {
         getrandom::getrandom(buf).map_err(|_| RandomUnavailable)
+    }
+}
+
+/// The engine's host: this VM's proxy-wasm host calls.
+pub struct WasmHost<'a> {
+    /// Envoy's ids for our counters, in `Counter::ALL` order.
+    pub counters: &'a [Option<u32>],
+    /// This VM's queue, which nudges its root context.
+    pub queue: Option<u32>,
+    pub rng: HostRandom,
+    pub store: HostStore,
+}
+
+impl Host for WasmHost<'_> {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn rng(&mut self) -> &mut dyn Random {
+        &mut self.rng
+    }
+
+    fn store(&self) -> &dyn SharedStore {
+        &self.store
+    }
+
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        request: &IdpRequest,
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        dispatch(cluster, request, timeout).map_err(|status| format!("{status:?}"))
+    }
+
+    fn count(&mut self, counter: Counter) {
+        if let Some(Some(id)) = self.counters.get(counter.index()) {
+            let _ = hostcalls::increment_metric(*id, 1);
+        }
+    }
+
+    fn log(&mut self, level: Level, message: &str) {
+        let level = match level {
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        log(level, message);
+    }
+
+    fn nudge(&mut self) -> bool {
+        self.queue.is_some_and(nudge)
     }
 }

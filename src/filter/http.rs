@@ -1,56 +1,59 @@
-//! The per-request context Envoy sees: a thin handle on the request's `Stream`.
+//! The per-request context Envoy sees: hands the request to the engine and carries out the
+//! answer.
 
 use super::host;
-use super::stream::Stream;
-use super::vm::VmHandle;
-use crate::reply::{Client, Failure, Reply};
+use super::shell::{self, Shell};
+use crate::engine::Handled;
+use crate::reply::Reply;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use std::cell::RefCell;
 use std::rc::Rc;
 
 pub struct BffHttp {
-    vm: VmHandle,
-    stream: Rc<RefCell<Stream>>,
-    response_cookies: Rc<RefCell<Vec<String>>>,
+    context_id: u32,
+    shell: Rc<Shell>,
+    /// The engine holds this request (so it must hear when the request goes).
+    paused: bool,
 }
 
 impl BffHttp {
-    pub fn new(context_id: u32, vm: VmHandle) -> Self {
-        let stream = Stream::new(context_id, vm.clone());
-        let response_cookies = stream
-            .try_borrow()
-            .map(|s| Rc::clone(&s.response_cookies))
-            .unwrap_or_default();
+    pub fn new(context_id: u32, shell: Rc<Shell>) -> Self {
         BffHttp {
-            vm,
-            stream,
-            response_cookies,
+            context_id,
+            shell,
+            paused: false,
         }
     }
 }
 
 impl HttpContext for BffHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self.stream.try_borrow_mut() {
-            Ok(mut stream) => stream.on_request_headers(),
-            Err(_) => {
-                host::send_reply(&Reply::failure(
-                    Client::Api,
-                    &Failure::Internal("request state busy"),
-                ));
+        let headers = host::request_headers();
+        let id = self.context_id;
+        match self.shell.run(Some(id), |engine, host| {
+            engine.on_request_headers(id, headers, host)
+        }) {
+            Some(Handled::Settled(settled)) => {
+                if self.shell.apply(id, settled) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+            Some(Handled::Paused) => {
+                self.paused = true;
+                Action::Pause
+            }
+            None => {
+                shell::send(&Reply::engine_busy());
                 Action::Pause
             }
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Only the cookie list is borrowed here: this may run while the stream is borrowed
-        // (a local reply or a resumed request can reach the response synchronously).
-        if let Ok(cookies) = self.response_cookies.try_borrow() {
-            for cookie in cookies.iter() {
-                host::add_response_header("set-cookie", cookie);
-            }
+        for cookie in self.shell.take_response_cookies(self.context_id) {
+            host::add_response_header("set-cookie", &cookie);
         }
         Action::Continue
     }
@@ -64,7 +67,18 @@ impl Context for BffHttp {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        self.vm.deliver(token_id, num_headers, body_size);
+        self.shell
+            .call_answered(token_id, host::call_answer(num_headers, body_size));
+    }
+}
+
+impl Drop for BffHttp {
+    fn drop(&mut self) {
+        // Envoy deletes the context when the request is over (or the client left).
+        self.shell.drop_response_cookies(self.context_id);
+        if self.paused {
+            self.shell.stream_gone(self.context_id);
+        }
     }
 }
 
@@ -75,10 +89,7 @@ impl Context for Unconfigured {}
 
 impl HttpContext for Unconfigured {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        host::send_reply(&Reply::failure(
-            Client::Api,
-            &Failure::Internal("the bff filter is not configured"),
-        ));
+        shell::send(&Reply::unconfigured());
         Action::Pause
     }
 }

@@ -1,11 +1,11 @@
-//! The proxy-wasm shell: the only code that talks to Envoy. It turns host calls into the
-//! pure functions' inputs and carries out their decisions.
+//! The proxy-wasm shell: the only code that talks to Envoy. It reads Envoy's inputs, hands
+//! them to the engine (`crate::engine`) and carries out what the engine returns; it decides
+//! nothing.
 
 mod host;
 mod http;
 mod root;
-mod stream;
-mod vm;
+mod shell;
 
 proxy_wasm::main! {{
     // Also installs a panic hook that logs the panic before the VM dies.

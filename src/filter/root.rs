@@ -1,24 +1,22 @@
-//! The root context: reads and checks the configuration once, then runs the VM's timer
-//! (metadata fetches, paused requests), sends the refreshes requests won (its calls outlive any
-//! request), and hands the VM to every request.
+//! The root context: reads and checks the configuration once, creates the VM's engine, and
+//! feeds it the timer, the queue's nudges and the IdP answers that come to the root (its
+//! calls outlive any request).
 
-use super::host::{self, HostRandom};
+use super::host::{self, HostRandom, HostStore, WasmHost};
 use super::http::{BffHttp, Unconfigured};
-use super::vm::VmHandle;
+use super::shell::Shell;
 use crate::config::Config;
+use crate::engine::{self, Engine};
+use crate::metrics::Counter;
 use crate::random;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use std::rc::Rc;
-use std::time::Duration;
-
-/// How often the timer runs: the granularity of waits and of picking up shared data.
-const TICK: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub struct BffRoot {
-    vm: Option<VmHandle>,
+    shell: Option<Rc<Shell>>,
 }
 
 impl Context for BffRoot {
@@ -29,8 +27,8 @@ impl Context for BffRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if let Some(vm) = &self.vm {
-            vm.deliver(token_id, num_headers, body_size);
+        if let Some(shell) = &self.shell {
+            shell.call_answered(token_id, host::call_answer(num_headers, body_size));
         }
     }
 }
@@ -47,53 +45,60 @@ impl RootContext for BffRoot {
         .unwrap_or_default();
         // Secrets come from the VM's environment (vm_config.environment_variables).
         let env = |name: &str| std::env::var(name).ok();
-        match Config::parse(&bytes, &env) {
-            Ok(config) => {
-                host::log(
-                    LogLevel::Info,
-                    &format!(
-                        "bff: configured for issuer {} (prefix {}, {} cookie key(s), discovery {})",
-                        config.issuer,
-                        config.prefix,
-                        config.keys.len(),
-                        if config.discovery { "on" } else { "off" },
-                    ),
-                );
-                let vm = VmHandle::new(Rc::new(config));
-                vm.prepare_shared();
-                vm.define_counters();
-                vm.set_queue(register_own_queue(&vm.namespace()));
-                self.vm = Some(vm);
-                host::set_tick_period(TICK);
-                true
-            }
+        let config = match Config::parse(&bytes, &env) {
+            Ok(config) => config,
             Err(errors) => {
                 // Returning false makes Envoy reject the filter; this line says why.
                 host::log(LogLevel::Critical, &errors.to_string());
-                self.vm = None;
-                false
+                self.shell = None;
+                return false;
             }
-        }
+        };
+        host::log(
+            LogLevel::Info,
+            &format!(
+                "bff: configured for issuer {} (prefix {}, {} cookie key(s), discovery {})",
+                config.issuer,
+                config.prefix,
+                config.keys.len(),
+                if config.discovery { "on" } else { "off" },
+            ),
+        );
+        let counters: Vec<Option<u32>> = Counter::ALL
+            .iter()
+            .map(|c| host::define_counter(&format!("{}.{}", config.metrics_prefix, c.name())))
+            .collect();
+        let mut wasm_host = WasmHost {
+            counters: &counters,
+            queue: None,
+            rng: HostRandom,
+            store: HostStore,
+        };
+        let engine = Engine::new(config, &mut wasm_host);
+        let queue = register_own_queue(engine.namespace());
+        self.shell = Some(Rc::new(Shell::new(engine, counters, queue)));
+        host::set_tick_period(engine::TICK);
+        true
     }
 
     fn on_queue_ready(&mut self, queue_id: u32) {
         host::drain(queue_id);
-        if let Some(vm) = &self.vm {
-            vm.send_refreshes();
+        if let Some(shell) = &self.shell {
+            shell.run(None, |engine, host| engine.on_queue_nudged(host));
         }
     }
 
     fn on_tick(&mut self) {
-        if let Some(vm) = &self.vm {
-            vm.tick();
+        if let Some(shell) = &self.shell {
+            shell.run(None, |engine, host| engine.on_tick(host));
         }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // The SDK panics on None, so an unconfigured plugin still gets a context: one that
         // fails closed.
-        Some(match &self.vm {
-            Some(vm) => Box::new(BffHttp::new(context_id, vm.clone())),
+        Some(match &self.shell {
+            Some(shell) => Box::new(BffHttp::new(context_id, Rc::clone(shell))),
             None => Box::new(Unconfigured),
         })
     }

@@ -1,10 +1,55 @@
 //! ID token validation (OIDC Core §3.1.3.7): the signature against the IdP's JWKS, then
 //! the claims.
 
+use super::discovery::Provider;
 use super::jwks::{Alg, Jwks};
 use super::jws::{self, JwsError};
+use crate::ctx::Ctx;
 use serde::Deserialize;
 use std::fmt;
+
+/// Allowed clock difference with the IdP when checking `exp` and `iat`.
+pub const CLOCK_LEEWAY_S: u64 = 60;
+
+/// What ties an ID token to this client's session.
+#[derive(Debug, Clone, Copy)]
+pub enum Binding<'a> {
+    /// From a login: the `nonce` it sent (OIDC Core §3.1.3.7).
+    Nonce(&'a str),
+    /// From a refresh: the same user as before; no nonce to compare (§12.2).
+    Subject(&'a str),
+}
+
+/// Validates an ID token from this IdP: signed with one of its keys (as this VM knows them) and
+/// an algorithm it announces, issued to us, fresh, and bound to the login or the session. Used
+/// by the login and by the refresh.
+pub fn check(
+    ctx: &Ctx,
+    provider: &Provider,
+    token: &str,
+    binding: Binding,
+) -> Result<IdTokenClaims, IdTokenError> {
+    let keys = ctx
+        .keys
+        .ok_or(IdTokenError::Signature(JwsError::UnknownKey))?;
+    let (nonce, subject) = match binding {
+        Binding::Nonce(n) => (Some(n), None),
+        Binding::Subject(s) => (None, Some(s)),
+    };
+    validate(
+        token,
+        keys,
+        &Alg::supported_among(&provider.signing_algs),
+        &Expectations {
+            issuer: &ctx.config.issuer,
+            client_id: &ctx.config.client_id,
+            nonce,
+            subject,
+            now: ctx.now,
+            leeway: CLOCK_LEEWAY_S,
+        },
+    )
+}
 
 /// What the ID token must say to be accepted.
 pub struct Expectations<'a> {

@@ -51,3 +51,21 @@ impl IdpRequest {
         }
     }
 }
+
+/// The IdP's answer to an [`IdpRequest`]: its status (`None` when the call failed, timed out or
+/// could not be sent) and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdpAnswer {
+    pub status: Option<u16>,
+    pub body: Vec<u8>,
+}
+
+impl IdpAnswer {
+    /// The call never got an answer.
+    pub fn none() -> IdpAnswer {
+        IdpAnswer {
+            status: None,
+            body: Vec::new(),
+        }
+    }
+}

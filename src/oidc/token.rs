@@ -7,6 +7,10 @@ use base64::Engine;
 use serde::Deserialize;
 use std::fmt;
 
+/// Access-token lifetime assumed when the token endpoint omits `expires_in` (RFC 6749 §5.1
+/// only recommends it).
+pub const DEFAULT_ACCESS_TOKEN_LIFETIME_S: u64 = 3600;
+
 /// `client_secret_basic` (RFC 6749 §2.3.1): the id and the secret are each encoded with
 /// `application/x-www-form-urlencoded` *before* being joined with ':' and base64-encoded with
 /// padding. Skipping the encoding breaks secrets that contain ':' or '%'.

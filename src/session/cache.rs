@@ -9,7 +9,7 @@
 use super::contents::{NoSession, Session};
 use super::cookie::Jar;
 use super::seal::KeyRing;
-use crate::words;
+use crate::byte_loops;
 use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -50,7 +50,7 @@ impl Hash for dyn SealedValue + '_ {
 
 impl PartialEq for dyn SealedValue + '_ {
     fn eq(&self, other: &Self) -> bool {
-        words::eq(self.value(), other.value())
+        byte_loops::eq(self.value(), other.value())
     }
 }
 
@@ -87,7 +87,7 @@ impl Hasher for HeadHasher {
     fn write(&mut self, bytes: &[u8]) {
         let mut words = bytes.chunks_exact(8);
         for word in &mut words {
-            self.add(words::word(word));
+            self.add(byte_loops::word(word));
         }
         for &b in words.remainder() {
             self.add(u64::from(b));

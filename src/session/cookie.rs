@@ -1,7 +1,6 @@
 //! Reading the `Cookie` request header and writing `Set-Cookie` response headers (RFC 6265).
 
 use crate::config::{CookieSettings, SameSite};
-use crate::words;
 
 /// The cookies of a request, split once. The session (and its chunks), the login
 /// transactions and the header the upstream sees all come from this one pass: the session's
@@ -85,13 +84,13 @@ fn name_and_value(raw: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((name, value))
 }
 
-/// `header.split(|b| *b == b';')`, finding each `;` eight bytes at a time: on wasm32 the
-/// standard library goes a byte at a time.
+/// `header.split(|b| *b == b';')`, finding each `;` with the `memchr` crate (sixteen bytes at a
+/// time with wasm SIMD): on wasm32 the standard library goes a byte at a time.
 fn split_pairs(header: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = Some(header);
     std::iter::from_fn(move || {
         let r = rest?;
-        match words::find(r, b';') {
+        match memchr::memchr(b';', r) {
             Some(at) => {
                 rest = r.get(at + 1..);
                 r.get(..at)

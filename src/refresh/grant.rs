@@ -3,12 +3,11 @@
 //! session will act on.
 
 use crate::config::Config;
-use crate::login::{check_id_token, DEFAULT_ACCESS_TOKEN_LIFETIME_S};
+use crate::ctx::Ctx;
 use crate::oidc::discovery::Provider;
-use crate::oidc::idp_request::IdpRequest;
-use crate::oidc::jwks::Jwks;
+use crate::oidc::id_token::{self, Binding};
+use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::oidc::token::{self, TokenError};
-use crate::random::Random;
 use crate::refresh::Outcome;
 use crate::session::Session;
 
@@ -28,20 +27,14 @@ pub fn refresh_request(
     ))
 }
 
-/// What the token endpoint's answer means for the session. `status` is `None` when the call
-/// failed or timed out.
-#[allow(clippy::too_many_arguments)]
+/// What the token endpoint's answer means for the session.
 pub fn finish_refresh(
-    config: &Config,
+    ctx: &mut Ctx,
     provider: &Provider,
-    keys: Option<&Jwks>,
     session: &Session,
-    status: Option<u16>,
-    body: &[u8],
-    now: u64,
-    rng: &mut dyn Random,
+    answer: &IdpAnswer,
 ) -> Outcome {
-    let tokens = match token::parse_token_response(status, body) {
+    let tokens = match token::parse_token_response(answer.status, &answer.body) {
         Ok(tokens) => tokens,
         // invalid_grant and its kin: the refresh token is dead, and so is the session.
         Err(TokenError::Refused { .. }) => return Outcome::Ended,
@@ -49,8 +42,11 @@ pub fn finish_refresh(
     };
     let mut renewed = Session {
         access_token: tokens.access_token,
-        access_expires_at: now
-            .saturating_add(tokens.expires_in.unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME_S)),
+        access_expires_at: ctx.now.saturating_add(
+            tokens
+                .expires_in
+                .unwrap_or(token::DEFAULT_ACCESS_TOKEN_LIFETIME_S),
+        ),
         // Without a new one the old refresh token stays valid (RFC 6749 §6: rotation is
         // the IdP's choice).
         refresh_token: tokens
@@ -58,30 +54,27 @@ pub fn finish_refresh(
             .or_else(|| session.refresh_token.clone()),
         subject: session.subject.clone(),
         created: session.created,
-        last_seen: now,
+        last_seen: ctx.now,
         id_token: session.id_token.clone(),
         sid: session.sid.clone(),
     };
-    if let (Some(id_token), Some(keys)) = (&tokens.id_token, keys) {
-        let checked = check_id_token(
-            config,
+    if let Some(id_token) = &tokens.id_token {
+        let checked = id_token::check(
+            ctx,
             provider,
-            keys,
             id_token.expose(),
-            None,
-            Some(&session.subject),
-            now,
+            Binding::Subject(&session.subject),
         );
         match checked {
             Ok(_) => renewed.id_token = Some(id_token.clone()),
-            // Keys rotated since we last read them: the access token is still good (it came
-            // straight from the token endpoint); keep the claims we have.
+            // Keys rotated since we last read them (or none read yet): the access token is
+            // still good (it came straight from the token endpoint); keep the claims we have.
             Err(e) if e.is_unknown_key() => {}
             // Anything else is wrong enough to end the session.
             Err(_) => return Outcome::Ended,
         }
     }
-    match renewed.seal(&config.keys, &config.cookie.name, rng) {
+    match renewed.seal(&ctx.config.keys, &ctx.config.cookie.name, ctx.rng) {
         Ok(sealed) => Outcome::Renewed(sealed),
         Err(_) => Outcome::Unavailable,
     }
@@ -114,16 +107,19 @@ mod tests {
 
     fn run(status: Option<u16>, body: serde_json::Value) -> Outcome {
         let c = config_from(minimal_json());
-        finish_refresh(
-            &c,
-            &test_provider(),
-            Some(&test_signer::jwks()),
-            &session(),
+        let (provider, keys) = (test_provider(), test_signer::jwks());
+        let mut ctx = Ctx {
+            config: &c,
+            provider: Some(&provider),
+            keys: Some(&keys),
+            now: 1000,
+            rng: &mut CountingRandom(1),
+        };
+        let answer = IdpAnswer {
             status,
-            body.to_string().as_bytes(),
-            1000,
-            &mut CountingRandom(1),
-        )
+            body: body.to_string().into_bytes(),
+        };
+        finish_refresh(&mut ctx, &provider, &session(), &answer)
     }
 
     fn opened(outcome: Outcome) -> Session {

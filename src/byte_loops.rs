@@ -1,7 +1,7 @@
 //! Byte loops for the cookie header: a kilobyte and more on every request. On wasm32 the
 //! standard library does these a byte at a time (slice equality is the C library's `memcmp`)
 //! or a `usize`, four bytes, at a time (`is_ascii`); the module is built with wasm SIMD
-//! (.cargo/config.toml), which does sixteen. Finding a byte is the `memchr` crate's.
+//! (.cargo/config.toml), which does sixteen. (Finding a byte is the `memchr` crate's.)
 
 const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
@@ -14,11 +14,6 @@ pub fn is_ascii(bytes: &[u8]) -> bool {
     let mut words = bytes.chunks_exact(8);
     let high = (&mut words).fold(0, |acc, w| acc | word(w));
     high & HIGH_BITS == 0 && words.remainder().is_ascii()
-}
-
-/// Where `needle` first occurs in `haystack`.
-pub fn find(haystack: &[u8], needle: u8) -> Option<usize> {
-    memchr::memchr(needle, haystack)
 }
 
 /// `a == b`, sixteen bytes at a time with wasm SIMD. Every byte is compared (no early exit):
@@ -73,15 +68,6 @@ mod tests {
             }
         }
         out
-    }
-
-    #[test]
-    fn find_is_position() {
-        for v in cases() {
-            assert_eq!(find(&v, b';'), v.iter().position(|&b| b == b';'), "{v:?}");
-            assert_eq!(find(&v, 0), v.iter().position(|&b| b == 0), "{v:?}");
-            assert_eq!(find(&v, 0xff), v.iter().position(|&b| b == 0xff), "{v:?}");
-        }
     }
 
     #[test]

@@ -1,0 +1,686 @@
+//! The engine: everything one wasm VM (one Envoy worker) knows and waits for, in plain Rust
+//! with no host calls (the sans-IO style of quinn-proto's `Connection`).
+//!
+//! **Events in** (each a method; the clock is read through [`Host::now_ms`]):
+//! [`Engine::on_request_headers`], [`Engine::on_call_answer`] (an IdP answer with its call
+//! token), [`Engine::on_tick`] (the timer, every [`TICK`]), [`Engine::on_queue_nudged`] (the
+//! root context's queue), [`Engine::on_stream_gone`].
+//!
+//! **Effects out**: the request in hand is answered by the return value ([`Handled`]: go on
+//! upstream with these header edits, answer with this reply, or paused); requests paused
+//! earlier come back as [`Resume`]s ([`Engine::take_resumes`]), which the shell carries out once
+//! the engine has returned (Envoy may call back into the VM while a reply is sent). Host
+//! services that answer at once (dispatch an IdP call and get its token, shared data read and
+//! compare-and-swap, random bytes, count, log, nudge) go through the [`Host`] trait.
+//!
+//! **Where new work goes**: a new IdP call is built by the protocol code, dispatched here with
+//! its owner recorded in `calls`, and its answer parsed by the protocol code in
+//! [`Engine::on_call_answer`] (a request's own call is an [`OwnCall`]). A new wait for what
+//! arrives for everyone is a [`Wait`] variant with its wake-up rule in [`Wait::wakeup`]. Both are tested natively in `tests.rs` with a fake clock and store.
+
+mod host;
+mod metadata;
+mod paused;
+#[cfg(test)]
+mod tests;
+
+pub use host::{Host, Level};
+use metadata::{millis, Fetch, Fetched, Metadata, RETRY_AFTER_FAILURE_MS};
+use paused::{Known, OwnCall, Paused, Wait, Wakeup};
+
+use crate::config::Config;
+use crate::ctx::Ctx;
+use crate::header_map;
+use crate::login::{self, Finish, PendingLogin};
+use crate::metrics::Counter;
+use crate::oidc::idp_request::IdpAnswer;
+use crate::refresh::single_flight::{self as refresh, Claim};
+use crate::refresh::{grant, Outcome, RefreshId};
+
+use crate::reply::{Client, Failure, Reply};
+use crate::request::Request;
+use crate::route::{self, client_of, Decision, RefreshNeeded, Settled};
+use crate::session::cache::SessionCache;
+use crate::session::Session;
+use crate::store::namespace;
+use std::collections::HashMap;
+use std::mem;
+use std::time::Duration;
+
+/// How often the shell's timer calls [`Engine::on_tick`]: the granularity of waits and of
+/// picking up what other workers fetched.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Sessions kept opened per VM (each entry is about the cookie's size twice).
+const SESSION_CACHE_SIZE: usize = 1024;
+
+/// What became of the request whose headers were just handed in.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Carry this out now.
+    Settled(Settled),
+    /// Held: it comes back as a [`Resume`].
+    Paused,
+}
+
+/// A paused request's end: make `context_id` the current context, then carry out `settled`
+/// (a forward or pass-through also resumes the request).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Resume {
+    pub context_id: u32,
+    pub settled: Settled,
+}
+
+/// Who an IdP call in flight belongs to (the VM's metadata fetches are in [`Metadata`]).
+enum Call {
+    /// A refresh this VM sends for any request of the session.
+    Refresh(Box<RefreshNeeded>),
+    /// A paused request's own call.
+    Stream(u32),
+}
+
+pub struct Engine {
+    config: Config,
+    /// Prefix of this configuration's shared-data keys.
+    ns: String,
+    meta: Metadata,
+    /// Requests waiting for what arrives for everyone, by context id.
+    waiting: HashMap<u32, Paused<Wait>>,
+    /// Requests waiting for their own call's answer, by context id.
+    calling: HashMap<u32, Paused<OwnCall>>,
+    calls: HashMap<u32, Call>,
+    /// Refreshes won by a request, not sent yet. They are sent from the root context, whose
+    /// calls outlive any request: the IdP rotates the refresh token when it answers, so an
+    /// answer lost with a request that left would leave the session with a spent token.
+    refreshes_due: Vec<RefreshNeeded>,
+    /// The clock as the last tick read it (0 before the first): what a request decides by.
+    tick_ms: u64,
+    /// Opened sessions by sealed value: the authenticated path's shortcut.
+    sessions: SessionCache,
+    resumes: Vec<Resume>,
+}
+
+impl Engine {
+    /// A VM's engine; creates the shared entries that must exist before requests arrive.
+    pub fn new(config: Config, host: &mut dyn Host) -> Engine {
+        let ns = namespace(&config);
+        refresh::prepare(host.store(), &ns);
+        Engine {
+            meta: Metadata::new(&config),
+            config,
+            ns,
+            waiting: HashMap::new(),
+            calling: HashMap::new(),
+            calls: HashMap::new(),
+            refreshes_due: Vec::new(),
+            tick_ms: 0,
+            sessions: SessionCache::new(SESSION_CACHE_SIZE),
+            resumes: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The shared-data namespace of this configuration.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// The ends of requests paused earlier, for the shell to carry out.
+    pub fn take_resumes(&mut self) -> Vec<Resume> {
+        mem::take(&mut self.resumes)
+    }
+
+    /// A request's headers, in the host's serialization ([`header_map::parse`]).
+    pub fn on_request_headers(
+        &mut self,
+        context_id: u32,
+        headers: Vec<u8>,
+        host: &mut dyn Host,
+    ) -> Handled {
+        // The time as of the last tick (at most a tick old, like nginx's cached time): saves
+        // a host call per request, and every limit the decision checks is whole seconds.
+        let now = match self.tick_ms {
+            0 => host.now_ms(),
+            ms => ms,
+        } / 1000;
+        let decision = {
+            let parsed = header_map::parse(&headers);
+            let req = Request::from_wire(&parsed);
+            let mut ctx = Ctx {
+                config: &self.config,
+                provider: self.meta.provider.as_ref(),
+                keys: self.meta.keys.as_ref(),
+                now,
+                rng: host.rng(),
+            };
+            route::decide(&mut ctx, &req, &mut self.sessions)
+        };
+        match self.carry_out(context_id, headers, decision, false, host) {
+            Some(settled) => {
+                count(host, &settled);
+                Handled::Settled(settled)
+            }
+            None => Handled::Paused,
+        }
+    }
+
+    /// An answer to a call this engine dispatched (`status: None` when it failed or timed
+    /// out). An answer nobody waits for any more is dropped.
+    pub fn on_call_answer(&mut self, token: u32, answer: IdpAnswer, host: &mut dyn Host) {
+        if let Some(what) = self.meta.fetch_for(token) {
+            let fetched = self
+                .meta
+                .fetched(&self.config, &self.ns, what, &answer, host);
+            if fetched == Fetched::Installed(Fetch::Discovery) {
+                // Keys follow discovery at once rather than at the next tick.
+                self.fetch_if_due(host);
+            }
+            self.after_fetch(fetched, host);
+            return;
+        }
+        match self.calls.remove(&token) {
+            Some(Call::Refresh(needed)) => self.refresh_answered(&needed, &answer, host),
+            Some(Call::Stream(context_id)) => self.stream_answered(context_id, token, answer, host),
+            None => host.log(
+                Level::Debug,
+                "bff: an IdP answer for a request that is gone",
+            ),
+        }
+    }
+
+    /// The timer: pick up what other workers fetched, send what is due, and wake or time
+    /// out paused requests.
+    pub fn on_tick(&mut self, host: &mut dyn Host) {
+        let now_ms = host.now_ms();
+        self.tick_ms = now_ms;
+        if self
+            .meta
+            .sync_due(&self.config, now_ms, !self.waiting.is_empty())
+        {
+            self.meta.sync(&self.config, &self.ns, host);
+        }
+        self.send_refreshes(host);
+        self.fetch_if_due(host);
+        self.wake(None, None, host);
+    }
+
+    /// The root context's queue was nudged: send the refreshes requests won.
+    pub fn on_queue_nudged(&mut self, host: &mut dyn Host) {
+        self.send_refreshes(host);
+    }
+
+    /// Envoy dropped the request (client gone, or done): forget it and its calls.
+    pub fn on_stream_gone(&mut self, context_id: u32) {
+        self.waiting.remove(&context_id);
+        if let Some(paused) = self.calling.remove(&context_id) {
+            self.calls.remove(&paused.wait.token());
+        }
+    }
+
+    /// Carries out a decision: `Some` when the request is settled, `None` when it waits.
+    /// `provider_awaited`: the request was woken because the provider arrived.
+    fn carry_out(
+        &mut self,
+        context_id: u32,
+        headers: Vec<u8>,
+        decision: Decision,
+        provider_awaited: bool,
+        host: &mut dyn Host,
+    ) -> Option<Settled> {
+        let unavailable = |headers: &[u8]| {
+            Settled::Reply(Reply::failure(
+                client_of_wire(headers),
+                &Failure::IdpUnavailable,
+            ))
+        };
+        match decision {
+            Decision::PassThrough => Some(Settled::PassThrough),
+            Decision::Forward(forward) => Some(Settled::Forward(forward)),
+            Decision::Reply(reply) => Some(Settled::Reply(reply)),
+            Decision::ExchangeCode(exchange) => {
+                let config = &self.config;
+                match host.dispatch(&config.idp_cluster, &exchange.request, config.idp_timeout) {
+                    Ok(token) => {
+                        self.own_call(
+                            context_id,
+                            headers,
+                            OwnCall::CodeExchange {
+                                token,
+                                pending: exchange.pending,
+                            },
+                        );
+                        None
+                    }
+                    Err(why) => {
+                        host.log(
+                            Level::Error,
+                            &format!(
+                                "bff: cannot call the token endpoint through cluster {}: {why}",
+                                config.idp_cluster
+                            ),
+                        );
+                        Some(Settled::Reply(Reply::failure(
+                            exchange.pending.client(),
+                            &Failure::IdpUnavailable,
+                        )))
+                    }
+                }
+            }
+            Decision::AwaitProvider => {
+                if provider_awaited {
+                    // Woken as ready, yet still none: give up rather than loop.
+                    return Some(unavailable(&headers));
+                }
+                self.fetch_if_due(host);
+                if self.meta.recently_failed(host.now_ms()) {
+                    return Some(unavailable(&headers));
+                }
+                let until_ms = self.wait_bound(host);
+                self.waiting.insert(
+                    context_id,
+                    Paused {
+                        headers,
+                        wait: Wait::Provider { until_ms },
+                    },
+                );
+                None
+            }
+            Decision::Refresh(needed) => {
+                let claim =
+                    refresh::claim(host.store(), &self.ns, &needed.id, host.now_ms() / 1000);
+                if let Claim::Done(outcome) = claim {
+                    return self.after_refresh(&headers, &needed.session, &outcome, host);
+                }
+                let (id, session) = (needed.id.clone(), needed.session.clone());
+                if claim == Claim::Won {
+                    self.refreshes_due.push(*needed);
+                    host.nudge();
+                }
+                let until_ms = self.wait_bound(host);
+                self.waiting.insert(
+                    context_id,
+                    Paused {
+                        headers,
+                        wait: Wait::Refresh {
+                            id,
+                            session,
+                            until_ms,
+                        },
+                    },
+                );
+                None
+            }
+            Decision::Logout(plan) => {
+                let plan = *plan;
+                let config = &self.config;
+                let dispatched = plan.revoke.as_ref().and_then(|revoke| {
+                    host.dispatch(&config.idp_cluster, revoke, config.idp_timeout)
+                        .ok()
+                });
+                match dispatched {
+                    Some(token) => {
+                        self.own_call(
+                            context_id,
+                            headers,
+                            OwnCall::Revocation {
+                                token,
+                                reply: plan.reply,
+                            },
+                        );
+                        None
+                    }
+                    // No revocation endpoint, or it cannot be called: log out anyway.
+                    None => Some(Settled::Reply(plan.reply)),
+                }
+            }
+        }
+    }
+
+    /// Pauses a request on a call of its own.
+    fn own_call(&mut self, context_id: u32, headers: Vec<u8>, call: OwnCall) {
+        self.calls.insert(call.token(), Call::Stream(context_id));
+        self.calling.insert(
+            context_id,
+            Paused {
+                headers,
+                wait: call,
+            },
+        );
+    }
+
+    /// How long a request waits for the provider, keys or a refresh: long enough for one
+    /// retry after a failed fetch, then one more call.
+    fn wait_bound(&self, host: &dyn Host) -> u64 {
+        host.now_ms()
+            .saturating_add(millis(self.config.idp_timeout))
+            .saturating_add(RETRY_AFTER_FAILURE_MS + 1_000)
+    }
+
+    fn fetch_if_due(&mut self, host: &mut dyn Host) {
+        if let Some(failed) = self.meta.fetch_if_due(&self.config, host) {
+            self.after_fetch(failed, host);
+        }
+    }
+
+    /// Wakes whoever a fetch's result concerns.
+    fn after_fetch(&mut self, fetched: Fetched, host: &mut dyn Host) {
+        let failure =
+            (fetched == Fetched::Failed(Fetch::Discovery)).then_some(Failure::IdpUnavailable);
+        self.wake(failure.as_ref(), None, host);
+    }
+
+    /// A paused request's own call answered.
+    fn stream_answered(
+        &mut self,
+        context_id: u32,
+        token: u32,
+        answer: IdpAnswer,
+        host: &mut dyn Host,
+    ) {
+        let Some(Paused { headers, wait }) = self.calling.remove(&context_id) else {
+            return;
+        };
+        if wait.token() != token {
+            host.log(
+                Level::Warn,
+                "bff: ignored an IdP answer this request was not waiting for",
+            );
+            self.calling.insert(context_id, Paused { headers, wait });
+            return;
+        }
+        let settled = match wait {
+            OwnCall::CodeExchange { pending, .. } => {
+                self.finish_login(context_id, headers, pending, answer, true, host)
+            }
+            // RFC 7009 §2.2: the answer says nothing we act on; log out either way.
+            OwnCall::Revocation { reply, .. } => Some(Settled::Reply(reply)),
+        };
+        if let Some(settled) = settled {
+            self.resume(context_id, settled, host);
+        }
+    }
+
+    /// Finishes a login with the token endpoint's answer; may pause once more to read the
+    /// JWKS again when the ID token names a key we do not have.
+    fn finish_login(
+        &mut self,
+        context_id: u32,
+        headers: Vec<u8>,
+        pending: PendingLogin,
+        answer: IdpAnswer,
+        may_refetch: bool,
+        host: &mut dyn Host,
+    ) -> Option<Settled> {
+        let now = host.now_ms() / 1000;
+        let finish = match self.meta.provider.as_ref() {
+            Some(provider) => {
+                let mut ctx = Ctx {
+                    config: &self.config,
+                    provider: Some(provider),
+                    keys: self.meta.keys.as_ref(),
+                    now,
+                    rng: host.rng(),
+                };
+                login::finish(&mut ctx, provider, &pending, &answer)
+            }
+            None => Finish::Done(
+                login::failed(&self.config, &pending, &Failure::IdpUnavailable),
+                Some(Failure::IdpUnavailable),
+            ),
+        };
+        match finish {
+            Finish::UnknownKey if may_refetch => {
+                match self.meta.want_fresh_keys(&self.config, now) {
+                    Some(newer_than) => {
+                        let until_ms = self.wait_bound(host);
+                        self.waiting.insert(
+                            context_id,
+                            Paused {
+                                headers,
+                                wait: Wait::Keys {
+                                    newer_than,
+                                    until_ms,
+                                    pending,
+                                    answer,
+                                },
+                            },
+                        );
+                        self.fetch_if_due(host);
+                        None
+                    }
+                    None => self.finish_login(context_id, headers, pending, answer, false, host),
+                }
+            }
+            Finish::UnknownKey => {
+                let failure = login::unknown_key_failure(self.meta.keys.is_some());
+                log_login_failure(host, &failure);
+                Some(Settled::Reply(login::failed(
+                    &self.config,
+                    &pending,
+                    &failure,
+                )))
+            }
+            Finish::Done(reply, failure) => {
+                if let Some(failure) = failure {
+                    log_login_failure(host, &failure);
+                }
+                Some(Settled::Reply(reply))
+            }
+        }
+    }
+
+    /// Sends the refreshes requests won (from the root context, so the answers come to it).
+    fn send_refreshes(&mut self, host: &mut dyn Host) {
+        for needed in mem::take(&mut self.refreshes_due) {
+            let config = &self.config;
+            match host.dispatch(&config.idp_cluster, &needed.request, config.idp_timeout) {
+                Ok(token) => {
+                    self.calls.insert(token, Call::Refresh(Box::new(needed)));
+                }
+                Err(why) => {
+                    host.log(
+                        Level::Error,
+                        &format!("bff: cannot call the token endpoint to refresh: {why}"),
+                    );
+                    self.refreshed(&needed.id, Outcome::Unavailable, host);
+                }
+            }
+        }
+    }
+
+    /// The token endpoint answered a refresh, whether or not the request that won it is here.
+    fn refresh_answered(
+        &mut self,
+        needed: &RefreshNeeded,
+        answer: &IdpAnswer,
+        host: &mut dyn Host,
+    ) {
+        let outcome = match self.meta.provider.as_ref() {
+            Some(provider) => {
+                let mut ctx = Ctx {
+                    config: &self.config,
+                    provider: Some(provider),
+                    keys: self.meta.keys.as_ref(),
+                    now: host.now_ms() / 1000,
+                    rng: host.rng(),
+                };
+                grant::finish_refresh(&mut ctx, provider, &needed.session, answer)
+            }
+            None => Outcome::Unavailable,
+        };
+        if outcome == Outcome::Ended {
+            host.log(
+                Level::Info,
+                "bff: the IdP refused a refresh; the session ends",
+            );
+        }
+        host.count(match outcome {
+            Outcome::Renewed(_) => Counter::RefreshesOk,
+            _ => Counter::RefreshesFailed,
+        });
+        self.refreshed(&needed.id, outcome, host);
+    }
+
+    /// Publishes a refresh's outcome to every worker and hands it to this VM's waiters.
+    fn refreshed(&mut self, id: &RefreshId, outcome: Outcome, host: &mut dyn Host) {
+        refresh::publish(host.store(), &self.ns, id, &outcome, host.now_ms() / 1000);
+        self.wake(None, Some((id, &outcome)), host);
+    }
+
+    /// Resumes every waiter whose need is met or whose time is up (with `provider_failed`,
+    /// every waiter for the provider; with `refreshed`, the waiters for that refresh get its
+    /// outcome first hand).
+    fn wake(
+        &mut self,
+        provider_failed: Option<&Failure>,
+        refreshed: Option<(&RefreshId, &Outcome)>,
+        host: &mut dyn Host,
+    ) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now_ms = host.now_ms();
+        let woken: Vec<(u32, Wakeup)> = {
+            let store = host.store();
+            let ns = &self.ns;
+            let published =
+                |id: &RefreshId| refresh::lookup(store, ns, id, now_ms / 1000).is_some();
+            let known = Known {
+                has_provider: self.meta.provider.is_some(),
+                keys_at: self.meta.keys_at,
+                keys_wanted: self.meta.keys_wanted,
+                provider_failed,
+                refreshed,
+                published: &published,
+                now_ms,
+            };
+            self.waiting
+                .iter()
+                .filter_map(|(id, p)| p.wait.wakeup(&known).map(|w| (*id, w)))
+                .collect()
+        };
+        for (context_id, wakeup) in woken {
+            let Some(Paused { headers, wait }) = self.waiting.remove(&context_id) else {
+                continue;
+            };
+            if let Some(settled) = self.woken(context_id, headers, wait, wakeup, host) {
+                self.resume(context_id, settled, host);
+            }
+        }
+    }
+
+    /// A waiting request's wait is over.
+    fn woken(
+        &mut self,
+        context_id: u32,
+        headers: Vec<u8>,
+        wait: Wait,
+        wakeup: Wakeup,
+        host: &mut dyn Host,
+    ) -> Option<Settled> {
+        match (wait, wakeup) {
+            (Wait::Provider { .. }, Wakeup::Failed(failure)) => Some(Settled::Reply(
+                Reply::failure(client_of_wire(&headers), &failure),
+            )),
+            (Wait::Provider { .. }, _) => {
+                let decision = {
+                    let parsed = header_map::parse(&headers);
+                    let req = Request::from_wire(&parsed);
+                    let mut ctx = Ctx {
+                        config: &self.config,
+                        provider: self.meta.provider.as_ref(),
+                        keys: self.meta.keys.as_ref(),
+                        now: host.now_ms() / 1000,
+                        rng: host.rng(),
+                    };
+                    route::decide(&mut ctx, &req, &mut self.sessions)
+                };
+                self.carry_out(context_id, headers, decision, true, host)
+            }
+            (
+                Wait::Keys {
+                    pending, answer, ..
+                },
+                _,
+            ) => self.finish_login(context_id, headers, pending, answer, false, host),
+            (Wait::Refresh { id, session, .. }, wakeup) => {
+                let outcome = match wakeup {
+                    Wakeup::Refreshed(outcome) => outcome,
+                    Wakeup::Ready => {
+                        refresh::lookup(host.store(), &self.ns, &id, host.now_ms() / 1000)
+                            .unwrap_or(Outcome::Unavailable)
+                    }
+                    Wakeup::Failed(_) => Outcome::Unavailable,
+                };
+                self.after_refresh(&headers, &session, &outcome, host)
+            }
+        }
+    }
+
+    /// Acts on a refresh's outcome for one request of the session.
+    fn after_refresh(
+        &mut self,
+        headers: &[u8],
+        session: &Session,
+        outcome: &Outcome,
+        host: &mut dyn Host,
+    ) -> Option<Settled> {
+        let parsed = header_map::parse(headers);
+        let req = Request::from_wire(&parsed);
+        let Some(provider) = self.meta.provider.as_ref() else {
+            // A refresh is only decided with the provider known; it is never forgotten.
+            return Some(Settled::Reply(Reply::failure(
+                client_of(&req),
+                &Failure::IdpUnavailable,
+            )));
+        };
+        let mut ctx = Ctx {
+            config: &self.config,
+            provider: Some(provider),
+            keys: self.meta.keys.as_ref(),
+            now: host.now_ms() / 1000,
+            rng: host.rng(),
+        };
+        Some(route::after_refresh(
+            &mut ctx, provider, &req, session, outcome,
+        ))
+    }
+
+    fn resume(&mut self, context_id: u32, settled: Settled, host: &mut dyn Host) {
+        count(host, &settled);
+        self.resumes.push(Resume {
+            context_id,
+            settled,
+        });
+    }
+}
+
+/// Counts a local answer toward its stat: every answer passes here once.
+fn count(host: &mut dyn Host, settled: &Settled) {
+    if let Settled::Reply(Reply {
+        counter: Some(counter),
+        ..
+    }) = settled
+    {
+        host.count(*counter);
+    }
+}
+
+/// Whether the request whose headers these are is a navigation (for the shape of an error).
+fn client_of_wire(headers: &[u8]) -> Client {
+    client_of(&Request::from_wire(&header_map::parse(headers)))
+}
+
+fn log_login_failure(host: &mut dyn Host, failure: &Failure) {
+    // Failure messages are written to carry no token, code or secret.
+    host.log(
+        Level::Warn,
+        &format!(
+            "bff: login failed ({}): {}",
+            failure.code(),
+            failure.message()
+        ),
+    );
+}

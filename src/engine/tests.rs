@@ -1,0 +1,522 @@
+//! The engine driven natively: a fake clock, a fake IdP that answers when the test says so, and
+//! an in-memory shared store (two engines on one store stand for two Envoy workers).
+
+use super::*;
+use crate::config::tests::{config_from, minimal_json, KEY_A};
+use crate::oidc::id_token::test_signer;
+use crate::oidc::idp_request::IdpRequest;
+use crate::random::CountingRandom;
+use crate::secret::Secret;
+use crate::session::KeyRing;
+use crate::store::MemoryStore;
+use serde_json::json;
+use std::cell::Cell;
+use std::rc::Rc;
+
+const ISSUER: &str = "http://127.0.0.1:9000";
+/// The fake clock's start: unix seconds.
+const T0: u64 = 1_800_000_000;
+
+struct FakeHost {
+    now_ms: Rc<Cell<u64>>,
+    store: Rc<MemoryStore>,
+    rng: CountingRandom,
+    next_token: u32,
+    /// Calls sent and not answered yet: (token, request).
+    sent: Vec<(u32, IdpRequest)>,
+    /// Every path this host ever sent a call to.
+    history: Vec<String>,
+    refuse_dispatch: bool,
+    counted: Vec<Counter>,
+    logs: Vec<String>,
+    nudges: usize,
+}
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.now_ms.get()
+    }
+    fn rng(&mut self) -> &mut dyn crate::random::Random {
+        &mut self.rng
+    }
+    fn store(&self) -> &dyn crate::store::SharedStore {
+        &*self.store
+    }
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        request: &IdpRequest,
+        _: Duration,
+    ) -> Result<u32, String> {
+        assert_eq!(cluster, "idp");
+        if self.refuse_dispatch {
+            return Err("BadArgument".into());
+        }
+        self.next_token += 1;
+        self.history.push(request.path.clone());
+        self.sent.push((
+            self.next_token,
+            IdpRequest {
+                method: request.method,
+                path: request.path.clone(),
+                authority: request.authority.clone(),
+                headers: request.headers.clone(),
+                body: request.body.clone(),
+            },
+        ));
+        Ok(self.next_token)
+    }
+    fn count(&mut self, counter: Counter) {
+        self.counted.push(counter);
+    }
+    fn log(&mut self, _: Level, message: &str) {
+        self.logs.push(message.to_string());
+    }
+    fn nudge(&mut self) -> bool {
+        self.nudges += 1;
+        true
+    }
+}
+
+/// One worker: an engine and its host. Several share a clock and a store.
+struct Worker {
+    engine: Engine,
+    host: FakeHost,
+}
+
+struct World {
+    clock: Rc<Cell<u64>>,
+    store: Rc<MemoryStore>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            clock: Rc::new(Cell::new(T0 * 1000)),
+            store: Rc::new(MemoryStore::default()),
+        }
+    }
+
+    fn worker(&self, config: serde_json::Value) -> Worker {
+        let mut host = FakeHost {
+            now_ms: Rc::clone(&self.clock),
+            store: Rc::clone(&self.store),
+            rng: CountingRandom(7),
+            next_token: 0,
+            sent: Vec::new(),
+            history: Vec::new(),
+            refuse_dispatch: false,
+            counted: Vec::new(),
+            logs: Vec::new(),
+            nudges: 0,
+        };
+        let engine = Engine::new(config_from(config), &mut host);
+        Worker { engine, host }
+    }
+
+    fn advance_ms(&self, ms: u64) {
+        self.clock.set(self.clock.get() + ms);
+    }
+}
+
+impl Worker {
+    fn request(&mut self, id: u32, headers: Vec<u8>) -> Handled {
+        self.engine.on_request_headers(id, headers, &mut self.host)
+    }
+
+    fn tick(&mut self) -> Vec<Resume> {
+        self.engine.on_tick(&mut self.host);
+        self.engine.take_resumes()
+    }
+
+    /// The call in flight to `path`, taken off the list.
+    fn call_to(&mut self, path: &str) -> (u32, IdpRequest) {
+        let at = self
+            .host
+            .sent
+            .iter()
+            .position(|(_, r)| r.path == path)
+            .unwrap_or_else(|| panic!("no call to {path} in {:?}", self.host.history));
+        self.host.sent.remove(at)
+    }
+
+    fn answer(&mut self, path: &str, status: Option<u16>, body: &str) -> Vec<Resume> {
+        let (token, _) = self.call_to(path);
+        self.engine.on_call_answer(
+            token,
+            IdpAnswer {
+                status,
+                body: body.as_bytes().to_vec(),
+            },
+            &mut self.host,
+        );
+        self.engine.take_resumes()
+    }
+
+    fn calls_to(&self, path: &str) -> usize {
+        self.host.history.iter().filter(|p| *p == path).count()
+    }
+
+    /// Discovery and the JWKS, answered as the IdP would.
+    fn learn_provider(&mut self) {
+        self.tick();
+        self.answer("/.well-known/openid-configuration", Some(200), &discovery());
+        self.answer("/jwks", Some(200), &test_signer::jwks_json());
+    }
+}
+
+fn discovery() -> String {
+    json!({
+        "issuer": ISSUER,
+        "authorization_endpoint": format!("{ISSUER}/auth"),
+        "token_endpoint": format!("{ISSUER}/token"),
+        "jwks_uri": format!("{ISSUER}/jwks"),
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "authorization_response_iss_parameter_supported": true
+    })
+    .to_string()
+}
+
+fn wire(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut pairs: Vec<(&str, &[u8])> = vec![
+        (":method", b"GET"),
+        (":path", path.as_bytes()),
+        (":scheme", b"http"),
+        (":authority", b"app.local:8080"),
+    ];
+    pairs.extend(extra.iter().map(|(n, v)| (*n, v.as_bytes())));
+    header_map::serialize(&pairs)
+}
+
+const NAV: (&str, &str) = ("sec-fetch-mode", "navigate");
+const API: (&str, &str) = ("sec-fetch-mode", "cors");
+const CSRF: (&str, &str) = ("x-csrf", "1");
+
+fn reply(settled: &Settled) -> &Reply {
+    match settled {
+        Settled::Reply(r) => r,
+        other => panic!("not a reply: {other:?}"),
+    }
+}
+
+fn settled(handled: Handled) -> Settled {
+    match handled {
+        Handled::Settled(s) => s,
+        Handled::Paused => panic!("paused"),
+    }
+}
+
+fn token_of(settled: &Settled) -> &str {
+    match settled {
+        Settled::Forward(f) => f
+            .token_header
+            .as_ref()
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(""),
+        other => panic!("not forwarded: {other:?}"),
+    }
+}
+
+/// A session cookie whose access token is due (expires in 30 s, inside the 60 s leeway).
+fn due_session_cookie() -> String {
+    let s = Session {
+        access_token: Secret::new("old-at"),
+        access_expires_at: T0 + 30,
+        refresh_token: Some(Secret::new("old-rt")),
+        subject: "alice".into(),
+        created: T0 - 100,
+        last_seen: T0 - 10,
+        id_token: None,
+        sid: "sid-1".into(),
+    };
+    let keys = KeyRing::from_base64_list(KEY_A).unwrap();
+    let sealed = s
+        .seal(&keys, "__Host-bff-session", &mut CountingRandom(9))
+        .unwrap();
+    format!("__Host-bff-session={sealed}")
+}
+
+const REFRESHED: &str = r#"{"access_token": "new-at", "token_type": "Bearer", "expires_in": 300, "refresh_token": "new-rt"}"#;
+
+#[test]
+fn discovery_fails_then_recovers_on_the_retry_schedule() {
+    let world = World::new();
+    let mut w = world.worker(minimal_json_with_discovery());
+    // A login before anything is known waits for discovery, which is sent at once.
+    assert_eq!(
+        w.request(1, wire("/private/login", &[NAV])),
+        Handled::Paused
+    );
+    assert_eq!(w.calls_to("/.well-known/openid-configuration"), 1);
+    let resumes = w.answer("/.well-known/openid-configuration", Some(500), "oops");
+    assert_eq!(resumes.len(), 1);
+    assert_eq!(resumes[0].context_id, 1);
+    let r = reply(&resumes[0].settled);
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
+    // Within the retry delay a new login is refused at once, without a new call.
+    world.advance_ms(1_000);
+    w.tick();
+    let r = settled(w.request(2, wire("/private/login", &[NAV])));
+    assert_eq!(reply(&r).status, 503);
+    assert_eq!(w.calls_to("/.well-known/openid-configuration"), 1);
+    // After it, the tick tries again; discovery brings the keys right after.
+    world.advance_ms(1_100);
+    w.tick();
+    assert_eq!(w.calls_to("/.well-known/openid-configuration"), 2);
+    w.answer("/.well-known/openid-configuration", Some(200), &discovery());
+    assert_eq!(
+        w.calls_to("/jwks"),
+        1,
+        "keys follow discovery without a tick"
+    );
+    w.answer("/jwks", Some(200), &test_signer::jwks_json());
+    let r = settled(w.request(3, wire("/private/login", &[NAV])));
+    assert_eq!(reply(&r).status, 302);
+    assert!(reply(&r).header("location").unwrap().starts_with(ISSUER));
+}
+
+fn minimal_json_with_discovery() -> serde_json::Value {
+    let mut v = minimal_json();
+    let o = v.as_object_mut().unwrap();
+    o.remove("authorization_endpoint");
+    o.remove("token_endpoint");
+    v
+}
+
+#[test]
+fn a_paused_login_times_out_with_503_and_retry_after() {
+    let world = World::new();
+    let mut w = world.worker(minimal_json_with_discovery());
+    w.tick();
+    assert_eq!(
+        w.request(1, wire("/private/login", &[NAV])),
+        Handled::Paused
+    );
+    // The IdP never answers (Envoy's own timeout would; the wait is bounded regardless).
+    let mut resumes = Vec::new();
+    for _ in 0..79 {
+        world.advance_ms(100);
+        resumes.extend(w.tick());
+    }
+    assert!(resumes.is_empty(), "still within idp_timeout + retry + 1 s");
+    world.advance_ms(200);
+    resumes.extend(w.tick());
+    assert_eq!(resumes.len(), 1);
+    let r = reply(&resumes[0].settled);
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+}
+
+/// Starts a login on `w` and comes back with the callback's headers and the login's nonce.
+fn callback_request(w: &mut Worker) -> (Vec<u8>, String) {
+    let r = settled(w.request(100, wire("/private/login?return_to=/app", &[NAV])));
+    let r = reply(&r);
+    let location = r.header("location").unwrap().to_string();
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+            .into_owned()
+            .collect();
+    let q = |k: &str| query.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    let tx_cookie = r
+        .cookies()
+        .next()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let path = format!(
+        "/private/callback?code=c0de&state={}&iss=http%3A%2F%2F127.0.0.1%3A9000",
+        q("state")
+    );
+    (wire(&path, &[NAV, ("cookie", &tx_cookie)]), q("nonce"))
+}
+
+fn token_response(id_token: &str) -> String {
+    json!({"access_token": "AT", "token_type": "Bearer", "expires_in": 300, "id_token": id_token})
+        .to_string()
+}
+
+fn id_token(kid: &str, nonce: &str) -> String {
+    test_signer::sign_with_header(
+        &json!({"alg": "RS256", "kid": kid}),
+        &json!({"iss": ISSUER, "aud": "bff", "sub": "alice", "exp": T0 + 600, "iat": T0, "nonce": nonce}),
+    )
+}
+
+#[test]
+fn an_unknown_kid_causes_one_jwks_read_and_is_rate_limited() {
+    let world = World::new();
+    let mut w = world.worker(minimal_json_with_discovery());
+    w.learn_provider();
+    world.advance_ms(61_000);
+    w.tick();
+    // The IdP rotated its key: the ID token names one the VM has not read.
+    let (callback, nonce) = callback_request(&mut w);
+    assert_eq!(w.request(1, callback), Handled::Paused);
+    let resumes = w.answer(
+        "/token",
+        Some(200),
+        &token_response(&id_token("next-key", &nonce)),
+    );
+    assert!(resumes.is_empty(), "waits for the keys");
+    assert_eq!(w.calls_to("/jwks"), 2, "one re-read");
+    let rotated = test_signer::jwks_json().replace("test-rsa", "next-key");
+    let resumes = w.answer("/jwks", Some(200), &rotated);
+    assert_eq!(resumes.len(), 1);
+    let r = reply(&resumes[0].settled);
+    assert_eq!((r.status, r.header("location")), (302, Some("/app")));
+    assert!(w.host.counted.contains(&Counter::CallbacksOk));
+
+    // A token naming a stranger's kid right after: no second read within jwks_min_refetch.
+    let (callback, nonce) = callback_request(&mut w);
+    assert_eq!(w.request(2, callback), Handled::Paused);
+    let resumes = w.answer(
+        "/token",
+        Some(200),
+        &token_response(&id_token("stranger", &nonce)),
+    );
+    assert_eq!(w.calls_to("/jwks"), 2, "rate-limited");
+    assert_eq!(resumes.len(), 1);
+    let r = reply(&resumes[0].settled);
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("id_token_invalid"));
+}
+
+#[test]
+fn one_refresh_per_session_across_two_workers() {
+    let world = World::new();
+    let mut a = world.worker(minimal_json());
+    let mut b = world.worker(minimal_json());
+    a.learn_provider();
+    b.tick();
+    let cookie = due_session_cookie();
+    let call = || wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
+    // Both workers see the due token; A wins the claim, B waits for A's outcome.
+    assert_eq!(a.request(1, call()), Handled::Paused);
+    assert_eq!(a.host.nudges, 1);
+    assert_eq!(b.request(1, call()), Handled::Paused);
+    assert_eq!(a.request(2, call()), Handled::Paused);
+    assert!(
+        a.host.sent.is_empty(),
+        "sent from the root context, once nudged"
+    );
+    a.engine.on_queue_nudged(&mut a.host);
+    let resumes = a.answer("/token", Some(200), REFRESHED);
+    assert_eq!(a.calls_to("/token") + b.calls_to("/token"), 1, "one grant");
+    assert_eq!(resumes.len(), 2, "both of A's requests");
+    for r in &resumes {
+        assert_eq!(token_of(&r.settled), "Bearer new-at");
+    }
+    // B picks the outcome up at its next tick.
+    world.advance_ms(100);
+    let resumes = b.tick();
+    assert_eq!(resumes.len(), 1);
+    let Settled::Forward(f) = &resumes[0].settled else {
+        panic!()
+    };
+    assert_eq!(f.token_header.as_ref().unwrap().1, "Bearer new-at");
+    assert_eq!(
+        f.set_cookies.len(),
+        1,
+        "the renewed session goes to the browser"
+    );
+    assert_eq!(a.host.counted, vec![Counter::RefreshesOk]);
+}
+
+#[test]
+fn a_refresh_whose_request_left_still_renews_the_session() {
+    let world = World::new();
+    let mut w = world.worker(minimal_json());
+    w.learn_provider();
+    let cookie = due_session_cookie();
+    let call = || wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
+    assert_eq!(w.request(1, call()), Handled::Paused);
+    w.engine.on_stream_gone(1);
+    // The tick sends it even without a nudge; the answer has nobody waiting.
+    world.advance_ms(100);
+    w.tick();
+    let resumes = w.answer("/token", Some(200), REFRESHED);
+    assert!(resumes.is_empty());
+    // The next request with the old cookie gets the new tokens at once.
+    let s = settled(w.request(2, call()));
+    assert_eq!(token_of(&s), "Bearer new-at");
+    assert_eq!(w.calls_to("/token"), 1);
+}
+
+#[test]
+fn late_and_unexpected_answers_are_ignored() {
+    let world = World::new();
+    let mut w = world.worker(minimal_json_with_discovery());
+    w.learn_provider();
+    // An answer with a token nobody sent.
+    w.engine.on_call_answer(999, IdpAnswer::none(), &mut w.host);
+    assert!(w.engine.take_resumes().is_empty());
+    // A code exchange whose browser left before the IdP answered.
+    let (callback, nonce) = callback_request(&mut w);
+    assert_eq!(w.request(5, callback), Handled::Paused);
+    w.engine.on_stream_gone(5);
+    let resumes = w.answer(
+        "/token",
+        Some(200),
+        &token_response(&id_token("test-rsa", &nonce)),
+    );
+    assert!(resumes.is_empty());
+    assert!(!w.host.counted.contains(&Counter::CallbacksOk));
+    // A request paused on its own call ignores an answer for another call.
+    let (callback, _) = callback_request(&mut w);
+    assert_eq!(w.request(6, callback), Handled::Paused);
+    let (token, _) = w.call_to("/token");
+    w.engine
+        .on_call_answer(token + 1, IdpAnswer::none(), &mut w.host);
+    assert!(w.engine.take_resumes().is_empty());
+    w.engine
+        .on_call_answer(token, IdpAnswer::none(), &mut w.host);
+    let resumes = w.engine.take_resumes();
+    assert_eq!(
+        reply(&resumes[0].settled).status,
+        504,
+        "its own answer: timed out"
+    );
+}
+
+#[test]
+fn a_worker_uses_what_another_fetched() {
+    let world = World::new();
+    let mut a = world.worker(minimal_json_with_discovery());
+    let mut b = world.worker(minimal_json_with_discovery());
+    a.learn_provider();
+    // B's tick reads A's documents from shared data: no call of its own.
+    b.tick();
+    let r = settled(b.request(1, wire("/private/login", &[NAV])));
+    assert_eq!(reply(&r).status, 302);
+    assert!(b.host.history.is_empty(), "{:?}", b.host.history);
+    // Later re-reads are shared too: after metadata_refresh_s, A reads again and B follows.
+    world.advance_ms(3_600_000);
+    a.tick();
+    assert_eq!(a.calls_to("/.well-known/openid-configuration"), 2);
+    a.answer("/.well-known/openid-configuration", Some(200), &discovery());
+    a.answer("/jwks", Some(200), &test_signer::jwks_json());
+    world.advance_ms(1_000);
+    b.tick();
+    assert!(b.host.history.is_empty(), "{:?}", b.host.history);
+}
+
+#[test]
+fn an_idp_that_cannot_be_called_fails_fast() {
+    let world = World::new();
+    let mut w = world.worker(minimal_json_with_discovery());
+    w.host.refuse_dispatch = true;
+    w.tick();
+    let r = settled(w.request(1, wire("/private/login", &[NAV])));
+    assert_eq!(reply(&r).status, 503);
+    assert!(w
+        .host
+        .logs
+        .iter()
+        .any(|l| l.contains("cannot call the IdP")));
+    // An API call needs no provider to be told it has no session.
+    let r = settled(w.request(2, wire("/private/api", &[API, CSRF])));
+    assert_eq!(reply(&r).status, 401);
+    assert_eq!(w.host.counted, vec![Counter::Unauthenticated]);
+}

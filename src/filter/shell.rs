@@ -1,0 +1,177 @@
+//! What the root context and every request context share: the VM's engine, and the carrying
+//! out of what it decides. No decision is made here.
+
+use super::host::{self, HostRandom, HostStore, WasmHost};
+use crate::engine::{Engine, Resume};
+use crate::oidc::idp_request::IdpAnswer;
+use crate::reply::Reply;
+use crate::route::{Forward, Settled};
+use std::cell::RefCell;
+use std::mem;
+
+/// An event that arrived while the engine was busy (Envoy called back into the VM while the
+/// engine made a host call): handed in as soon as it is free.
+enum Deferred {
+    Answer(u32, IdpAnswer),
+    Gone(u32),
+}
+
+pub struct Shell {
+    engine: RefCell<Engine>,
+    counters: Vec<Option<u32>>,
+    queue: Option<u32>,
+    deferred: RefCell<Vec<Deferred>>,
+    /// `Set-Cookie` values for a forwarded request's response, by context id; outside the
+    /// engine because Envoy may ask for them while a resumed request is being carried out.
+    response_cookies: RefCell<Vec<(u32, Vec<String>)>>,
+}
+
+impl Shell {
+    pub fn new(engine: Engine, counters: Vec<Option<u32>>, queue: Option<u32>) -> Shell {
+        Shell {
+            engine: RefCell::new(engine),
+            counters,
+            queue,
+            deferred: RefCell::new(Vec::new()),
+            response_cookies: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on the engine, then carries out the resumes it left; `None` when the engine
+    /// is busy (a re-entrant call from Envoy). `current`: the request whose callback this is,
+    /// made the effective context again after other requests were resumed.
+    pub fn run<R>(
+        &self,
+        current: Option<u32>,
+        f: impl FnOnce(&mut Engine, &mut WasmHost) -> R,
+    ) -> Option<R> {
+        let (result, resumes) = {
+            let mut engine = self.engine.try_borrow_mut().ok()?;
+            let mut host = self.host();
+            let result = f(&mut engine, &mut host);
+            (result, engine.take_resumes())
+        };
+        let mut switched = !resumes.is_empty();
+        self.carry_out_resumes(resumes);
+        switched |= self.run_deferred();
+        if let (true, Some(current)) = (switched, current) {
+            host::set_effective_context(current);
+        }
+        Some(result)
+    }
+
+    fn host(&self) -> WasmHost<'_> {
+        WasmHost {
+            counters: &self.counters,
+            queue: self.queue,
+            rng: HostRandom,
+            store: HostStore,
+        }
+    }
+
+    /// An IdP answer, in whichever context it arrived.
+    pub fn call_answered(&self, token: u32, answer: IdpAnswer) {
+        self.run_or_defer(Deferred::Answer(token, answer));
+    }
+
+    /// A request that had paused is gone.
+    pub fn stream_gone(&self, context_id: u32) {
+        self.run_or_defer(Deferred::Gone(context_id));
+    }
+
+    fn run_or_defer(&self, event: Deferred) {
+        let mut event = Some(event);
+        let ran = self.run(None, |engine, host| match event.take() {
+            Some(Deferred::Answer(token, answer)) => engine.on_call_answer(token, answer, host),
+            Some(Deferred::Gone(id)) => engine.on_stream_gone(id),
+            None => {}
+        });
+        if ran.is_none() {
+            if let (Some(event), Ok(mut deferred)) = (event, self.deferred.try_borrow_mut()) {
+                deferred.push(event);
+            }
+        }
+    }
+
+    /// Hands in what was deferred; true if there was anything.
+    fn run_deferred(&self) -> bool {
+        let events = match self.deferred.try_borrow_mut() {
+            Ok(mut deferred) if !deferred.is_empty() => mem::take(&mut *deferred),
+            _ => return false,
+        };
+        for event in events {
+            self.run_or_defer(event);
+        }
+        true
+    }
+
+    /// Carries out a settled request in the current context; true when it goes upstream.
+    pub fn apply(&self, context_id: u32, settled: Settled) -> bool {
+        match settled {
+            Settled::PassThrough => true,
+            Settled::Forward(forward) => {
+                self.apply_forward(context_id, forward);
+                true
+            }
+            Settled::Reply(reply) => {
+                send(&reply);
+                false
+            }
+        }
+    }
+
+    fn apply_forward(&self, context_id: u32, forward: Forward) {
+        if let Some((name, value)) = &forward.token_header {
+            host::set_request_header(name, Some(value.as_bytes()));
+            host::set_request_header("cookie", forward.cookie.as_deref());
+        }
+        for (name, value) in &forward.extra {
+            host::set_request_header(name, value.as_deref().map(str::as_bytes));
+        }
+        if !forward.set_cookies.is_empty() {
+            if let Ok(mut cookies) = self.response_cookies.try_borrow_mut() {
+                cookies.push((context_id, forward.set_cookies));
+            }
+        }
+    }
+
+    fn carry_out_resumes(&self, resumes: Vec<Resume>) {
+        for Resume {
+            context_id,
+            settled,
+        } in resumes
+        {
+            // The request may have gone meanwhile.
+            if host::set_effective_context(context_id) && self.apply(context_id, settled) {
+                host::resume_request();
+            }
+        }
+    }
+
+    /// Forgets a request's `Set-Cookie` values (it ended before its response).
+    pub fn drop_response_cookies(&self, context_id: u32) {
+        if let Ok(mut cookies) = self.response_cookies.try_borrow_mut() {
+            if !cookies.is_empty() {
+                cookies.retain(|(id, _)| *id != context_id);
+            }
+        }
+    }
+
+    /// The `Set-Cookie` values for this request's response, once.
+    pub fn take_response_cookies(&self, context_id: u32) -> Vec<String> {
+        let Ok(mut cookies) = self.response_cookies.try_borrow_mut() else {
+            return Vec::new();
+        };
+        if cookies.is_empty() {
+            return Vec::new();
+        }
+        match cookies.iter().position(|(id, _)| *id == context_id) {
+            Some(at) => cookies.swap_remove(at).1,
+            None => Vec::new(),
+        }
+    }
+}
+
+pub fn send(reply: &Reply) {
+    host::send_reply(reply);
+}
