@@ -8,6 +8,7 @@ use crate::url::AbsoluteUrl;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 pub const DEFAULT_PREFIX: &str = "/private";
@@ -327,6 +328,53 @@ impl Problems {
         value
     }
 
+    /// A number with a default, which must lie in `range`.
+    fn between(
+        &mut self,
+        field: &str,
+        value: Option<u64>,
+        default: u64,
+        range: RangeInclusive<u64>,
+    ) -> u64 {
+        let value = value.unwrap_or(default);
+        if !range.contains(&value) {
+            self.add(
+                field,
+                format!("must be between {} and {}", range.start(), range.end()),
+            );
+        }
+        value
+    }
+
+    /// An IdP endpoint fixed in the configuration; `needed` when discovery will not supply it.
+    fn endpoint(
+        &mut self,
+        field: &str,
+        value: Option<String>,
+        needed: bool,
+    ) -> Option<AbsoluteUrl> {
+        match value {
+            Some(v) => self.url(field, &v).or_else(|| {
+                if v.is_empty() {
+                    self.add(field, "must not be empty");
+                }
+                None
+            }),
+            None => {
+                if needed {
+                    self.add(field, "is required when discovery is false");
+                }
+                None
+            }
+        }
+    }
+
+    fn under_prefix(&mut self, field: &str, path: &str, prefix: &str) {
+        if !crate::url::is_under(path, prefix) {
+            self.add(field, format!("must lie under the prefix {prefix}"));
+        }
+    }
+
     fn secret(
         &mut self,
         field: &str,
@@ -399,375 +447,62 @@ impl Config {
         Self::check(raw, env)
     }
 
-    fn check(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    fn check(
+        mut raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        // Problems are reported in the order the sections are checked here.
         let mut p = Problems::default();
-
-        let issuer = p.required("issuer", raw.issuer);
-        if !issuer.is_empty() {
-            p.url("issuer", &issuer);
-        }
-        let discovery = raw.discovery.unwrap_or(true);
-        let mut endpoint = |field: &str, value: Option<String>, needed: bool| match value {
-            Some(v) => p.url(field, &v).or_else(|| {
-                if v.is_empty() {
-                    p.add(field, "must not be empty");
-                }
-                None
-            }),
-            None => {
-                if needed {
-                    p.add(field, "is required when discovery is false");
-                }
-                None
-            }
-        };
-        let endpoints = Endpoints {
-            authorization: endpoint(
-                "authorization_endpoint",
-                raw.authorization_endpoint,
-                !discovery,
-            ),
-            token: endpoint("token_endpoint", raw.token_endpoint, !discovery),
-            jwks: endpoint("jwks_uri", raw.jwks_uri, !discovery),
-            end_session: endpoint("end_session_endpoint", raw.end_session_endpoint, false),
-            revocation: endpoint("revocation_endpoint", raw.revocation_endpoint, false),
-            signing_algs: raw.id_token_signing_algs,
-        };
-        if endpoints
-            .signing_algs
-            .as_ref()
-            .is_some_and(|a| a.is_empty())
-        {
-            p.add("id_token_signing_algs", "must name at least one algorithm");
-        }
-        let jwks_min_refetch = raw.jwks_min_refetch_s.unwrap_or(60);
-        if !(1..=3600).contains(&jwks_min_refetch) {
-            p.add("jwks_min_refetch_s", "must be between 1 and 3600");
-        }
-        let metadata_refresh = raw.metadata_refresh_s.unwrap_or(3600);
-        if !(60..=86_400).contains(&metadata_refresh) {
-            p.add("metadata_refresh_s", "must be between 60 and 86400");
-        }
-        let idp_cluster = p.required("idp_cluster", raw.idp_cluster);
-        let idp_timeout_ms = raw.idp_timeout_ms.unwrap_or(5000);
-        if !(100..=60_000).contains(&idp_timeout_ms) {
-            p.add("idp_timeout_ms", "must be between 100 and 60000");
-        }
-        let client_id = p.required("client_id", raw.client_id);
-        let client_secret = p.secret(
-            "client_secret",
-            raw.client_secret,
-            DEFAULT_CLIENT_SECRET_ENV,
-            env,
-        );
-
-        let prefix = p.path(
-            "prefix",
-            raw.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string()),
-        );
-        let prefix = if prefix.len() > 1 {
-            prefix.trim_end_matches('/').to_string()
-        } else {
-            prefix
-        };
-        let login_path = p.path(
-            "login_path",
-            raw.login_path.unwrap_or_else(|| format!("{prefix}/login")),
-        );
-        if !crate::url::is_under(&login_path, &prefix) {
-            p.add("login_path", format!("must lie under the prefix {prefix}"));
-        }
-
+        let idp = raw.idp(&mut p, env);
+        let prefix = check_prefix(&mut p, raw.prefix);
+        let login_path = check_login_path(&mut p, raw.login_path, &prefix);
         let trust_forwarded = raw.trust_forwarded_headers.unwrap_or(false);
-        let redirect = raw
-            .redirect_uri
-            .unwrap_or_else(|| format!("{prefix}/callback"));
-        let redirect_uri = if redirect.starts_with('/') {
-            RedirectUri::Path {
-                path: p.path("redirect_uri", redirect),
-                trust_forwarded,
-            }
-        } else {
-            match p.url("redirect_uri", &redirect) {
-                Some(url) => {
-                    if url.path_and_query.contains('?') {
-                        p.add("redirect_uri", "must not have a query");
-                    }
-                    RedirectUri::Absolute(url)
-                }
-                None => RedirectUri::Path {
-                    path: String::new(),
-                    trust_forwarded,
-                },
-            }
-        };
+        let redirect_uri = check_redirect_uri(&mut p, raw.redirect_uri, &prefix, trust_forwarded);
         if redirect_uri.path() == login_path {
             p.add("redirect_uri", "must differ from login_path");
         }
-
-        let mut scopes = vec!["openid".to_string()];
-        for s in raw
-            .scopes
-            .unwrap_or_else(|| vec!["profile".into(), "email".into()])
-        {
-            if s.is_empty() || s.contains([' ', '"', '\\']) || !s.is_ascii() {
-                p.add(
-                    "scopes",
-                    format!("{s:?} is not a valid scope token (RFC 6749 §3.3)"),
-                );
-            } else if !scopes.contains(&s) {
-                scopes.push(s);
-            }
-        }
-
-        let post_login_url = raw.post_login_url.unwrap_or_else(|| "/".to_string());
-        if !post_login_url.starts_with('/') {
-            p.url("post_login_url", &post_login_url);
-        }
-
-        let rc = raw.cookie.unwrap_or_default();
-        let name = rc.name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_string());
-        if !is_cookie_name(&name) {
-            p.add(
-                "cookie.name",
-                "must be a valid cookie name (letters, digits, -_.!#$%&'*+^`|~)",
-            );
-        }
-        let secure = rc.secure.unwrap_or(true);
-        if !secure && (name.starts_with("__Host-") || name.starts_with("__Secure-")) {
-            p.add(
-                "cookie.secure",
-                "must be true for a __Host- or __Secure- cookie name",
-            );
-        }
-        let same_site = match rc.same_site.as_deref().unwrap_or("Lax") {
-            s if s.eq_ignore_ascii_case("lax") => SameSite::Lax,
-            s if s.eq_ignore_ascii_case("strict") => SameSite::Strict,
-            _ => {
-                // None would let other sites send the session along; the login callback
-                // needs Lax at least, and Strict breaks it (see README).
-                p.add("cookie.same_site", "must be \"Lax\" or \"Strict\"");
-                SameSite::Lax
-            }
-        };
-        let transaction_max_age = rc.transaction_max_age_s.unwrap_or(600);
-        if !(30..=3600).contains(&transaction_max_age) {
-            p.add(
-                "cookie.transaction_max_age_s",
-                "must be between 30 and 3600",
-            );
-        }
-
-        let keys = p
-            .secret("cookie_keys", raw.cookie_keys, DEFAULT_COOKIE_KEYS_ENV, env)
-            .and_then(|secret| match KeyRing::from_base64_list(secret.expose()) {
-                Ok(ring) => Some(ring),
-                Err(e) => {
-                    p.add("cookie_keys", e.to_string());
-                    None
-                }
-            });
-
-        let session_path = p.path(
-            "session_path",
-            raw.session_path
-                .unwrap_or_else(|| format!("{prefix}/session")),
-        );
-        let logout_path = p.path(
-            "logout_path",
-            raw.logout_path
-                .unwrap_or_else(|| format!("{prefix}/logout")),
-        );
-        for (field, path) in [
+        let scope = check_scopes(&mut p, raw.scopes);
+        let post_login_url = check_landing_url(&mut p, "post_login_url", raw.post_login_url);
+        let cookie = raw.cookie.unwrap_or_default().check(&mut p);
+        let keys = check_cookie_keys(&mut p, raw.cookie_keys, env);
+        let (session_path, logout_path) =
+            check_spa_paths(&mut p, raw.session_path, raw.logout_path, &prefix);
+        let post_logout_url = check_landing_url(&mut p, "post_logout_url", raw.post_logout_url);
+        let csrf = raw.csrf.unwrap_or_default().check(&mut p);
+        let rules = check_rules(&mut p, raw.rules, &prefix);
+        let claim_headers = check_claim_headers(&mut p, raw.claim_headers);
+        let own_paths = [
+            ("login_path", login_path.as_str()),
             ("session_path", &session_path),
             ("logout_path", &logout_path),
-        ] {
-            if !crate::url::is_under(path, &prefix) {
-                p.add(field, format!("must lie under the prefix {prefix}"));
-            }
-        }
-        let post_logout_url = raw.post_logout_url.unwrap_or_else(|| "/".to_string());
-        if !post_logout_url.starts_with('/') {
-            p.url("post_logout_url", &post_logout_url);
-        }
+            ("redirect_uri", redirect_uri.path()),
+        ];
+        let bypass = check_bypass(&mut p, raw.bypass, &own_paths);
+        let metrics_prefix = check_metrics_prefix(&mut p, raw.metrics_prefix);
+        let upstream_token = raw.upstream_token.unwrap_or_default().check(&mut p);
+        let session = raw.session.unwrap_or_default().check(&mut p);
 
-        let rc = raw.csrf.unwrap_or_default();
-        let csrf = Csrf {
-            header: rc
-                .header
-                .unwrap_or_else(|| "x-csrf".to_string())
-                .to_ascii_lowercase(),
-            value: rc.value.unwrap_or_else(|| "1".to_string()),
-            allowed_origins: rc.allowed_origins.unwrap_or_default(),
-        };
-        if !is_header_name(&csrf.header) {
-            p.add(
-                "csrf.header",
-                "must be a header name (letters, digits, '-', '_')",
-            );
-        }
-        if csrf.value.is_empty() || csrf.value.chars().any(|c| c.is_control()) {
-            p.add("csrf.value", "must be a non-empty header value");
-        }
-        for origin in &csrf.allowed_origins {
-            match AbsoluteUrl::parse(origin) {
-                Ok(u) if u.path_and_query == "/" && !origin.ends_with('/') => {}
-                _ => p.add(
-                    "csrf.allowed_origins",
-                    format!("{origin:?} is not an origin like https://app.example.com (no path, no trailing slash)"),
-                ),
-            }
-        }
-
-        let mut rules = Vec::new();
-        for (i, r) in raw.rules.unwrap_or_default().into_iter().enumerate() {
-            let field = format!("rules[{i}].prefix");
-            if !r.prefix.starts_with('/') || !crate::url::is_under(&r.prefix, &prefix) {
-                p.add(&field, format!("must be a path under the prefix {prefix}"));
-            }
-            if r.require.is_empty() {
-                p.add(
-                    &format!("rules[{i}].require"),
-                    "must name at least one claim",
-                );
-            }
-            rules.push(Rule {
-                prefix: r.prefix.trim_end_matches('/').to_string(),
-                require: r.require.into_iter().collect(),
-            });
-        }
-
-        let mut claim_headers = Vec::new();
-        for (claim, header) in raw.claim_headers.unwrap_or_default() {
-            let header = header.to_ascii_lowercase();
-            if !is_header_name(&header)
-                || matches!(
-                    header.as_str(),
-                    "cookie" | "host" | "authorization" | "content-length" | "transfer-encoding"
-                )
-            {
-                p.add("claim_headers", format!("{header:?} cannot carry a claim"));
-            }
-            claim_headers.push((claim, header));
-        }
-
-        let mut bypass = Vec::new();
-        for path in raw.bypass.unwrap_or_default() {
-            if !path.starts_with('/') || path.contains(['?', '#']) {
-                p.add(
-                    "bypass",
-                    format!("{path:?} must be a path starting with '/'"),
-                );
-            }
-            bypass.push(path.trim_end_matches('/').to_string());
-        }
-        for (field, path) in [
-            ("login_path", &login_path),
-            ("session_path", &session_path),
-            ("logout_path", &logout_path),
-            ("redirect_uri", &redirect_uri.path().to_string()),
-        ] {
-            if bypass.iter().any(|b| crate::url::is_under(path, b)) {
-                p.add("bypass", format!("must not cover {field} ({path})"));
-            }
-        }
-
-        let metrics_prefix = raw.metrics_prefix.unwrap_or_else(|| "bff".to_string());
-        if metrics_prefix.is_empty()
-            || !metrics_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.".contains(&b))
-        {
-            p.add("metrics_prefix", "must be letters, digits, '_' or '.'");
-        }
-
-        let rt = raw.upstream_token.unwrap_or_default();
-        let header = rt
-            .header
-            .unwrap_or_else(|| "authorization".to_string())
-            .to_ascii_lowercase();
-        if !is_header_name(&header) {
-            p.add(
-                "upstream_token.header",
-                "must be a header name (letters, digits, '-', '_')",
-            );
-        }
-        if matches!(
-            header.as_str(),
-            "cookie" | "host" | "content-length" | "transfer-encoding"
-        ) {
-            p.add(
-                "upstream_token.header",
-                format!("{header} cannot carry the token"),
-            );
-        }
-        let format = rt.format.unwrap_or_else(|| "Bearer {token}".to_string());
-        let (prefix_part, suffix_part) = match format.split_once("{token}") {
-            Some((a, b)) if !b.contains("{token}") => (a.to_string(), b.to_string()),
-            _ => {
-                p.add("upstream_token.format", "must contain {token} exactly once");
-                (String::new(), String::new())
-            }
-        };
-        if format.chars().any(|c| c.is_control()) {
-            p.add(
-                "upstream_token.format",
-                "must not contain control characters",
-            );
-        }
-
-        let rs = raw.session.unwrap_or_default();
-        let session = SessionLifetime {
-            max_lifetime: rs.max_lifetime_s.unwrap_or(8 * 3600),
-            inactivity_timeout: rs.inactivity_timeout_s.unwrap_or(3600),
-            refresh_leeway: rs.refresh_leeway_s.unwrap_or(60),
-        };
-        if !(60..=30 * 86_400).contains(&session.max_lifetime) {
-            p.add(
-                "session.max_lifetime_s",
-                "must be between 60 and 2592000 (30 days)",
-            );
-        }
-        if !(60..=session.max_lifetime.max(60)).contains(&session.inactivity_timeout) {
-            p.add(
-                "session.inactivity_timeout_s",
-                "must be between 60 and session.max_lifetime_s",
-            );
-        }
-        if session.refresh_leeway > 86_400 {
-            p.add("session.refresh_leeway_s", "must be at most 86400");
-        }
-
-        match (client_secret, keys) {
+        match (idp.client_secret, keys) {
             (Some(client_secret), Some(keys)) if p.0.is_empty() => Ok(Config {
-                issuer,
-                discovery,
-                metadata_refresh,
-                jwks_min_refetch,
-                endpoints,
-                idp_cluster,
-                idp_authority: raw.idp_authority,
-                idp_timeout: Duration::from_millis(idp_timeout_ms),
-                client_id,
+                issuer: idp.issuer,
+                discovery: idp.discovery,
+                metadata_refresh: idp.metadata_refresh,
+                jwks_min_refetch: idp.jwks_min_refetch,
+                endpoints: idp.endpoints,
+                idp_cluster: idp.cluster,
+                idp_authority: idp.authority,
+                idp_timeout: idp.timeout,
+                client_id: idp.client_id,
                 client_secret,
                 redirect_uri,
                 trust_forwarded,
-                scope: scopes.join(" "),
+                scope,
                 prefix,
                 login_path,
                 post_login_url,
-                cookie: CookieSettings {
-                    name,
-                    same_site,
-                    secure,
-                    transaction_max_age,
-                },
+                cookie,
                 keys,
-                upstream_token: TokenHeader {
-                    name: header,
-                    prefix: prefix_part,
-                    suffix: suffix_part,
-                },
+                upstream_token,
                 session,
                 session_path,
                 logout_path,
@@ -790,6 +525,425 @@ impl Config {
     /// The callback path the IdP redirects to.
     pub fn callback_path(&self) -> &str {
         self.redirect_uri.path()
+    }
+}
+
+/// The identity-provider fields of [`Config`], checked as one section.
+struct Idp {
+    issuer: String,
+    discovery: bool,
+    metadata_refresh: u64,
+    jwks_min_refetch: u64,
+    endpoints: Endpoints,
+    cluster: String,
+    authority: Option<String>,
+    timeout: Duration,
+    client_id: String,
+    client_secret: Option<Secret>,
+}
+
+impl RawConfig {
+    /// Checks the identity-provider fields. They are taken out of `self`, not moved, so that
+    /// `Config::check` can still move the other sections out afterwards.
+    fn idp(&mut self, p: &mut Problems, env: &dyn Fn(&str) -> Option<String>) -> Idp {
+        let issuer = p.required("issuer", self.issuer.take());
+        if !issuer.is_empty() {
+            p.url("issuer", &issuer);
+        }
+        let discovery = self.discovery.unwrap_or(true);
+        let endpoints = self.endpoints(p, discovery);
+        let jwks_min_refetch =
+            p.between("jwks_min_refetch_s", self.jwks_min_refetch_s, 60, 1..=3600);
+        let metadata_refresh = p.between(
+            "metadata_refresh_s",
+            self.metadata_refresh_s,
+            3600,
+            60..=86_400,
+        );
+        let cluster = p.required("idp_cluster", self.idp_cluster.take());
+        let timeout_ms = p.between("idp_timeout_ms", self.idp_timeout_ms, 5000, 100..=60_000);
+        let client_id = p.required("client_id", self.client_id.take());
+        let client_secret = p.secret(
+            "client_secret",
+            self.client_secret.take(),
+            DEFAULT_CLIENT_SECRET_ENV,
+            env,
+        );
+        Idp {
+            issuer,
+            discovery,
+            metadata_refresh,
+            jwks_min_refetch,
+            endpoints,
+            cluster,
+            authority: self.idp_authority.take(),
+            timeout: Duration::from_millis(timeout_ms),
+            client_id,
+            client_secret,
+        }
+    }
+
+    /// The endpoints fixed in the configuration; without discovery the ones every login
+    /// needs must all be given.
+    fn endpoints(&mut self, p: &mut Problems, discovery: bool) -> Endpoints {
+        let needed = !discovery;
+        let endpoints = Endpoints {
+            authorization: p.endpoint(
+                "authorization_endpoint",
+                self.authorization_endpoint.take(),
+                needed,
+            ),
+            token: p.endpoint("token_endpoint", self.token_endpoint.take(), needed),
+            jwks: p.endpoint("jwks_uri", self.jwks_uri.take(), needed),
+            end_session: p.endpoint(
+                "end_session_endpoint",
+                self.end_session_endpoint.take(),
+                false,
+            ),
+            revocation: p.endpoint(
+                "revocation_endpoint",
+                self.revocation_endpoint.take(),
+                false,
+            ),
+            signing_algs: self.id_token_signing_algs.take(),
+        };
+        if endpoints
+            .signing_algs
+            .as_ref()
+            .is_some_and(|a| a.is_empty())
+        {
+            p.add("id_token_signing_algs", "must name at least one algorithm");
+        }
+        endpoints
+    }
+}
+
+/// `prefix`: the protected path prefix, kept without a trailing slash (unless it is `/`).
+fn check_prefix(p: &mut Problems, raw: Option<String>) -> String {
+    let prefix = p.path("prefix", raw.unwrap_or_else(|| DEFAULT_PREFIX.to_string()));
+    if prefix.len() > 1 {
+        prefix.trim_end_matches('/').to_string()
+    } else {
+        prefix
+    }
+}
+
+fn check_login_path(p: &mut Problems, raw: Option<String>, prefix: &str) -> String {
+    let login_path = p.path(
+        "login_path",
+        raw.unwrap_or_else(|| format!("{prefix}/login")),
+    );
+    p.under_prefix("login_path", &login_path, prefix);
+    login_path
+}
+
+/// `redirect_uri`: an absolute URL without a query, or just a path.
+fn check_redirect_uri(
+    p: &mut Problems,
+    raw: Option<String>,
+    prefix: &str,
+    trust_forwarded: bool,
+) -> RedirectUri {
+    let redirect = raw.unwrap_or_else(|| format!("{prefix}/callback"));
+    if redirect.starts_with('/') {
+        return RedirectUri::Path {
+            path: p.path("redirect_uri", redirect),
+            trust_forwarded,
+        };
+    }
+    match p.url("redirect_uri", &redirect) {
+        Some(url) => {
+            if url.path_and_query.contains('?') {
+                p.add("redirect_uri", "must not have a query");
+            }
+            RedirectUri::Absolute(url)
+        }
+        None => RedirectUri::Path {
+            path: String::new(),
+            trust_forwarded,
+        },
+    }
+}
+
+/// `scopes`, as the space-separated `scope` parameter: `openid` first, each scope once.
+fn check_scopes(p: &mut Problems, raw: Option<Vec<String>>) -> String {
+    let mut scopes = vec!["openid".to_string()];
+    for s in raw.unwrap_or_else(|| vec!["profile".into(), "email".into()]) {
+        if s.is_empty() || s.contains([' ', '"', '\\']) || !s.is_ascii() {
+            p.add(
+                "scopes",
+                format!("{s:?} is not a valid scope token (RFC 6749 §3.3)"),
+            );
+        } else if !scopes.contains(&s) {
+            scopes.push(s);
+        }
+    }
+    scopes.join(" ")
+}
+
+/// Where the browser lands after login or logout: a local path or an absolute URL.
+fn check_landing_url(p: &mut Problems, field: &str, raw: Option<String>) -> String {
+    let url = raw.unwrap_or_else(|| "/".to_string());
+    if !url.starts_with('/') {
+        p.url(field, &url);
+    }
+    url
+}
+
+impl RawCookie {
+    fn check(self, p: &mut Problems) -> CookieSettings {
+        let name = self.name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_string());
+        if !is_cookie_name(&name) {
+            p.add(
+                "cookie.name",
+                "must be a valid cookie name (letters, digits, -_.!#$%&'*+^`|~)",
+            );
+        }
+        let secure = self.secure.unwrap_or(true);
+        if !secure && (name.starts_with("__Host-") || name.starts_with("__Secure-")) {
+            p.add(
+                "cookie.secure",
+                "must be true for a __Host- or __Secure- cookie name",
+            );
+        }
+        let same_site = match self.same_site.as_deref().unwrap_or("Lax") {
+            s if s.eq_ignore_ascii_case("lax") => SameSite::Lax,
+            s if s.eq_ignore_ascii_case("strict") => SameSite::Strict,
+            _ => {
+                // None would let other sites send the session along; the login callback
+                // needs Lax at least, and Strict breaks it (see README).
+                p.add("cookie.same_site", "must be \"Lax\" or \"Strict\"");
+                SameSite::Lax
+            }
+        };
+        let transaction_max_age = p.between(
+            "cookie.transaction_max_age_s",
+            self.transaction_max_age_s,
+            600,
+            30..=3600,
+        );
+        CookieSettings {
+            name,
+            same_site,
+            secure,
+            transaction_max_age,
+        }
+    }
+}
+
+fn check_cookie_keys(
+    p: &mut Problems,
+    raw: Option<RawSecret>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<KeyRing> {
+    let secret = p.secret("cookie_keys", raw, DEFAULT_COOKIE_KEYS_ENV, env)?;
+    match KeyRing::from_base64_list(secret.expose()) {
+        Ok(ring) => Some(ring),
+        Err(e) => {
+            p.add("cookie_keys", e.to_string());
+            None
+        }
+    }
+}
+
+/// `session_path` and `logout_path`: the SPA's endpoints, both under the prefix.
+fn check_spa_paths(
+    p: &mut Problems,
+    session: Option<String>,
+    logout: Option<String>,
+    prefix: &str,
+) -> (String, String) {
+    let session_path = p.path(
+        "session_path",
+        session.unwrap_or_else(|| format!("{prefix}/session")),
+    );
+    let logout_path = p.path(
+        "logout_path",
+        logout.unwrap_or_else(|| format!("{prefix}/logout")),
+    );
+    p.under_prefix("session_path", &session_path, prefix);
+    p.under_prefix("logout_path", &logout_path, prefix);
+    (session_path, logout_path)
+}
+
+impl RawCsrf {
+    fn check(self, p: &mut Problems) -> Csrf {
+        let csrf = Csrf {
+            header: self
+                .header
+                .unwrap_or_else(|| "x-csrf".to_string())
+                .to_ascii_lowercase(),
+            value: self.value.unwrap_or_else(|| "1".to_string()),
+            allowed_origins: self.allowed_origins.unwrap_or_default(),
+        };
+        if !is_header_name(&csrf.header) {
+            p.add(
+                "csrf.header",
+                "must be a header name (letters, digits, '-', '_')",
+            );
+        }
+        if csrf.value.is_empty() || csrf.value.chars().any(|c| c.is_control()) {
+            p.add("csrf.value", "must be a non-empty header value");
+        }
+        for origin in &csrf.allowed_origins {
+            match AbsoluteUrl::parse(origin) {
+                Ok(u) if u.path_and_query == "/" && !origin.ends_with('/') => {}
+                _ => p.add(
+                    "csrf.allowed_origins",
+                    format!("{origin:?} is not an origin like https://app.example.com (no path, no trailing slash)"),
+                ),
+            }
+        }
+        csrf
+    }
+}
+
+fn check_rules(p: &mut Problems, raw: Option<Vec<RawRule>>, prefix: &str) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for (i, r) in raw.unwrap_or_default().into_iter().enumerate() {
+        if !r.prefix.starts_with('/') || !crate::url::is_under(&r.prefix, prefix) {
+            p.add(
+                &format!("rules[{i}].prefix"),
+                format!("must be a path under the prefix {prefix}"),
+            );
+        }
+        if r.require.is_empty() {
+            p.add(
+                &format!("rules[{i}].require"),
+                "must name at least one claim",
+            );
+        }
+        rules.push(Rule {
+            prefix: r.prefix.trim_end_matches('/').to_string(),
+            require: r.require.into_iter().collect(),
+        });
+    }
+    rules
+}
+
+fn check_claim_headers(
+    p: &mut Problems,
+    raw: Option<BTreeMap<String, String>>,
+) -> Vec<(String, String)> {
+    let mut claim_headers = Vec::new();
+    for (claim, header) in raw.unwrap_or_default() {
+        let header = header.to_ascii_lowercase();
+        if !is_header_name(&header)
+            || matches!(
+                header.as_str(),
+                "cookie" | "host" | "authorization" | "content-length" | "transfer-encoding"
+            )
+        {
+            p.add("claim_headers", format!("{header:?} cannot carry a claim"));
+        }
+        claim_headers.push((claim, header));
+    }
+    claim_headers
+}
+
+/// `bypass`: path prefixes passed through untouched. They must not cover the filter's own
+/// paths (`(field, path)` pairs), which would then never reach it.
+fn check_bypass(
+    p: &mut Problems,
+    raw: Option<Vec<String>>,
+    own_paths: &[(&str, &str)],
+) -> Vec<String> {
+    let mut bypass = Vec::new();
+    for path in raw.unwrap_or_default() {
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            p.add(
+                "bypass",
+                format!("{path:?} must be a path starting with '/'"),
+            );
+        }
+        bypass.push(path.trim_end_matches('/').to_string());
+    }
+    for (field, path) in own_paths {
+        if bypass.iter().any(|b| crate::url::is_under(path, b)) {
+            p.add("bypass", format!("must not cover {field} ({path})"));
+        }
+    }
+    bypass
+}
+
+fn check_metrics_prefix(p: &mut Problems, raw: Option<String>) -> String {
+    let metrics_prefix = raw.unwrap_or_else(|| "bff".to_string());
+    if metrics_prefix.is_empty()
+        || !metrics_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.".contains(&b))
+    {
+        p.add("metrics_prefix", "must be letters, digits, '_' or '.'");
+    }
+    metrics_prefix
+}
+
+impl RawUpstreamToken {
+    fn check(self, p: &mut Problems) -> TokenHeader {
+        let name = self
+            .header
+            .unwrap_or_else(|| "authorization".to_string())
+            .to_ascii_lowercase();
+        if !is_header_name(&name) {
+            p.add(
+                "upstream_token.header",
+                "must be a header name (letters, digits, '-', '_')",
+            );
+        }
+        if matches!(
+            name.as_str(),
+            "cookie" | "host" | "content-length" | "transfer-encoding"
+        ) {
+            p.add(
+                "upstream_token.header",
+                format!("{name} cannot carry the token"),
+            );
+        }
+        let format = self.format.unwrap_or_else(|| "Bearer {token}".to_string());
+        let (prefix, suffix) = match format.split_once("{token}") {
+            Some((a, b)) if !b.contains("{token}") => (a.to_string(), b.to_string()),
+            _ => {
+                p.add("upstream_token.format", "must contain {token} exactly once");
+                (String::new(), String::new())
+            }
+        };
+        if format.chars().any(|c| c.is_control()) {
+            p.add(
+                "upstream_token.format",
+                "must not contain control characters",
+            );
+        }
+        TokenHeader {
+            name,
+            prefix,
+            suffix,
+        }
+    }
+}
+
+impl RawSession {
+    fn check(self, p: &mut Problems) -> SessionLifetime {
+        let session = SessionLifetime {
+            max_lifetime: self.max_lifetime_s.unwrap_or(8 * 3600),
+            inactivity_timeout: self.inactivity_timeout_s.unwrap_or(3600),
+            refresh_leeway: self.refresh_leeway_s.unwrap_or(60),
+        };
+        if !(60..=30 * 86_400).contains(&session.max_lifetime) {
+            p.add(
+                "session.max_lifetime_s",
+                "must be between 60 and 2592000 (30 days)",
+            );
+        }
+        if !(60..=session.max_lifetime.max(60)).contains(&session.inactivity_timeout) {
+            p.add(
+                "session.inactivity_timeout_s",
+                "must be between 60 and session.max_lifetime_s",
+            );
+        }
+        if session.refresh_leeway > 86_400 {
+            p.add("session.refresh_leeway_s", "must be at most 86400");
+        }
+        session
     }
 }
 
