@@ -129,11 +129,11 @@ def wait_envoy_ready(envoy, timeout: float = 30.0) -> None:
             r = requests.get(f"http://127.0.0.1:{ADMIN_PORT}/ready", timeout=1)
             if r.status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except requests.RequestException:
+            pass  # not listening yet, or too busy to answer within the try: retry to the deadline
         time.sleep(0.1)
-    raise ProcessStartError(f"envoy not ready within {timeout}s; log {envoy.log_path}:\n"
-                            f"{envoy.output()}")
+    raise ProcessStartError(f"envoy not ready within {timeout}s (admin /ready on port {ADMIN_PORT} "
+                            f"did not answer 200); log {envoy.log_path}:\n{envoy.output()}")
 
 
 def real_idp() -> dict | None:
