@@ -4,31 +4,24 @@ served and Envoy logs no wasm failure). Many cases live beside the feature they 
 (test_faults.py: cookies, callbacks, the token endpoint; test_lifecycle.py: forged ID tokens;
 test_flow.py: return_to; test_spa.py: CSRF, logout, forged identity headers); these are the rest."""
 
-import sys
 import time
 
 import pytest
 import requests
 
-from conftest import CLIENT_SECRET
-from harness.envoy import Browser, filter_config, query_of, start_envoy
-from harness.idp import BIG_PASSWORD, BIG_USER, start_idp
-from harness.procs import REPO, free_port
-from harness.upstream import start_echo
+from harness import SESSION
+from harness.envoy import Browser, discovery_only, query_of, start_envoy
+from harness.idp import BIG_PASSWORD, BIG_USER
+from harness.stack import start_stack
+from harness.upstream import start_echo, start_faulty_idp
 
-SESSION = "__Host-bff-session"
 API = {"Accept": "application/json", "X-CSRF": "1", "Sec-Fetch-Mode": "cors"}
 
 
 @pytest.fixture(scope="module")
 def stack(procs):
-    port = free_port()
-    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
-                    post_logout_redirect_uris=[f"http://127.0.0.1:{port}/"])
-    envoy = start_envoy(procs, filter_config(idp.issuer, authorization_endpoint=None, token_endpoint=None),
-                        start_echo(procs), idp.port, client_secret=CLIENT_SECRET, port=port,
-                        name="envoy-attacks")
-    return idp, envoy
+    stack = start_stack(procs, discovery_only, name="envoy-attacks")
+    return stack.idp, stack.envoy
 
 
 def still_serving(envoy, browser=None):
@@ -104,13 +97,10 @@ def test_logout_never_redirects_where_the_request_asks(stack):
 
 @pytest.fixture(scope="module")
 def bad_discovery(procs):
-    port = free_port()
-    procs.start("faulty-discovery", [sys.executable, REPO / "tests/upstream/faulty_idp.py",
-                                     "--port", port], ready_line_prefix="FAULTY READY")
+    port = start_faulty_idp(procs, name="faulty-discovery")
     issuer = f"http://127.0.0.1:{port}"
-    envoy = start_envoy(procs, filter_config(issuer, authorization_endpoint=None, token_endpoint=None,
-                                             idp_timeout_ms=1000),
-                        start_echo(procs), port, client_secret=CLIENT_SECRET, name="envoy-bad-discovery")
+    envoy = start_envoy(procs, discovery_only(issuer, idp_timeout_ms=1000), start_echo(procs), port,
+                        name="envoy-bad-discovery")
     return envoy, issuer
 
 

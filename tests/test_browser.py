@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from harness.demo_api import start_demo_api
-from harness.envoy import filter_config, start_envoy
-from harness.idp import DEFAULT_PASSWORD, DEFAULT_USER, start_idp
-from harness.procs import ARTIFACTS, REPO, free_port
+from harness.envoy import discovery_only
+from harness.idp import DEFAULT_PASSWORD, DEFAULT_USER
+from harness.procs import ARTIFACTS, REPO
+from harness.stack import start_stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 WALK = REPO / "tests" / "browser" / "walk.mjs"
@@ -64,18 +65,12 @@ def require_browser() -> None:
 def walk(procs) -> dict:
     """Start the IdP, the demo API and Envoy, walk the SPA once, return walk.mjs's results."""
     require_browser()
-    envoy_port = free_port()
     # The app is reached as http://localhost:<port>, as in the demo: the callback and the
-    # post-logout URL the IdP accepts must name that host.
-    app = f"http://localhost:{envoy_port}"
-    idp = start_idp(procs, [f"{app}/private/callback"], post_logout_redirect_uris=[f"{app}/"])
-    api_port = start_demo_api(procs)
-    envoy = start_envoy(procs, filter_config(
-        idp.issuer,
-        # From discovery, as the shipped config does (filter_config names /auth and /token).
-        authorization_endpoint=None, token_endpoint=None,
-        claim_headers={"sub": "x-user-sub", "email": "x-user-email"},
-    ), api_port, idp.port, port=envoy_port)
+    # post-logout URL the IdP accepts must name that host. The endpoints come from discovery,
+    # as the shipped config does (filter_config names /auth and /token).
+    envoy = start_stack(procs, discovery_only, upstream_port=start_demo_api(procs), host="localhost",
+                        claim_headers={"sub": "x-user-sub", "email": "x-user-email"}).envoy
+    app = f"http://localhost:{envoy.port}"
 
     started = time.monotonic()
     proc = procs.start("walk", ["node", WALK, "--app", f"{app}/", "--user", DEFAULT_USER,

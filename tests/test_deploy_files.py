@@ -20,7 +20,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,10 +27,9 @@ import pytest
 import requests
 import yaml
 
+from harness.envoy import ENVOY_BIN, SECRETS, WASM, run_envoy
 from harness.procs import REPO, free_port
 
-ENVOY_BIN = REPO / ".venv" / "bin" / "envoy"
-WASM = REPO / "target" / "wasm32-wasip1" / "release" / "envoy_bff.wasm"
 COMPOSE = REPO / "docker-compose.yml"
 ENVOY_YAMLS = sorted((REPO / "envoy").glob("*.yaml"))
 CORS_EXAMPLE = REPO / "envoy" / "envoy.cors-example.yaml"
@@ -45,10 +43,6 @@ TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Upstre
 
 # The filter's defaults for client_secret and cookie_keys (src/config.rs).
 SECRET_ENV = {"BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS"}
-SECRETS = {
-    "BFF_CLIENT_SECRET": "validate-only",
-    "BFF_COOKIE_KEYS": base64.b64encode(bytes(range(32))).decode(),
-}
 
 
 # --- reading the files ---------------------------------------------------------------------
@@ -456,27 +450,12 @@ def runnable_cors_example(listen_port: int, admin_port: int, dead_port: int) -> 
     return bootstrap
 
 
-def test_cors_example_answers_preflights_before_the_filter(procs, tmp_path):
+def test_cors_example_answers_preflights_before_the_filter(procs):
     require_wasm()
     # Port 9: below the range the OS hands out, so it cannot become Envoy's own port.
     listen_port, admin_port, dead_port = free_port(), free_port(), 9
-    config_path = tmp_path / "cors-example-loopback.json"
-    config_path.write_text(json.dumps(runnable_cors_example(listen_port, admin_port, dead_port)))
-    envoy = procs.start("envoy-cors", [ENVOY_BIN, "-c", config_path, "--concurrency", 1,
-                                       "--disable-hot-restart", "--log-level", "warn"],
-                        env=SECRETS)
-    deadline = time.monotonic() + 30
-    while True:
-        if not envoy.running():
-            time.sleep(0.5)  # let the log pumps catch up
-            pytest.fail(f"envoy exited:\n{envoy.output()[-4000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{admin_port}/ready", timeout=1).ok:
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, f"envoy not ready:\n{envoy.output()[-4000:]}"
-        time.sleep(0.1)
+    run_envoy(procs, runnable_cors_example(listen_port, admin_port, dead_port), "envoy-cors",
+              env=SECRETS, concurrency=1, log_args=("--log-level", "warn"))
 
     base = f"http://127.0.0.1:{listen_port}"
     app = "https://app.example.com"

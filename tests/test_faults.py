@@ -5,20 +5,18 @@ error page or JSON, never a session, never a dead VM."""
 import base64
 import hashlib
 import http.client
-import sys
 import time
 
 import pytest
 import requests
 
-from conftest import CLIENT_SECRET, Stack
+from harness import CLIENT_SECRET, SESSION
 from harness.envoy import (IDP_IDLE_TIMEOUT_S, KEY_B, Browser, filter_config, query_of, set_cookies,
                            start_envoy)
 from harness.idp import start_idp
-from harness.procs import REPO, free_port
-from harness.upstream import start_echo
-
-SESSION = "__Host-bff-session"
+from harness.procs import free_port
+from harness.stack import Stack
+from harness.upstream import start_echo, start_faulty_idp
 
 
 @pytest.fixture(scope="module")
@@ -26,25 +24,20 @@ def two_envoys(procs):
     """Two Envoys on one IdP, each with its own cookie key: B's cookies are foreign to A."""
     echo = start_echo(procs)
     port_a, port_b = free_port(), free_port()
-    idp = start_idp(procs, [f"http://127.0.0.1:{p}/private/callback" for p in (port_a, port_b)],
-                    client_secret=CLIENT_SECRET)
+    idp = start_idp(procs, [f"http://127.0.0.1:{p}/private/callback" for p in (port_a, port_b)])
     config = filter_config(idp.issuer)
-    a = start_envoy(procs, config, echo, idp.port, client_secret=CLIENT_SECRET, port=port_a, name="envoy-a")
-    b = start_envoy(procs, config, echo, idp.port, client_secret=CLIENT_SECRET, port=port_b,
-                    cookie_keys=KEY_B, name="envoy-b")
+    a = start_envoy(procs, config, echo, idp.port, port=port_a, name="envoy-a")
+    b = start_envoy(procs, config, echo, idp.port, port=port_b, cookie_keys=KEY_B, name="envoy-b")
     return Stack(idp, a, echo), b
 
 
 @pytest.fixture(scope="module")
 def faulty(procs):
     """An Envoy whose token endpoint is the fault server."""
-    port = free_port()
-    procs.start("faulty-idp", [sys.executable, REPO / "tests/upstream/faulty_idp.py", "--port", port],
-                ready_line_prefix="FAULTY READY")
+    port = start_faulty_idp(procs)
     issuer = f"http://127.0.0.1:{port}"
     config = filter_config(issuer, idp_timeout_ms=1000, discovery=False, jwks_uri=f"{issuer}/jwks")
-    envoy = start_envoy(procs, config, start_echo(procs), port, client_secret=CLIENT_SECRET,
-                        name="envoy-faulty")
+    envoy = start_envoy(procs, config, start_echo(procs), port, name="envoy-faulty")
     return envoy, issuer
 
 
@@ -233,7 +226,7 @@ def test_no_secret_or_token_in_envoy_logs(two_envoys):
 
 def test_an_idp_cluster_envoy_does_not_know_gives_503(procs):
     envoy = start_envoy(procs, filter_config("http://127.0.0.1:1", idp_cluster="no-such-cluster"),
-                        upstream_port=1, idp_port=1, client_secret=CLIENT_SECRET, name="envoy-nocluster")
+                        upstream_port=1, idp_port=1, name="envoy-nocluster")
     r = Browser(envoy).get("/private/login", navigate=False)
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "5"

@@ -6,11 +6,10 @@ import re
 
 import requests
 
-from conftest import CLIENT_SECRET
-from harness.envoy import Browser, query_of, set_cookies
-from harness.idp import jwt_parts, login_at_idp
-
-SESSION = "__Host-bff-session"
+from harness import SESSION
+from harness.envoy import Browser, filter_config, query_of, set_cookies, start_envoy
+from harness.idp import jwt_parts, login_at_idp, start_idp
+from harness.upstream import start_echo
 
 
 def upstream_view(response) -> dict:
@@ -184,16 +183,11 @@ LB = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example.com"}
 def test_behind_a_load_balancer_with_the_seeds_header(procs):
     """The seed's deployment: TLS ends at a load balancer, the SPA lives on another origin
     (FRONT_URL), and the API expects the token in `oidc_access_token` (mod_auth_openidc)."""
-    from harness.envoy import filter_config, start_envoy
-    from harness.idp import start_idp
-    from harness.upstream import start_echo
-
-    idp = start_idp(procs, ["https://app.example.com/private/callback"], client_secret=CLIENT_SECRET)
+    idp = start_idp(procs, ["https://app.example.com/private/callback"])
     config = filter_config(idp.issuer, redirect_uri="/private/callback", trust_forwarded_headers=True,
                            post_login_url="https://front.example.com/",
                            upstream_token={"header": "oidc_access_token", "format": "{token}"})
-    envoy = start_envoy(procs, config, start_echo(procs), idp.port, client_secret=CLIENT_SECRET,
-                        name="envoy-lb", edge=False)
+    envoy = start_envoy(procs, config, start_echo(procs), idp.port, name="envoy-lb", edge=False)
     b = Browser(envoy)
     start = b.get("/private/login", headers=LB)
     assert query_of(start.headers["Location"])["redirect_uri"] == "https://app.example.com/private/callback"
@@ -214,11 +208,8 @@ def test_forwarded_headers_are_ignored_unless_trusted(stack):
 
 
 def test_an_absolute_redirect_uri_is_used_as_configured(procs, stack):
-    from harness.envoy import filter_config, start_envoy
-
     config = filter_config(stack.idp.issuer, redirect_uri="https://bff.example.com/auth/cb")
-    envoy = start_envoy(procs, config, stack.echo_port, stack.idp.port, client_secret=CLIENT_SECRET,
-                        name="envoy-absolute")
+    envoy = start_envoy(procs, config, stack.echo_port, stack.idp.port, name="envoy-absolute")
     r = Browser(envoy).get("/private/login", headers=LB)
     assert query_of(r.headers["Location"])["redirect_uri"] == "https://bff.example.com/auth/cb"
     # The callback is the configured path, even outside the prefix: the filter answers it.

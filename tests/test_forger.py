@@ -13,28 +13,18 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from harness import jws
+from harness import CLIENT_ID, CLIENT_SECRET, jws
 from harness.forger import MODES, POLICY_MODES, VALID_MODES, forged_login, start_forger
 from harness.idp import basic_auth, pkce_pair
-from harness.procs import REPO, ProcessGroup
+from harness.procs import REPO
 
-CLIENT_ID = "bff"
-# Needs RFC 6749 §2.3.1 form-encoding, as in the other tests: the forger decodes it.
-CLIENT_SECRET = "s3cr:t/with %chars+"
 # Nothing listens here: the forger only redirects to it, and we never follow.
 REDIRECT_URI = "http://127.0.0.1:9/private/callback"
 
 
 @pytest.fixture(scope="module")
-def procs(request):
-    group = ProcessGroup()
-    request.addfinalizer(group.stop_all)
-    return group
-
-
-@pytest.fixture(scope="module")
 def forger(procs):
-    return start_forger(procs, client_secret=CLIENT_SECRET)
+    return start_forger(procs)
 
 
 @pytest.fixture(scope="module")
@@ -309,12 +299,11 @@ def test_counts_every_token_request(forger):
     assert after["discovery_calls"] == before["discovery_calls"] + 1
 
 
-def test_sigterm_exits_cleanly():
-    with ProcessGroup() as group:
-        other = start_forger(group)
-        assert other.token_calls() == 0
-        assert other.process.stop() == 0
-        assert "Traceback" not in other.process.output()
+def test_sigterm_exits_cleanly(procs):
+    other = start_forger(procs)
+    assert other.token_calls() == 0
+    assert other.process.stop() == 0
+    assert "Traceback" not in other.process.output()
 
 
 class StubBrowser:

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from harness import jws
+from harness import CLIENT_SECRET, jws
 from harness.idp import (
     BIG_PASSWORD,
     BIG_USER,
@@ -27,19 +27,7 @@ from harness.idp import (
     pkce_pair,
     start_idp,
 )
-from harness.procs import ProcessGroup, ProcessStartError
-
-# A secret with the characters RFC 6749 §2.3.1 form-encoding changes (':' '/' '%' '+' and a
-# space, which becomes '+'), and whose encoded "bff:<secret>" needs base64 padding ("==").
-CLIENT_SECRET = "s3cr:t/with %chars+"
-
-
-@pytest.fixture(scope="module")
-def procs(request):
-    group = ProcessGroup()
-    request.addfinalizer(group.stop_all)
-    return group
-
+from harness.procs import ProcessStartError
 
 # The client's port: nothing listens there, the IdP only ever redirects to it and we never
 # follow. Not a free port picked at random: the IdP started next could get that very port, and

@@ -8,31 +8,19 @@ import time
 import pytest
 import requests
 
-from conftest import CLIENT_SECRET
-from harness.envoy import KEY_A, KEY_B, Browser, filter_config, set_cookies, start_envoy
+from harness import SESSION
+from harness.envoy import KEY_A, KEY_B, Browser, discovery_only, set_cookies, start_envoy
 from harness.forger import MODES, forged_login, start_forger
 from harness.idp import BIG_PASSWORD, BIG_USER, start_idp
 from harness.procs import free_port
+from harness.stack import start_stack
 from harness.upstream import start_echo
 
-SESSION = "__Host-bff-session"
 
-
-def discovery_only(issuer: str, **overrides) -> dict:
-    """A config with nothing about the IdP but its issuer (and the cluster to reach it)."""
-    config = filter_config(issuer, authorization_endpoint=None, token_endpoint=None)
-    config.update(overrides)
-    return config
-
-
-def start(procs, idp_env=None, keys=KEY_A, name="envoy", **config):
+def start(procs, **kw):
     """An IdP and an Envoy (discovery only) in front of a fresh echo upstream."""
-    port = free_port()
-    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
-                    env_overrides=idp_env or {})
-    envoy = start_envoy(procs, discovery_only(idp.issuer, **config), start_echo(procs), idp.port,
-                        client_secret=CLIENT_SECRET, port=port, cookie_keys=keys, name=name)
-    return idp, envoy
+    stack = start_stack(procs, discovery_only, **kw)
+    return stack.idp, stack.envoy
 
 
 def token_upstream(browser) -> str:
@@ -55,9 +43,9 @@ def test_a_login_with_each_signing_algorithm(procs, alg):
 
 @pytest.fixture(scope="module")
 def forger_envoy(procs):
-    forger = start_forger(procs, client_secret=CLIENT_SECRET)
+    forger = start_forger(procs)
     envoy = start_envoy(procs, discovery_only(forger.issuer), start_echo(procs), forger.port,
-                        client_secret=CLIENT_SECRET, name="envoy-forger")
+                        name="envoy-forger")
     return forger, envoy
 
 
@@ -94,14 +82,14 @@ def test_rotated_idp_keys_are_fetched_on_an_unknown_kid(procs, tmp_path):
     not seen, so it reads the JWKS again (allowed once a second here) and the login works."""
     port = free_port()
     idp_port = free_port()
-    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
-                    port=idp_port, env_overrides={"IDP_KEY_ID_PREFIX": "before-"})
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], port=idp_port,
+                    env_overrides={"IDP_KEY_ID_PREFIX": "before-"})
     envoy = start_envoy(procs, discovery_only(idp.issuer, jwks_min_refetch_s=1), start_echo(procs),
-                        idp_port, client_secret=CLIENT_SECRET, port=port, name="envoy-rotation")
+                        idp_port, port=port, name="envoy-rotation")
     assert Browser(envoy).login().status_code == 302
     idp.process.stop()
-    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
-                    port=idp_port, env_overrides={"IDP_KEY_ID_PREFIX": "after-"})
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], port=idp_port,
+                    env_overrides={"IDP_KEY_ID_PREFIX": "after-"})
     time.sleep(1.1)
     r = Browser(envoy).login()
     assert r.status_code == 302, r.text
@@ -111,8 +99,7 @@ def test_rotated_idp_keys_are_fetched_on_an_unknown_kid(procs, tmp_path):
 def test_idp_down_then_up_recovers_without_restarting_envoy(procs):
     port, idp_port = free_port(), free_port()
     envoy = start_envoy(procs, discovery_only(f"http://127.0.0.1:{idp_port}", idp_timeout_ms=1000),
-                        start_echo(procs), idp_port, client_secret=CLIENT_SECRET, port=port,
-                        name="envoy-idp-down")
+                        start_echo(procs), idp_port, port=port, name="envoy-idp-down")
     r = requests.get(envoy.url("/private/login"), headers={"Sec-Fetch-Mode": "navigate"},
                      allow_redirects=False, timeout=10)
     assert r.status_code == 503
@@ -120,8 +107,7 @@ def test_idp_down_then_up_recovers_without_restarting_envoy(procs):
     assert "identity provider" in r.text
     api = requests.get(envoy.url("/private/api"), headers={"Accept": "application/json", "X-CSRF": "1"}, timeout=10)
     assert api.status_code == 401, "an API call without a session needs no IdP"
-    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
-                    port=idp_port)
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], port=idp_port)
     deadline = time.monotonic() + 15
     while True:
         r = requests.get(envoy.url("/private/login"), allow_redirects=False, timeout=10,
@@ -282,15 +268,13 @@ def test_an_unreachable_idp_lets_requests_go_on_with_the_current_token(procs):
 
 def test_cookie_key_rotation_keeps_old_sessions_alive(procs):
     port_old, port_new = free_port(), free_port()
-    idp = start_idp(procs, [f"http://127.0.0.1:{p}/private/callback" for p in (port_old, port_new)],
-                    client_secret=CLIENT_SECRET)
+    idp = start_idp(procs, [f"http://127.0.0.1:{p}/private/callback" for p in (port_old, port_new)])
     echo = start_echo(procs)
     # The new instance rolls out with a new first key; the old key still opens.
-    old = start_envoy(procs, discovery_only(idp.issuer), echo, idp.port, client_secret=CLIENT_SECRET,
-                      port=port_old, cookie_keys=KEY_A, name="envoy-old-key")
+    old = start_envoy(procs, discovery_only(idp.issuer), echo, idp.port, port=port_old,
+                      cookie_keys=KEY_A, name="envoy-old-key")
     new = start_envoy(procs, discovery_only(idp.issuer, session={"refresh_leeway_s": 3600}), echo,
-                      idp.port, client_secret=CLIENT_SECRET, port=port_new,
-                      cookie_keys=f"{KEY_B},{KEY_A}", name="envoy-new-key")
+                      idp.port, port=port_new, cookie_keys=f"{KEY_B},{KEY_A}", name="envoy-new-key")
     b = Browser(old)
     b.login()
     sealed_old = b.jar[SESSION]

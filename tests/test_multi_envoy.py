@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from conftest import CLIENT_SECRET
-from harness.envoy import KEY_A, KEY_B, Envoy, filter_config, query_of, set_cookies, start_envoy
+from harness import SESSION
+from harness.envoy import KEY_A, KEY_B, Envoy, discovery_only, query_of, set_cookies, start_envoy
 from harness.idp import Idp, login_at_idp, start_idp
 from harness.lb import INTERNAL_HOST, LoadBalancer, SteeredBrowser, start_lb
 from harness.procs import ProcessGroup, free_port
 from harness.upstream import start_echo
 
-SESSION = "__Host-bff-session"
 LEEWAY_S = 60  # the filter's default session.refresh_leeway_s
 
 
@@ -49,8 +48,7 @@ class Deployment:
 
     def start_bff(self, name: str, keys: str, port: int | None = None) -> Envoy:
         envoy = start_envoy(self.procs, self.config, self.echo_port, self.idp.port,
-                            client_secret=CLIENT_SECRET, cookie_keys=keys, port=port,
-                            name=f"envoy-{name}", edge=False)
+                            cookie_keys=keys, port=port, name=f"envoy-{name}", edge=False)
         self.bffs[name], self.keys[name] = envoy, keys
         return envoy
 
@@ -73,10 +71,8 @@ def deploy(procs, access_token_ttl: int, keys_a: str = KEY_A, keys_b: str = KEY_
     lb_port = free_port()
     idp = start_idp(procs, [f"http://127.0.0.1:{lb_port}/private/callback"],
                     post_logout_redirect_uris=[f"http://127.0.0.1:{lb_port}/"],
-                    client_secret=CLIENT_SECRET,
                     env_overrides={"IDP_ACCESS_TOKEN_TTL": str(access_token_ttl)})
-    config = filter_config(idp.issuer, authorization_endpoint=None, token_endpoint=None,
-                           trust_forwarded_headers=True)
+    config = discovery_only(idp.issuer, trust_forwarded_headers=True)
     d = Deployment(procs=procs, idp=idp, echo_port=start_echo(procs), config=config)
     d.start_bff("a", keys_a)
     d.start_bff("b", keys_b)

@@ -4,7 +4,6 @@ file agrees with them, and `scripts/demo --check` logs in through the demo end t
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -16,19 +15,13 @@ import time
 import pytest
 import yaml
 
+from harness.envoy import ENVOY_BIN, SECRETS, WASM
 from harness.procs import REPO
 
-ENVOY_BIN = REPO / ".venv" / "bin" / "envoy"
-WASM = REPO / "target" / "wasm32-wasip1" / "release" / "envoy_bff.wasm"
 ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
 COMPOSE_ENVOY_YAML = REPO / "envoy" / "envoy.compose.yaml"
 COMPOSE = REPO / "docker-compose.yml"
 DEMO_PORTS = (8080, 8081, 9000, 9901)
-
-SECRETS = {
-    "BFF_CLIENT_SECRET": "validate-only",
-    "BFF_COOKIE_KEYS": base64.b64encode(bytes(range(32))).decode(),
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -179,26 +172,21 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_demo_logs_in_end_to_end_and_stops_everything():
+def test_demo_logs_in_end_to_end_and_stops_everything(procs):
     taken = [p for p in DEMO_PORTS if busy(p)]
     if taken:
         pytest.skip(f"the demo needs fixed ports {DEMO_PORTS}; in use: {taken} "
                     "(a demo already running?)")
     started = time.monotonic()
-    demo = subprocess.Popen([str(REPO / "scripts" / "demo"), "--check"], cwd=REPO,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    demo = procs.start("demo", [REPO / "scripts" / "demo", "--check"])
     try:
-        output, _ = demo.communicate(timeout=300)
+        demo.popen.wait(timeout=300)
     except subprocess.TimeoutExpired:
         # SIGTERM lets the runner stop its children by PID before it exits.
-        demo.send_signal(signal.SIGTERM)
-        output, _ = demo.communicate(timeout=60)
-        pytest.fail(f"scripts/demo --check did not finish in 300s:\n{output}")
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.wait()
+        demo.stop(grace=60)
+        pytest.fail(f"scripts/demo --check did not finish in 300s:\n{demo.output()}")
+    demo.stop()  # already exited: collects its output
+    output = demo.output()
     elapsed = time.monotonic() - started
 
     children = {int(pid): name for name, pid in
@@ -207,7 +195,7 @@ def test_demo_logs_in_end_to_end_and_stops_everything():
     for pid in leaked:  # last resort, still by PID, so the next test run finds ports free
         os.kill(pid, signal.SIGKILL)
 
-    assert demo.returncode == 0, output
+    assert demo.popen.returncode == 0, output
     assert "OK" in output.splitlines(), output
     assert set(children.values()) == {"IdP", "API", "Envoy"}, output
     assert not leaked, f"left running: {[children[p] for p in leaked]}\n{output}"

@@ -27,7 +27,7 @@ What is asserted:
     cluster stats (a connection closed with a request on it);
   - no refresh outcome is lost: requests waiting for another request's refresh get its outcome
     (handed over in the VM, or read from a result slot that another session's refresh does not
-    take while it is live, src/refresh.rs), not their bound (~8 s) and the old token. A loss
+    take while it is live, src/refresh/single_flight.rs), not their bound (~8 s) and the old token. A loss
     fails the run unless SOAK_STRICT=0, which only prints it;
   - nothing is left in flight once the load stops;
   - memory stays flat (see MEMORY_BOUND below).
@@ -46,12 +46,11 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from conftest import CLIENT_SECRET
-from harness.envoy import Browser, Envoy, filter_config, query_of, set_cookies, start_envoy
+from harness import SESSION
+from harness.envoy import Browser, Envoy, discovery_only, query_of, set_cookies
 from harness.idp import (BIG_PASSWORD, BIG_USER, DEFAULT_PASSWORD, DEFAULT_USER, login_at_idp,
-                         logout_at_idp, start_idp)
-from harness.procs import free_port
-from harness.upstream import start_echo
+                         logout_at_idp)
+from harness.stack import start_stack
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
 SOAK_USERS = int(os.environ.get("SOAK_USERS", "8"))
@@ -59,7 +58,6 @@ SAMPLE_EVERY_S = float(os.environ.get("SOAK_SAMPLE_S", "5"))
 MAX_REQUESTS = int(os.environ.get("SOAK_MAX_REQUESTS", "500000"))
 ACCESS_TOKEN_TTL = 65  # with the default 60 s leeway a session falls due 5 s after a refresh
 LEEWAY_S = 60
-SESSION = "__Host-bff-session"
 # The login page the filter shows when Envoy's call to the token endpoint got no answer (a
 # reset connection: Envoy's own 503), README "Errors": 502 token_exchange_failed.
 IDP_CALL_FAILED = "the token endpoint failed with status 503"
@@ -224,7 +222,7 @@ class User:
             token = bearer(r)
             if token is None:
                 return "no Bearer token upstream"
-            if "__Host-bff-session" in r.json()["headers"].get("cookie", ""):
+            if SESSION in r.json()["headers"].get("cookie", ""):
                 return "the session cookie reached the upstream"
             if due and renewed(r) == (token == previous):
                 return "a new token without a renewed cookie, or the other way round"
@@ -421,15 +419,16 @@ def bad_requests(load: Load, envoy: Envoy, idp_urls: dict, seed: int) -> None:
         return requests.get(envoy.url("/private/api/items"), timeout=20,
                             headers={**api_headers, "Cookie": cookie})
 
-    def login_started() -> tuple[Browser, str] | None:
-        """A fresh browser with a login transaction; returns it and the real state."""
-        tb = Browser(envoy)
-        r = load.step("bad.setup", lambda: tb.get("/private/login"), {302}, to_idp)
-        return (tb, query_of(r.headers["Location"])["state"]) if r is not None else None
-
     def callback(tb: Browser, query: str, expect: set[int], step: str):
         load.step(step, lambda: tb.get(f"/private/callback?{query}"), expect,
                   lambda r: no_session(r))
+
+    def callback_of_a_started_login(query, expect: set[int], step: str):
+        """A fresh browser starts a login; its callback gets `query(state)`, the real state."""
+        tb = Browser(envoy)
+        r = load.step("bad.setup", lambda: tb.get("/private/login"), {302}, to_idp)
+        if r is not None:
+            callback(tb, query(query_of(r.headers["Location"])["state"]), expect, step)
 
     def case_garbage_api():
         value = rng.choice([garbage(rng), f"v1.{garbage(rng)}.{garbage(rng)}", "c3:" + garbage(rng),
@@ -452,7 +451,7 @@ def bad_requests(load: Load, envoy: Envoy, idp_urls: dict, seed: int) -> None:
         value = bytes(rng.randrange(128, 256) for _ in range(40))
         load.step("bad.binary-cookie", lambda: requests.get(
             envoy.url("/private/api/items"), timeout=20,
-            headers={**api_headers, "Cookie": b"__Host-bff-session=" + value}), {401})
+            headers={**api_headers, "Cookie": f"{SESSION}=".encode() + value}), {401})
 
     def case_huge_cookie():
         load.step("bad.huge-cookie", lambda: api_with(f"{SESSION}={'x' * 20000}"), {401},
@@ -463,38 +462,27 @@ def bad_requests(load: Load, envoy: Envoy, idp_urls: dict, seed: int) -> None:
         callback(Browser(envoy), f"code=forged&state={state}", {400}, "bad.callback-no-tx")
 
     def case_callback_state_mismatch():
-        started = login_started()
-        if started:
-            tb, state = started
-            callback(tb, f"code=forged&state={state[:16]}{'x' * 27}", {400},
-                     "bad.callback-state-mismatch")
+        callback_of_a_started_login(lambda state: f"code=forged&state={state[:16]}{'x' * 27}",
+                                    {400}, "bad.callback-state-mismatch")
 
     def case_callback_no_code():
-        started = login_started()
-        if started:
-            tb, state = started
-            callback(tb, f"state={state}", {400}, "bad.callback-no-code")
+        callback_of_a_started_login(lambda state: f"state={state}", {400}, "bad.callback-no-code")
 
     def case_callback_refused():
-        started = login_started()
-        if started:
-            tb, state = started
-            callback(tb, f"error=access_denied&state={state}", {401}, "bad.callback-refused")
+        callback_of_a_started_login(lambda state: f"error=access_denied&state={state}", {401},
+                                    "bad.callback-refused")
 
     def case_callback_wrong_iss():
-        started = login_started()
-        if started:
-            tb, state = started
-            callback(tb, f"code=forged&state={state}&iss=http%3A%2F%2Fevil.example", {400},
-                     "bad.callback-wrong-iss")
+        callback_of_a_started_login(
+            lambda state: f"code=forged&state={state}&iss=http%3A%2F%2Fevil.example", {400},
+            "bad.callback-wrong-iss")
 
     def case_callback_forged_code():
-        started = login_started()
-        if started:  # the right state, a code the IdP never issued: the exchange fails
-            tb, state = started
-            iss = requests.utils.quote(idp_urls["issuer"], safe="")
-            callback(tb, f"code={garbage(rng)[:40] or 'c'}&state={state}&iss={iss}", {502},
-                     "bad.callback-forged-code")
+        # The right state, a code the IdP never issued: the exchange fails.
+        iss = requests.utils.quote(idp_urls["issuer"], safe="")
+        callback_of_a_started_login(
+            lambda state: f"code={garbage(rng)[:40] or 'c'}&state={state}&iss={iss}", {502},
+            "bad.callback-forged-code")
 
     def case_no_csrf():
         load.step("bad.no-csrf", lambda: own.get("/private/api/items", navigate=False,
@@ -581,14 +569,9 @@ def median(values: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def soak_stack(procs):
-    port = free_port()
-    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
-                    post_logout_redirect_uris=[f"http://127.0.0.1:{port}/"],
-                    env_overrides={"IDP_ACCESS_TOKEN_TTL": str(ACCESS_TOKEN_TTL)})
-    config = filter_config(idp.issuer, authorization_endpoint=None, token_endpoint=None)
-    envoy = start_envoy(procs, config, start_echo(procs), idp.port, client_secret=CLIENT_SECRET,
-                        port=port, name="envoy-soak")
-    return idp, envoy
+    stack = start_stack(procs, discovery_only, name="envoy-soak",
+                        idp_env={"IDP_ACCESS_TOKEN_TTL": str(ACCESS_TOKEN_TTL)})
+    return stack.idp, stack.envoy
 
 
 def test_soak(soak_stack):

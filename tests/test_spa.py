@@ -5,22 +5,15 @@ client cannot forge, and the counters in Envoy's stats."""
 import pytest
 import requests
 
-from conftest import CLIENT_SECRET
-from harness.envoy import Browser, filter_config, query_of, set_cookies, start_envoy
-from harness.idp import start_idp
-from harness.procs import free_port
-from harness.upstream import start_echo
-
-SESSION = "__Host-bff-session"
+from harness import SESSION
+from harness.envoy import Browser, discovery_only, query_of, set_cookies
+from harness.stack import start_stack
 
 
 @pytest.fixture(scope="module")
 def spa(procs):
-    port = free_port()
-    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"], client_secret=CLIENT_SECRET,
-                    post_logout_redirect_uris=[f"http://127.0.0.1:{port}/"])
-    config = filter_config(
-        idp.issuer, authorization_endpoint=None, token_endpoint=None,
+    stack = start_stack(
+        procs, discovery_only, name="envoy-spa",
         claim_headers={"sub": "x-user-sub", "email": "x-user-email"},
         rules=[{"prefix": "/private/admin", "require": {"groups": {"contains": "admin"}}},
                {"prefix": "/private/beta", "require": {"groups": {"contains": "beta"},
@@ -29,9 +22,7 @@ def spa(procs):
         bypass=["/private/healthz"],
         metrics_prefix="bfftest",
     )
-    envoy = start_envoy(procs, config, start_echo(procs), idp.port, client_secret=CLIENT_SECRET,
-                        port=port, name="envoy-spa")
-    return idp, envoy
+    return stack.idp, stack.envoy
 
 
 def logged_in(spa) -> Browser:

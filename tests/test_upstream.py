@@ -8,14 +8,11 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from harness.procs import ProcessGroup
 from harness.upstream import start_echo
 
 
 @pytest.fixture(scope="module")
-def echo_url(request):
-    procs = ProcessGroup()
-    request.addfinalizer(procs.stop_all)
+def echo_url(procs):
     return f"http://127.0.0.1:{start_echo(procs)}"
 
 

@@ -2,8 +2,23 @@
 
 procs     free ports, a group of child processes (ready lines, logs, stop by PID)
 idp       the OpenID Provider in tests/idp/ and a scripted user logging in and out
-upstream  the echo upstream in tests/upstream/
+upstream  the echo upstream and the faulty IdP in tests/upstream/
 demo_api  the demo's API and SPA server (demo/api.py), the browser test's upstream
 forger    the forging OpenID Provider (tests/upstream/forging_idp.py) and a login through it
+envoy     a real Envoy with the filter, and a browser that keeps cookies
+lb        a plain Envoy load balancer in front of several BFF Envoys
+stack     one deployment: the echo upstream, the IdP and Envoy wired to each other
 jws       compact JWS by hand: decode, JWK -> public key, verify (RS256, PS256, ES256, EdDSA)
+
+The values every part shares are defined here, once.
 """
+
+# The client the filter is registered as at every test IdP.
+CLIENT_ID = "bff"
+# Characters RFC 6749 §2.3.1 form-encoding changes (':' '/' '%' '+' and a space, which becomes
+# '+'), and "bff:<secret>" encoded needs base64 padding ("=="): a login only works if the filter
+# and the IdPs encode and decode client_secret_basic exactly right.
+CLIENT_SECRET = "s3cr:t/with %chars+"
+# The filter's session cookie; a big session adds chunks `<name>.1`, `.2`, ..., a login in
+# progress a transaction cookie `<name>.tx.<flow id>`.
+SESSION = "__Host-bff-session"

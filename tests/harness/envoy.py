@@ -2,7 +2,7 @@
 client that keeps cookies the way a browser does on localhost.
 
 Test configs come from `filter_config(idp, **overrides)`: the defaults a user would write, with
-only what a test cares about overridden.
+only what a test cares about overridden (`discovery_only` leaves the endpoints to discovery).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 
+from . import CLIENT_ID, CLIENT_SECRET, SESSION
 from .procs import ARTIFACTS, REPO, Process, ProcessGroup, free_port
 
 ENVOY_BIN = REPO / ".venv" / "bin" / "envoy"
@@ -25,6 +26,8 @@ WASM = REPO / "target" / "wasm32-wasip1" / "release" / "envoy_bff.wasm"
 # Fixed test keys (32 bytes each, base64); a real deployment generates its own.
 KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = base64.b64encode(bytes(range(32, 64))).decode()
+# The secrets in Envoy's environment, by the names the filter reads by default (src/config.rs).
+SECRETS = {"BFF_CLIENT_SECRET": CLIENT_SECRET, "BFF_COOKIE_KEYS": KEY_A}
 
 
 def filter_config(idp_issuer: str, **overrides) -> dict:
@@ -34,11 +37,16 @@ def filter_config(idp_issuer: str, **overrides) -> dict:
         "authorization_endpoint": f"{idp_issuer}/auth",
         "token_endpoint": f"{idp_issuer}/token",
         "idp_cluster": "idp",
-        "client_id": "bff",
+        "client_id": CLIENT_ID,
         "scopes": ["openid", "profile", "email", "offline_access"],
     }
     config.update(overrides)
     return {k: v for k, v in config.items() if v is not None}
+
+
+def discovery_only(idp_issuer: str, **overrides) -> dict:
+    """A config with nothing about the IdP but its issuer (and the cluster to reach it)."""
+    return filter_config(idp_issuer, authorization_endpoint=None, token_endpoint=None, **overrides)
 
 
 # As envoy/envoy.yaml sets it for the IdP: Envoy closes an idle connection before the IdP
@@ -110,18 +118,25 @@ def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_p
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
     }
+    return loopback_bootstrap("main", listen_port, admin_port, hcm,
+                              [_cluster("api", upstream_port), _cluster("idp", idp_port)])
+
+
+def loopback_bootstrap(listener: str, listen_port: int, admin_port: int, hcm: dict,
+                       clusters: list) -> dict:
+    """A bootstrap with the admin and one HTTP listener (`hcm`) on 127.0.0.1."""
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
             "listeners": [{
-                "name": "main",
+                "name": listener,
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": hcm,
                 }]}],
             }],
-            "clusters": [_cluster("api", upstream_port), _cluster("idp", idp_port)],
+            "clusters": clusters,
         },
     }
 
@@ -164,22 +179,32 @@ class Envoy:
 
 
 def start_envoy(procs: ProcessGroup, config: dict, upstream_port: int, idp_port: int,
-                client_secret: str = "bff-secret", cookie_keys: str = KEY_A,
+                client_secret: str = CLIENT_SECRET, cookie_keys: str = KEY_A,
                 concurrency: int = 2, wait: bool = True, timeout: float = 30.0,
                 name: str = "envoy", port: int | None = None, edge: bool = True) -> Envoy:
     """Start Envoy with the filter; secrets reach the VM through Envoy's own environment."""
     if not WASM.exists():
         raise RuntimeError(f"{WASM} is missing: build it with scripts/build-wasm")
     listen_port, admin_port = port or free_port(), free_port()
+    bootstrap = envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config, edge=edge)
+    return run_envoy(procs, bootstrap, name, concurrency=concurrency, wait=wait, timeout=timeout,
+                     env={"BFF_CLIENT_SECRET": client_secret, "BFF_COOKIE_KEYS": cookie_keys},
+                     log_args=("--log-level", "info", "--component-log-level", "wasm:debug"))
+
+
+def run_envoy(procs: ProcessGroup, bootstrap: dict, name: str, env: dict | None = None,
+              concurrency: int = 2, log_args=("--log-level", "info"), wait: bool = True,
+              timeout: float = 30.0) -> Envoy:
+    """Start Envoy on any `bootstrap` (its admin and first listener on 127.0.0.1), written to
+    tests/artifacts/ for the post-mortem; with `wait`, return once the admin says ready."""
+    listen_port = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"][
+        "port_value"]
+    admin_port = bootstrap["admin"]["address"]["socket_address"]["port_value"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     config_path = ARTIFACTS / f"{name}-{listen_port}.json"
-    config_path.write_text(json.dumps(
-        envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config, edge=edge), indent=1))
-    env = {"BFF_CLIENT_SECRET": client_secret, "BFF_COOKIE_KEYS": cookie_keys}
+    config_path.write_text(json.dumps(bootstrap, indent=1))
     proc = procs.start(name, [ENVOY_BIN, "-c", config_path, "--concurrency", concurrency,
-                              "--disable-hot-restart", "--log-level", "info",
-                              "--component-log-level", "wasm:debug"],
-                       env=env, timeout=timeout)
+                              "--disable-hot-restart", *log_args], env=env, timeout=timeout)
     envoy = Envoy(port=listen_port, admin_port=admin_port, process=proc)
     if wait:
         wait_ready(envoy, timeout)
@@ -273,7 +298,7 @@ class Browser:
         return self.get(self.sign_in_at_idp(path, **kw))
 
     def session_cookies(self) -> dict[str, str]:
-        return {k: v for k, v in self.jar.items() if k.startswith("__Host-bff-session")}
+        return {k: v for k, v in self.jar.items() if k.startswith(SESSION)}
 
 
 def query_of(url: str) -> dict[str, str]:

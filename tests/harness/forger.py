@@ -6,12 +6,14 @@ way, picked per login. Configure the filter with `filter_config(forger.issuer)` 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from urllib.parse import quote, urljoin
+from dataclasses import dataclass
+from urllib.parse import quote
 
 import requests
 
-from .procs import REPO, Process, ProcessGroup, free_port
+from . import CLIENT_SECRET
+from .idp import Provider
+from .procs import REPO, ProcessGroup, free_port
 
 FORGER_SERVER = REPO / "tests" / "upstream" / "forging_idp.py"
 
@@ -30,20 +32,7 @@ POLICY_MODES = ("no-kid", "ps256-not-announced")
 
 
 @dataclass
-class Forger:
-    issuer: str
-    port: int
-    client_secret: str
-    process: Process = field(repr=False)
-
-    def url(self, path: str) -> str:
-        return urljoin(self.issuer + "/", path.lstrip("/"))
-
-    def discovery(self) -> dict:
-        r = requests.get(self.url("/.well-known/openid-configuration"), timeout=10)
-        r.raise_for_status()
-        return r.json()
-
+class Forger(Provider):
     def jwks(self) -> dict:
         r = requests.get(self.url("/jwks"), timeout=10)
         r.raise_for_status()
@@ -60,15 +49,15 @@ class Forger:
 
 
 def start_forger(procs: ProcessGroup, port: int | None = None,
-                 client_secret: str = "bff-secret", timeout: float = 15.0) -> Forger:
+                 client_secret: str = CLIENT_SECRET, timeout: float = 15.0) -> Forger:
     """Start the forger on 127.0.0.1 (issuer http://127.0.0.1:<port>); returns once listening.
     `client_secret` is what POST /token expects in client_secret_basic."""
     port = port or free_port()
     proc = procs.start("forger", [sys.executable, FORGER_SERVER, "--port", port,
                                   "--client-secret", client_secret],
                        ready_line_prefix="FORGER READY", timeout=timeout)
-    issuer = proc.ready_line.split(" ", 2)[2].strip()
-    return Forger(issuer=issuer, port=port, client_secret=client_secret, process=proc)
+    return Forger(issuer=Forger.issuer_of(proc), port=port, client_secret=client_secret,
+                  process=proc)
 
 
 def forged_login(browser, forger: Forger, mode: str,

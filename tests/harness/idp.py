@@ -18,11 +18,10 @@ from urllib.parse import quote_plus, urlencode, urljoin, urlsplit
 
 import requests
 
+from . import CLIENT_ID, CLIENT_SECRET
 from .procs import REPO, Process, ProcessGroup, free_port
 
 IDP_SERVER = REPO / "tests" / "idp" / "server.mjs"
-DEFAULT_CLIENT_ID = "bff"
-DEFAULT_CLIENT_SECRET = "bff-secret"
 DEFAULT_USER = "alice"
 DEFAULT_PASSWORD = "wonderland"
 # The second user, whose ID token (~8 KB payload: 250 groups, long profile and address) makes
@@ -32,12 +31,17 @@ BIG_PASSWORD = "builder"
 
 
 @dataclass
-class Idp:
+class Provider:
+    """An OpenID Provider the tests started (this IdP, or harness.forger's)."""
     issuer: str
     port: int
-    client_id: str
     client_secret: str
     process: Process = field(repr=False)
+
+    @staticmethod
+    def issuer_of(proc: Process) -> str:
+        """The issuer in the ready line, `<NAME> READY <issuer>`."""
+        return proc.ready_line.split(" ", 2)[2].strip()
 
     def url(self, path: str) -> str:
         return urljoin(self.issuer + "/", path.lstrip("/"))
@@ -46,6 +50,11 @@ class Idp:
         r = requests.get(self.url("/.well-known/openid-configuration"), timeout=10)
         r.raise_for_status()
         return r.json()
+
+
+@dataclass
+class Idp(Provider):
+    client_id: str = CLIENT_ID
 
     def stats(self) -> dict:
         """Counters from the test hook GET /test/stats (token_requests = code exchanges,
@@ -69,7 +78,7 @@ class Idp:
 
 
 def start_idp(procs: ProcessGroup, redirect_uris, post_logout_redirect_uris=(),
-              client_id: str = DEFAULT_CLIENT_ID, client_secret: str = DEFAULT_CLIENT_SECRET,
+              client_id: str = CLIENT_ID, client_secret: str = CLIENT_SECRET,
               env_overrides: dict | None = None, port: int | None = None,
               timeout: float = 30.0) -> Idp:
     """Start the IdP with one client registered for `redirect_uris`; returns once it listens.
@@ -98,9 +107,8 @@ def start_idp(procs: ProcessGroup, redirect_uris, post_logout_redirect_uris=(),
     env.update(env_overrides or {})
     proc = procs.start("idp", [node, IDP_SERVER], env=env, ready_line_prefix="IDP READY",
                        timeout=timeout)
-    issuer = proc.ready_line.split(" ", 2)[2].strip()
-    return Idp(issuer=issuer, port=port, client_id=client_id, client_secret=client_secret,
-               process=proc)
+    return Idp(issuer=Idp.issuer_of(proc), port=port, client_id=client_id,
+               client_secret=client_secret, process=proc)
 
 
 # --- the client side of the protocol, for tests that talk to the IdP directly -------------

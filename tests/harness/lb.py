@@ -16,13 +16,12 @@ Every answer carries `x-served-by: 127.0.0.1:<port>` (the backend that answered)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import requests
 
-from .envoy import ENVOY_BIN, Browser, Envoy, wait_ready
-from .procs import ARTIFACTS, ProcessGroup, free_port
+from .envoy import Browser, Envoy, loopback_bootstrap, run_envoy
+from .procs import ProcessGroup, free_port
 
 STEER_HEADER = "x-backend"
 SERVED_BY_HEADER = "x-served-by"
@@ -82,20 +81,7 @@ def lb_bootstrap(listen_port: int, admin_port: int, backends: dict[str, int]) ->
     }
     clusters = [_static_cluster(f"bff_{name}", [port]) for name, port in backends.items()]
     clusters.append(_static_cluster("bff", list(backends.values())))
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "lb",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": hcm,
-                }]}],
-            }],
-            "clusters": clusters,
-        },
-    }
+    return loopback_bootstrap("lb", listen_port, admin_port, hcm, clusters)
 
 
 @dataclass
@@ -115,17 +101,10 @@ def start_lb(procs: ProcessGroup, backends: dict[str, int], port: int | None = N
              name: str = "lb", timeout: float = 30.0) -> LoadBalancer:
     """Start the load balancer on `port` (or a free one). One worker, so that round robin
     strictly alternates between the backends for sequential requests."""
-    listen_port, admin_port = port or free_port(), free_port()
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    config_path = ARTIFACTS / f"{name}-{listen_port}.json"
-    config_path.write_text(json.dumps(lb_bootstrap(listen_port, admin_port, backends), indent=1))
-    proc = procs.start(name, [ENVOY_BIN, "-c", config_path, "--concurrency", 1,
-                              "--disable-hot-restart", "--log-level", "warning"],
-                       timeout=timeout)
-    lb = LoadBalancer(port=listen_port, admin_port=admin_port, process=proc,
-                      backends=dict(backends))
-    wait_ready(lb, timeout)
-    return lb
+    envoy = run_envoy(procs, lb_bootstrap(port or free_port(), free_port(), backends), name,
+                      concurrency=1, log_args=("--log-level", "warning"), timeout=timeout)
+    return LoadBalancer(port=envoy.port, admin_port=envoy.admin_port, process=envoy.process,
+                        backends=dict(backends))
 
 
 class SteeredBrowser(Browser):

@@ -1,4 +1,6 @@
-"""The echo upstream (tests/upstream/echo.py): answers every request with what it received."""
+"""The test servers in tests/upstream/: the echo upstream (echo.py) answers every request with
+what it received; the faulty IdP (faulty_idp.py) fails discovery or the token endpoint on
+request."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import sys
 from .procs import REPO, ProcessGroup, free_port
 
 ECHO_SERVER = REPO / "tests" / "upstream" / "echo.py"
+FAULTY_IDP_SERVER = REPO / "tests" / "upstream" / "faulty_idp.py"
 
 
 def start_echo(procs: ProcessGroup, port: int | None = None, timeout: float = 15.0) -> int:
@@ -14,4 +17,14 @@ def start_echo(procs: ProcessGroup, port: int | None = None, timeout: float = 15
     port = port or free_port()
     procs.start("echo", [sys.executable, ECHO_SERVER, "--port", port],
                 ready_line_prefix="ECHO READY", timeout=timeout)
+    return port
+
+
+def start_faulty_idp(procs: ProcessGroup, port: int | None = None, name: str = "faulty-idp",
+                     timeout: float = 15.0) -> int:
+    """Start the faulty IdP on 127.0.0.1 (issuer http://127.0.0.1:<port>) and return its port
+    once it is listening; POST /mode or /discovery-mode picks its fault."""
+    port = port or free_port()
+    procs.start(name, [sys.executable, FAULTY_IDP_SERVER, "--port", port],
+                ready_line_prefix="FAULTY READY", timeout=timeout)
     return port
