@@ -12,6 +12,8 @@ are pinned to different CPUs when the machine has two or more.
     e  envoy-bff with a token due for refresh: every request refreshes at the test IdP
     f  envoy-bff's login callback (code exchange + ID token check), by a Python client
     p  (diagnostic) envoy-bff on a path outside its prefix: what it costs before any session work
+    d0 (with --before PATH) (d) through another envoy_bff.wasm, e.g. the last commit's: a change's
+       cost, before and after, in one run
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness.envoy import ENVOY_BIN, IDLE_CLOSE_FIRST, KEY_A, WASM, Browser, Envoy, filter_config, wait_ready  # noqa: E402
-from harness.idp import DEFAULT_CLIENT_SECRET, login_at_idp, start_idp  # noqa: E402
+from harness.idp import login_at_idp, start_idp  # noqa: E402
 from harness.procs import Process, ProcessGroup, free_port  # noqa: E402
 from harness.upstream import start_echo  # noqa: E402
+
+# The bench's client secret: plain, unlike the tests' (harness.CLIENT_SECRET, with ':', '/', '%'
+# and '+'), with which the login through Envoy's OAuth2 filter (c) failed ("OAuth flow failed").
+CLIENT_SECRET = "bff-secret"
 
 FLOOR_WASM = BENCH / "floor-filter" / "target" / "wasm32-wasip1" / "release" / "floor_filter.wasm"
 # --floor-io: the same crate with `--features io` (envoy-bff's unavoidable host I/O as the floor).
@@ -77,6 +83,10 @@ NAMES = {
 }
 # (p) is a diagnostic: the same Envoy as (d), the same request, a path the filter passes through.
 PASS_PATH = "/public/bench"
+# (d0), with --before: (d)'s config and request through the other module, on its own Envoy.
+BEFORE_NAME = "envoy-bff before (--before), as (d)"
+# Its ratios: over the floor, and the change's (d after over d0 before, of the added cost).
+BEFORE_PAIRS = (("d0", "b"), ("d", "d0"))
 
 
 def log(msg: str) -> None:
@@ -174,7 +184,7 @@ def oauth2_filter(issuer: str) -> tuple[dict, list]:
             "auth_type": "BASIC_AUTH",
         }}}
     secrets_ = [
-        {"name": "oauth2-token", "generic_secret": {"secret": {"inline_string": DEFAULT_CLIENT_SECRET}}},
+        {"name": "oauth2-token", "generic_secret": {"secret": {"inline_string": CLIENT_SECRET}}},
         {"name": "oauth2-hmac", "generic_secret": {"secret": {"inline_string": secrets.token_hex(32)}}},
     ]
     return filt, secrets_
@@ -204,7 +214,7 @@ def start_bench_envoy(procs: ProcessGroup, name: str, listen_port: int, http_fil
     path = WORK / f"envoy-{name}.json"
     path.write_text(json.dumps(bootstrap(listen_port, admin_port, http_filters, echo_port, idp_port,
                                          secrets_), indent=1))
-    env = {"BFF_CLIENT_SECRET": DEFAULT_CLIENT_SECRET, "BFF_COOKIE_KEYS": KEY_A}
+    env = {"BFF_CLIENT_SECRET": CLIENT_SECRET, "BFF_COOKIE_KEYS": KEY_A}
     proc = procs.start(f"envoy-{name}", pin.envoy + [
         ENVOY_BIN, "-c", path, "--concurrency", 1, "--disable-hot-restart",
         "--log-level", "warn"], env=env)
@@ -291,13 +301,14 @@ def check_variant(key: str, envoy: Envoy, cookie: str | None) -> str:
         raise RuntimeError(f"variant {key}: {r.status_code} {r.text[:300]}")
     seen = r.json()["headers"]
     auth = seen.get("authorization", "")
-    if key in "cde" and not auth.startswith("Bearer "):
+    kind = "d" if key == "d0" else key  # (d0) must do what (d) does
+    if kind in "cde" and not auth.startswith("Bearer "):
         raise RuntimeError(f"variant {key}: no bearer token upstream: {sorted(seen)}")
     if key == "b" and FLOOR_IO and (not auth.startswith("Bearer floor-") or SESSION in seen.get("cookie", "")):
         raise RuntimeError("variant b: the I/O floor did not set the token or left the cookie")
     if key == "b" and not FLOOR_IO and "x-floor" not in seen:
         raise RuntimeError("variant b: the floor filter did not set x-floor")
-    if key in "de" and SESSION in seen.get("cookie", ""):
+    if kind in "de" and SESSION in seen.get("cookie", ""):
         raise RuntimeError(f"variant {key}: the session cookie went upstream")
     if key == "p" and (auth or SESSION not in seen.get("cookie", "")):
         raise RuntimeError("variant p: the filter touched a request outside its prefix")
@@ -307,8 +318,8 @@ def check_variant(key: str, envoy: Envoy, cookie: str | None) -> str:
     renewed = [c for c in r.raw.headers.getlist("Set-Cookie") if c.startswith(SESSION + "=")]
     if key == "e" and not renewed:
         raise RuntimeError("variant e: the request did not refresh (no new session cookie)")
-    if key == "d" and renewed:
-        raise RuntimeError("variant d: the session was rewritten; the token should be fresh")
+    if kind == "d" and renewed:
+        raise RuntimeError(f"variant {key}: the session was rewritten; the token should be fresh")
     return renewed[0].split(";", 1)[0] if renewed else ""
 
 
@@ -424,7 +435,7 @@ def wrk(pin: Pinning, envoy: Envoy, cookie: str | None, duration: int, connectio
 
 # What the instruction mode counts: the variants that send one fixed request. (e) and (f) need
 # a new session or code for every request.
-INSTR_VARIANTS = "abcdp"
+INSTR_VARIANTS = ("a", "b", "c", "d", "d0", "p")
 CALLGRIND = WORK / "callgrind"
 
 
@@ -462,7 +473,7 @@ def start_callgrind_envoy(procs: ProcessGroup, name: str, http_filters: list, ec
     config["stats_flush_on_admin"] = True
     path = WORK / f"envoy-{name}-callgrind.json"
     path.write_text(json.dumps(config, indent=1))
-    env = {"BFF_CLIENT_SECRET": DEFAULT_CLIENT_SECRET, "BFF_COOKIE_KEYS": KEY_A}
+    env = {"BFF_CLIENT_SECRET": CLIENT_SECRET, "BFF_COOKIE_KEYS": KEY_A}
     # --smc-check=all-non-file: V8 writes the wasm module's machine code into anonymous memory
     # and patches it; valgrind must notice code that changes. `-l error`: nothing logged that
     # valgrind's slowness might provoke (a log line is instructions too).
@@ -613,14 +624,14 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     """Every fixed-request variant under callgrind; a variant that fails is left out with its
     reason, the others go on."""
     keys = [k for k in INSTR_VARIANTS if k in variants]
-    # One Envoy each, but (p) on (d)'s, as in the wrk runs.
-    groups = [k + ("p" if k == "d" and "p" in keys else "") for k in keys if k != "p"]
+    # One Envoy each, but (p) on (d)'s, as in the wrk runs. Tuples: "d0" is two characters.
+    groups = [(k, "p") if k == "d" and "p" in keys else (k,) for k in keys if k != "p"]
     CALLGRIND.mkdir(parents=True, exist_ok=True)
     version = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()
     # Roughly, as seen here with the default counts: each Envoy's start-up under valgrind
     # (compiling a wasm module takes a while; envoy-bff then fetches the discovery document),
     # then ~27 s per variant measured.
-    startup = {"a": 20, "b": 60, "c": 35, "d": 100}
+    startup = {"a": 20, "b": 60, "c": 35, "d": 100, "d0": 100}
     estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
     log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
         f"{args.instructions_warmup} warm-up requests, then {args.instructions_repeats} x "
@@ -633,6 +644,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     wall: dict[str, float] = {}
     for group in groups:
         t0 = time.monotonic()
+        label = "".join(group)  # "dp", as the JSON's wall_s has always said
         http_filters, secrets_ = filters[group[0]]
         try:
             count_envoy(args, procs, group[0], group, http_filters, secrets_, cookies, hosts,
@@ -642,14 +654,16 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                 if k not in counts:
                     left_out[k] = str(exc)[:2000]
                     log(f"instructions, variant {k} left out: {left_out[k]}")
-        wall[group] = round(time.monotonic() - t0, 1)
+        wall[label] = round(time.monotonic() - t0, 1)
         for k in group:
             if k in counts:
                 c = counts[k]
                 log(f"instructions {k}: " + ", ".join(f"{x:,.0f}" for x in c["per_request"])
                     + " per request (uncorrected " + ", ".join(f"{x:,.0f}" for x in c["raw_per_request"])
                     + f"; idle {c['idle_per_s']:,.0f}/s)")
-        log(f"instructions: Envoy {group[0]} ({', '.join(group)}) took {wall[group]:.0f}s")
+        log(f"instructions: Envoy {group[0]} ({', '.join(group)}) took {wall[label]:.0f}s")
+    # (d0) is measured after (p) but reported beside (d).
+    counts = {k: counts[k] for k in INSTR_VARIANTS if k in counts}
 
     def summary(key: str) -> tuple[dict, dict, dict]:
         per = {k: statistics.median(c[key]) for k, c in counts.items()}
@@ -659,7 +673,8 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
             if x not in added or y not in added or added[y] <= 0:
                 return None
             return round(added[x] / added[y], 4)
-        ratios = {f"{x}/{y}": ratio(x, y) for x, y in (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"))}
+        pairs = (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b")) + (BEFORE_PAIRS if "d0" in keys else ())
+        ratios = {f"{x}/{y}": ratio(x, y) for x, y in pairs}
         return per, added, ratios
     per, added, ratios = summary("per_request")
     raw_per, _, raw_ratios = summary("raw_per_request")
@@ -677,6 +692,9 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
         "added": rounded(added),
         "ratios": ratios,
         "target_met": None if ratios["d/b"] is None else ratios["d/b"] <= TARGET_RATIO,
+        # With --before: the module (d0) ran, and what the change adds per request (d - d0).
+        **({"before_module": str(args.before)} if "d0" in keys else {}),
+        **({"d_minus_d0": round(per["d"] - per["d0"], 1)} if "d" in per and "d0" in per else {}),
         "repeats": {k: [round(x, 1) for x in c["per_request"]] for k, c in counts.items()},
         # (max - min) / median of the repeats: how far to trust the last digits.
         "spread": {k: round((max(c["per_request"]) - min(c["per_request"]))
@@ -728,6 +746,12 @@ def print_instructions(ins: dict) -> None:
     print(f"d/c  envoy-bff over OAuth2:     {num('d/c')}")
     print(f"c/b  OAuth2 over the floor:     {num('c/b')}")
     print(f"p/b  envoy-bff passing through: {num('p/b')}")
+    if "d/d0" in r:
+        diff = ins.get("d_minus_d0")
+        print(f"d0/b envoy-bff before over the floor: {num('d0/b')}")
+        print(f"d/d0 the change, after over before:   {num('d/d0')}   (d - d0: "
+              f"{'n/a' if diff is None else f'{diff:+,.0f}'} instructions per request)")
+        print(f"d0 = {ins['before_module']}; d = {WASM}")
     print("instr/request = Envoy's instructions in a counted window, minus its idle rate (instr/s, "
           "counted with no requests) times the window's length, over the requests")
     unc = ins["uncorrected"]["ratios"]
@@ -818,6 +842,10 @@ def main(argv=None) -> int:
                     help="requests before the first counted repeat (300)")
     ap.add_argument("--instructions-idle", type=float, default=5,
                     help="seconds of each idle window, whose rate is taken off (5)")
+    ap.add_argument("--before", type=Path, metavar="PATH",
+                    help="another envoy_bff.wasm (e.g. the last commit's): adds (d0), (d) through "
+                         "it on its own Envoy, to the wrk rounds and the instruction counts, with "
+                         "d0/b and d/d0 (the change's cost)")
     args = ap.parse_args(argv)
     args.instructions = args.instructions or args.instructions_only
     if args.floor_io:
@@ -827,6 +855,17 @@ def main(argv=None) -> int:
         NAMES["b"] = "I/O floor: wasm filter doing envoy-bff's host I/O"
     if args.instructions_requests < 1 or args.instructions_repeats < 1 or args.instructions_idle <= 0:
         ap.error("--instructions-requests, --instructions-repeats, --instructions-idle must be positive")
+    if args.before:
+        if not args.before.is_file():
+            ap.error(f"--before {args.before}: no such file")
+        args.before = args.before.resolve()
+        # (d0) right after (d), in every table.
+        names = dict(NAMES)
+        NAMES.clear()
+        for k, name in names.items():
+            NAMES[k] = name
+            if k == "d":
+                NAMES["d0"] = BEFORE_NAME
 
     for path, what in ((WASM, "scripts/build-wasm"),
                        (FLOOR_WASM, "cargo build --manifest-path bench/floor-filter/Cargo.toml "
@@ -862,11 +901,15 @@ def main(argv=None) -> int:
     # must not mix two builds.
     modules, loaded = {}, {}
     (WORK / "modules").mkdir(parents=True, exist_ok=True)
-    for p in (WASM, FLOOR_WASM):
+    # --before's module is an envoy_bff.wasm too: it gets a name of its own.
+    sources = [(WASM.name, WASM), (FLOOR_WASM.name, FLOOR_WASM)]
+    if args.before:
+        sources.append(("envoy_bff.before.wasm", args.before))
+    for name, p in sources:
         data = p.read_bytes()
-        loaded[p.name] = WORK / "modules" / p.name
-        loaded[p.name].write_bytes(data)
-        modules[p.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        loaded[name] = WORK / "modules" / name
+        loaded[name].write_bytes(data)
+        modules[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     info = machine_info()
     pin = Pinning.make(not args.no_pin)
     log(f"{info['nproc']} CPUs ({info['cpu_model']}), Envoy {info['envoy_version']}, "
@@ -888,10 +931,13 @@ def main(argv=None) -> int:
 
     procs = ProcessGroup(WORK / "logs")
     try:
-        ports = {k: free_port() for k in "abcde"}
-        idp = start_idp(procs, [f"http://127.0.0.1:{ports['c']}/callback",
-                                f"http://127.0.0.1:{ports['d']}/private/callback",
-                                f"http://127.0.0.1:{ports['e']}/private/callback"],
+        # Every Envoy but (p)'s, which is (d)'s.
+        envoy_keys = ["a", "b", "c", "d", "e"] + (["d0"] if args.before else [])
+        ports = {k: free_port() for k in envoy_keys}
+        idp = start_idp(procs, [f"http://127.0.0.1:{ports['c']}/callback"]
+                        + [f"http://127.0.0.1:{ports[k]}/private/callback"
+                           for k in envoy_keys if k in ("d", "e", "d0")],
+                        client_secret=CLIENT_SECRET,
                         env_overrides={"IDP_ID_TOKEN_ALG": args.id_token_alg})
         echo_port = start_echo(procs)
         log(f"IdP: tests/idp/server.mjs (oidc-provider on node) at {idp.issuer}, ID tokens "
@@ -906,8 +952,10 @@ def main(argv=None) -> int:
             "e": ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
                               session={"refresh_leeway_s": 86400})], None),
         }
+        if args.before:
+            filters["d0"] = ([bff_filter(idp.issuer, loaded["envoy_bff.before.wasm"])], None)
         envoys: dict[str, Envoy] = {}
-        for k in "abcde":
+        for k in envoy_keys:
             if k in skipped:
                 continue
             try:
@@ -926,6 +974,9 @@ def main(argv=None) -> int:
         if "d" in envoys:
             cookies["d"] = bff_login(envoys["d"])
             cookies["a"] = cookies["b"] = cookies["p"] = cookies["d"]
+        if "d0" in envoys:
+            # Its own login: the change may have changed the session cookie.
+            cookies["d0"] = bff_login(envoys["d0"])
         if "c" in envoys:
             try:
                 cookies["c"] = oauth2_login(envoys["c"])
@@ -955,7 +1006,7 @@ def main(argv=None) -> int:
 
         # The wrk rounds (all but --instructions-only).
         if not args.instructions_only:
-            memory_before = {k: memory(envoys[k]) for k in "abcde" if k in variants}
+            memory_before = {k: memory(envoys[k]) for k in envoy_keys if k in variants}
             refreshes_before = stat(envoys["e"], "refreshes_ok") if "e" in variants else 0
             idp_refreshes_before = idp.stats()["refresh_requests"]
 
@@ -1008,8 +1059,8 @@ def main(argv=None) -> int:
                     "filter_refreshes_failed": stat(envoys["e"], "refreshes_failed"),
                     "idp_refresh_grants": idp.stats()["refresh_requests"] - idp_refreshes_before,
                 }
-            wasm_stats = {k: stats(envoys[k], "wasm") for k in "bde" if k in variants}
-            for k in "bde":
+            wasm_stats = {k: stats(envoys[k], "wasm") for k in ("b", "d", "e", "d0") if k in variants}
+            for k in wasm_stats:
                 if k in variants:
                     envoys[k].assert_vm_healthy()
 
@@ -1022,6 +1073,9 @@ def main(argv=None) -> int:
             # Under valgrind every request to the IdP is slow to leave Envoy.
             cg_filters["d"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
                                            idp_timeout_ms=60000)], None)
+            if args.before:
+                cg_filters["d0"] = ([bff_filter(idp.issuer, loaded["envoy_bff.before.wasm"],
+                                                idp_timeout_ms=60000)], None)
             instructions = instruction_counts(args, procs, cg_filters, cookies, envoys, variants,
                                               echo_port, idp.port, pin)
     finally:
@@ -1038,6 +1092,7 @@ def main(argv=None) -> int:
             "modules_sha256": {name: m["sha256"] for name, m in modules.items()},
             "skipped": skipped,
             "floor": "io" if FLOOR_IO else "plain",
+            **({"before_module": str(args.before)} if args.before else {}),
             "instructions": instructions,
         }
         print()
@@ -1051,6 +1106,8 @@ def main(argv=None) -> int:
     report = build_report(args, info, started, variants, skipped, runs, f_result, e_check,
                           memory_before, memory_after, wasm_stats, slice_size, cookies,
                           modules)
+    if args.before:
+        report["before_module"] = str(args.before)
     if instructions is not None:
         report["instructions"] = instructions
     print_report(report)
@@ -1110,7 +1167,8 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
 
     ratios = {}
     for key, tag in (("added_us_cpu", "cpu"), ("added_us_throughput", "throughput")):
-        for x, y in (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("e", "b")):
+        for x, y in (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("e", "b")) + (
+                BEFORE_PAIRS if "d0" in out else ()):
             ratios[f"{x}/{y} {tag}"] = ratio(x, y, key)
     d_b = ratios.get("d/b cpu")
     return {
@@ -1227,13 +1285,19 @@ def print_report(rep: dict) -> None:
     print(f"d/c  envoy-bff over OAuth2:     CPU {fmt('d/c cpu')};  1/throughput {fmt('d/c throughput')}")
     print(f"c/b  OAuth2 over the floor:     CPU {fmt('c/b cpu')};  1/throughput {fmt('c/b throughput')}")
     print(f"p/b  envoy-bff passing through: CPU {fmt('p/b cpu')}")
-    best = {key: r.get(f"{key} cpu") for key in ("d/b", "d/c", "c/b", "p/b")}
+    before = ("d0/b", "d/d0") if "d/d0 cpu" in r else ()
+    if before:
+        print(f"d0/b envoy-bff before over the floor: CPU {fmt('d0/b cpu')}")
+        print(f"d/d0 the change, after over before:   CPU {fmt('d/d0 cpu')};  1/throughput "
+              f"{fmt('d/d0 throughput')}")
+        print(f"     d0 = {rep['before_module']}; d = {WASM}")
+    best = {key: r.get(f"{key} cpu") for key in ("d/b", "d/c", "c/b", "p/b") + before}
     print("on the lowest values instead:  CPU " + ", ".join(
         f"{key} {num(x['of_best']) if x else 'n/a'}" for key, x in best.items()))
     if m.get("cpu_busy_before_start", 0) > 0.25:
         print(f"note: other processes kept the CPUs {m['cpu_busy_before_start'] * 100:.0f}% busy just "
               "before the run: expect noise (compare the median and lowest-value ratios)")
-    busy = [k for k, row in v.items() if k in "abcdp" and row["envoy_busy"]["median"] < 0.9]
+    busy = [k for k, row in v.items() if k != "e" and row["envoy_busy"]["median"] < 0.9]
     if busy:
         print(f"note: Envoy was busy < 90% in {', '.join(busy)}: something else took its CPU (or the "
               "client could not keep up); trust the CPU columns over req/s there")
@@ -1262,7 +1326,8 @@ def print_report(rep: dict) -> None:
     mods = rep["modules_bytes"]
     print()
     print(f"modules: envoy_bff.wasm {mods['envoy_bff.wasm']:,} bytes, floor_filter.wasm "
-          f"{mods['floor_filter.wasm']:,} bytes")
+          f"{mods['floor_filter.wasm']:,} bytes"
+          + (f", before (d0) {mods['envoy_bff.before.wasm']:,} bytes" if "envoy_bff.before.wasm" in mods else ""))
     mb, ma = rep["memory"]["before_load"], rep["memory"]["after_load"]
     for k in mb:
         print(f"memory {k}: allocated {mb[k]['allocated'] / 2**20:5.1f} -> {ma[k]['allocated'] / 2**20:5.1f} MiB, "
@@ -1286,10 +1351,11 @@ def chart(rep: dict, path: Path) -> None:
     from matplotlib.patches import Patch
 
     v = rep["variants"]
-    keys = [k for k in "bcdpe" if k in v and "added_us_cpu" in v[k]]
+    keys = [k for k in ("b", "c", "d", "d0", "p", "e") if k in v and "added_us_cpu" in v[k]]
     if not keys:
         return
-    colors = {"b": "#9e9e9e", "c": "#ef8a17", "d": "#2a7ab0", "p": "#9dc3e6", "e": "#5b8db8"}
+    colors = {"b": "#9e9e9e", "c": "#ef8a17", "d": "#2a7ab0", "d0": "#7fa7c4", "p": "#9dc3e6",
+              "e": "#5b8db8"}
     labels = {k: f"{k}: {v[k]['name']}" + (" (diagnostic)" if k == "p" else "") for k in keys}
     fig, ax = plt.subplots(figsize=(11, 5.2))
     y = list(range(len(keys)))[::-1]
