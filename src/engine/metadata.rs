@@ -3,9 +3,11 @@
 
 use super::host::{Host, Level};
 use crate::config::Config;
+use crate::ctx::Ctx;
 use crate::oidc::discovery::{discovery_url, Provider};
 use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::oidc::jwks::Jwks;
+use crate::random::Random;
 use crate::store::{stamped, unstamp, Cas};
 use crate::url::AbsoluteUrl;
 
@@ -62,6 +64,17 @@ impl Metadata {
                 Provider::from_config(config)
             },
             ..Metadata::default()
+        }
+    }
+
+    /// What a protocol step reads, with the provider and keys as this VM knows them.
+    pub fn ctx<'a>(&'a self, config: &'a Config, now: u64, rng: &'a mut dyn Random) -> Ctx<'a> {
+        Ctx {
+            config,
+            provider: self.provider.as_ref(),
+            keys: self.keys.as_ref(),
+            now,
+            rng,
         }
     }
 

@@ -29,7 +29,6 @@ use metadata::{millis, Fetch, Fetched, Metadata, RETRY_AFTER_FAILURE_MS};
 use paused::{Known, OwnCall, Paused, Wait, Wakeup};
 
 use crate::config::Config;
-use crate::ctx::Ctx;
 use crate::header_map;
 use crate::login::{self, Finish, PendingLogin};
 use crate::metrics::Counter;
@@ -145,18 +144,7 @@ impl Engine {
             0 => host.now_ms(),
             ms => ms,
         } / 1000;
-        let decision = {
-            let parsed = header_map::parse(&headers);
-            let req = Request::from_wire(&parsed);
-            let mut ctx = Ctx {
-                config: &self.config,
-                provider: self.meta.provider.as_ref(),
-                keys: self.meta.keys.as_ref(),
-                now,
-                rng: host.rng(),
-            };
-            route::decide(&mut ctx, &req, &mut self.sessions)
-        };
+        let decision = self.decide(&headers, now, host);
         match self.carry_out(context_id, headers, decision, false, host) {
             Some(settled) => {
                 count(host, &settled);
@@ -217,6 +205,14 @@ impl Engine {
         if let Some(paused) = self.calling.remove(&context_id) {
             self.calls.remove(&paused.wait.token());
         }
+    }
+
+    /// The decision for a request with these headers.
+    fn decide(&mut self, headers: &[u8], now: u64, host: &mut dyn Host) -> Decision {
+        let parsed = header_map::parse(headers);
+        let req = Request::from_wire(&parsed);
+        let mut ctx = self.meta.ctx(&self.config, now, host.rng());
+        route::decide(&mut ctx, &req, &mut self.sessions)
     }
 
     /// Carries out a decision: `Some` when the request is settled, `None` when it waits.
@@ -416,13 +412,7 @@ impl Engine {
         let now = host.now_ms() / 1000;
         let finish = match self.meta.provider.as_ref() {
             Some(provider) => {
-                let mut ctx = Ctx {
-                    config: &self.config,
-                    provider: Some(provider),
-                    keys: self.meta.keys.as_ref(),
-                    now,
-                    rng: host.rng(),
-                };
+                let mut ctx = self.meta.ctx(&self.config, now, host.rng());
                 login::finish(&mut ctx, provider, &pending, &answer)
             }
             None => Finish::Done(
@@ -499,13 +489,9 @@ impl Engine {
     ) {
         let outcome = match self.meta.provider.as_ref() {
             Some(provider) => {
-                let mut ctx = Ctx {
-                    config: &self.config,
-                    provider: Some(provider),
-                    keys: self.meta.keys.as_ref(),
-                    now: host.now_ms() / 1000,
-                    rng: host.rng(),
-                };
+                let mut ctx = self
+                    .meta
+                    .ctx(&self.config, host.now_ms() / 1000, host.rng());
                 grant::finish_refresh(&mut ctx, provider, &needed.session, answer)
             }
             None => Outcome::Unavailable,
@@ -585,18 +571,7 @@ impl Engine {
                 Reply::failure(client_of_wire(&headers), &failure),
             )),
             (Wait::Provider { .. }, _) => {
-                let decision = {
-                    let parsed = header_map::parse(&headers);
-                    let req = Request::from_wire(&parsed);
-                    let mut ctx = Ctx {
-                        config: &self.config,
-                        provider: self.meta.provider.as_ref(),
-                        keys: self.meta.keys.as_ref(),
-                        now: host.now_ms() / 1000,
-                        rng: host.rng(),
-                    };
-                    route::decide(&mut ctx, &req, &mut self.sessions)
-                };
+                let decision = self.decide(&headers, host.now_ms() / 1000, host);
                 self.carry_out(context_id, headers, decision, true, host)
             }
             (
@@ -636,13 +611,9 @@ impl Engine {
                 &Failure::IdpUnavailable,
             )));
         };
-        let mut ctx = Ctx {
-            config: &self.config,
-            provider: Some(provider),
-            keys: self.meta.keys.as_ref(),
-            now: host.now_ms() / 1000,
-            rng: host.rng(),
-        };
+        let mut ctx = self
+            .meta
+            .ctx(&self.config, host.now_ms() / 1000, host.rng());
         Some(route::after_refresh(
             &mut ctx, provider, &req, session, outcome,
         ))
