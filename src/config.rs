@@ -2,6 +2,7 @@
 //! checked into a [`Config`] that later code can trust. Every problem is reported with the
 //! name of its field, all at once, so one Envoy restart shows them all.
 
+use crate::oidc::auth_params;
 use crate::secret::Secret;
 use crate::session::KeyRing;
 use crate::url::AbsoluteUrl;
@@ -69,6 +70,9 @@ struct RawConfig {
     redirect_uri: Option<String>,
     trust_forwarded_headers: Option<bool>,
     scopes: Option<Vec<String>>,
+    auth_params: Option<BTreeMap<String, String>>,
+    login_params: Option<Vec<String>>,
+    resources: Option<Vec<String>>,
     prefix: Option<String>,
     login_path: Option<String>,
     post_login_url: Option<String>,
@@ -239,6 +243,13 @@ pub struct Config {
     pub trust_forwarded: bool,
     /// Space-separated, always with `openid` first.
     pub scope: String,
+    /// Sent on every authorization request (e.g. Auth0's `audience`), never one the filter sets.
+    pub auth_params: Vec<(String, String)>,
+    /// What the login endpoint forwards from its query to the authorization request.
+    pub login_params: Vec<String>,
+    /// RFC 8707 resource indicators: on the authorization request, the code exchange and
+    /// every refresh.
+    pub resources: Vec<String>,
     pub prefix: String,
     pub login_path: String,
     pub post_login_url: String,
@@ -462,6 +473,9 @@ impl Config {
             p.add("redirect_uri", "must differ from login_path");
         }
         let scope = check_scopes(&mut p, raw.scopes);
+        let auth_params = check_auth_params(&mut p, raw.auth_params);
+        let login_params = check_login_params(&mut p, raw.login_params);
+        let resources = check_resources(&mut p, raw.resources);
         let post_login_url = check_landing_url(&mut p, "post_login_url", raw.post_login_url);
         let cookie = raw.cookie.unwrap_or_default().check(&mut p);
         let keys = check_cookie_keys(&mut p, raw.cookie_keys, env);
@@ -497,6 +511,9 @@ impl Config {
                 redirect_uri,
                 trust_forwarded,
                 scope,
+                auth_params,
+                login_params,
+                resources,
                 prefix,
                 login_path,
                 post_login_url,
@@ -679,6 +696,69 @@ fn check_scopes(p: &mut Problems, raw: Option<Vec<String>>) -> String {
         }
     }
     scopes.join(" ")
+}
+
+/// Static authorization parameters: none the filter sets itself, each value sendable.
+fn check_auth_params(
+    p: &mut Problems,
+    raw: Option<BTreeMap<String, String>>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in raw.unwrap_or_default() {
+        let field = format!("auth_params.{name}");
+        if name.is_empty() || name.chars().any(|c| c.is_control() || c == ' ') {
+            p.add("auth_params", format!("{name:?} is not a parameter name"));
+        } else if auth_params::is_owned(&name) {
+            p.add(&field, "is set by the filter itself");
+        } else if let Err(why) = auth_params::check_value(&name, &value) {
+            p.add(&field, why.to_string());
+        }
+        out.push((name, value));
+    }
+    out
+}
+
+/// The parameters the login endpoint forwards: by default OIDC's login hints
+/// ([`auth_params::DEFAULT_FORWARDED`]), never one the filter sets itself.
+fn check_login_params(p: &mut Problems, raw: Option<Vec<String>>) -> Vec<String> {
+    let names = raw.unwrap_or_else(|| {
+        auth_params::DEFAULT_FORWARDED
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    for name in &names {
+        if auth_params::is_owned(name) || name == "return_to" {
+            p.add(
+                "login_params",
+                format!("{name:?} is set by the filter itself"),
+            );
+        } else if name.is_empty() || name.chars().any(|c| c.is_control() || c == ' ') {
+            p.add("login_params", format!("{name:?} is not a parameter name"));
+        }
+    }
+    names
+}
+
+/// RFC 8707 §2: each resource an absolute URI without a fragment.
+fn check_resources(p: &mut Problems, raw: Option<Vec<String>>) -> Vec<String> {
+    let resources = raw.unwrap_or_default();
+    for r in &resources {
+        let scheme_ok = r.split_once(':').is_some_and(|(scheme, rest)| {
+            !rest.is_empty()
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
+        if !scheme_ok || r.contains('#') || r.chars().any(|c| c.is_control() || c == ' ') {
+            p.add(
+                "resources",
+                format!("{r:?} is not an absolute URI without a fragment (RFC 8707 §2)"),
+            );
+        }
+    }
+    resources
 }
 
 /// Where the browser lands after login or logout: a local path or an absolute URL.
@@ -1228,5 +1308,62 @@ pub(crate) mod tests {
         let mut v = minimal_json();
         v["scopes"] = serde_json::json!(["email", "openid", "offline_access"]);
         assert_eq!(config_from(v).scope, "openid email offline_access");
+    }
+
+    #[test]
+    fn authorization_parameters_the_filter_owns_are_refused_by_name() {
+        let mut v = minimal_json();
+        v["auth_params"] = serde_json::json!({
+            "audience": "https://api.example.com", "state": "x", "redirect_uri": "y",
+            "code_challenge_method": "plain", "ui_locales": "de\u{7}"
+        });
+        v["login_params"] = serde_json::json!(["prompt", "nonce", "return_to"]);
+        v["resources"] = serde_json::json!(["https://api.example.com/", "api", "https://a/#f"]);
+        let errors = errors_of(v);
+        assert_eq!(
+            fields(&errors),
+            vec![
+                "auth_params.code_challenge_method",
+                "auth_params.redirect_uri",
+                "auth_params.state",
+                "auth_params.ui_locales",
+                "login_params",
+                "login_params",
+                "resources",
+                "resources",
+            ]
+        );
+        assert!(errors[0].problem.contains("set by the filter"));
+        assert!(errors[3].problem.contains("control character"));
+    }
+
+    #[test]
+    fn authorization_parameters_default_to_the_login_hints() {
+        let c = config_from(minimal_json());
+        assert!(c.auth_params.is_empty() && c.resources.is_empty());
+        assert_eq!(
+            c.login_params,
+            [
+                "prompt",
+                "login_hint",
+                "max_age",
+                "acr_values",
+                "ui_locales"
+            ]
+        );
+        let mut v = minimal_json();
+        v["auth_params"] = serde_json::json!({"audience": "https://api.example.com"});
+        v["resources"] = serde_json::json!(["https://api.example.com/", "urn:example:api"]);
+        v["login_params"] = serde_json::json!(["domain_hint"]);
+        let c = config_from(v);
+        assert_eq!(
+            c.auth_params,
+            vec![(
+                "audience".to_string(),
+                "https://api.example.com".to_string()
+            )]
+        );
+        assert_eq!(c.resources.len(), 2);
+        assert_eq!(c.login_params, ["domain_hint"]);
     }
 }

@@ -4,6 +4,7 @@
 use crate::config::{Config, RedirectUri};
 use crate::ctx::Ctx;
 use crate::metrics::Counter;
+use crate::oidc::auth_params;
 use crate::oidc::authorize::authorization_url;
 use crate::oidc::callback::{self, AuthorizationResponse};
 use crate::oidc::discovery::Provider;
@@ -17,6 +18,14 @@ use crate::request::Request;
 use crate::session::cookie::{self, Jar};
 use crate::session::{LoginTransaction, Session, TransactionError};
 use crate::url::query_of;
+
+/// What a login is started with: where the browser returns afterwards, and the parameters the
+/// SPA forwarded through the login endpoint (none for a login a page load started).
+#[derive(Debug, Default)]
+pub struct LoginStart {
+    pub return_to: String,
+    pub forwarded: Vec<(String, String)>,
+}
 
 /// A callback that checked out: the token request to send, and what to finish the login with.
 #[derive(Debug)]
@@ -56,9 +65,9 @@ pub fn start(
     provider: &Provider,
     req: &Request,
     client: Client,
-    return_to: String,
+    start: LoginStart,
 ) -> Reply {
-    match try_start(ctx, provider, req, return_to) {
+    match try_start(ctx, provider, req, start) {
         Ok(reply) => reply,
         Err(failure) => Reply::failure(client, &failure),
     }
@@ -68,12 +77,16 @@ fn try_start(
     ctx: &mut Ctx,
     provider: &Provider,
     req: &Request,
-    return_to: String,
+    start: LoginStart,
 ) -> Result<Reply, Failure> {
     let (config, now, rng) = (ctx.config, ctx.now, &mut *ctx.rng);
     let redirect_uri = redirect_uri(config, req)?;
-    let tx = LoginTransaction::begin(rng, return_to, redirect_uri, now)
+    let mut tx = LoginTransaction::begin(rng, start.return_to, redirect_uri, now)
         .map_err(|_| Failure::Internal("no randomness for the login"))?;
+    tx.silent = start
+        .forwarded
+        .iter()
+        .any(|(n, v)| n == "prompt" && v.split(' ').any(|p| p == "none"));
     let (name, value) = tx
         .seal(&config.keys, &config.cookie.name, rng)
         .map_err(|_| Failure::Internal("could not seal the login transaction"))?;
@@ -82,6 +95,7 @@ fn try_start(
         &config.client_id,
         &config.scope,
         &tx,
+        &auth_params::extra(&config.auth_params, &start.forwarded, &config.resources),
     );
     Ok(Reply::redirect(&location)
         .counting(Counter::LoginsStarted)
@@ -143,6 +157,15 @@ pub fn callback(
             description,
             state,
         } => {
+            // A silent login (prompt=none) that the IdP could not complete goes back to the
+            // SPA with the IdP's error code (OIDC Core §3.1.2.6: login_required, ...).
+            if let Some(tx) = state.as_deref().and_then(|s| open(s).ok()) {
+                if tx.silent {
+                    let back = with_query_param(&tx.return_to, "login_error", &error);
+                    let reply = Reply::redirect(&back).counting(Counter::CallbacksFailed);
+                    return Err(forget(reply, &tx.state));
+                }
+            }
             let reply = Reply::failure(client, &Failure::IdpRefused { error, description });
             Err(match state {
                 Some(s) => forget(reply, &s),
@@ -176,7 +199,12 @@ pub fn callback(
                 config.idp_authority_for(&provider.token_endpoint),
                 &config.client_id,
                 &config.client_secret,
-                token::authorization_code_body(&code, &tx.redirect_uri, tx.verifier.secret()),
+                token::authorization_code_body(
+                    &code,
+                    &tx.redirect_uri,
+                    tx.verifier.secret(),
+                    &config.resources,
+                ),
             );
             Ok(CodeExchange {
                 request,
@@ -188,6 +216,22 @@ pub fn callback(
                 },
             })
         }
+    }
+}
+
+/// `url` with `name=value` added to its query (`value` form-encoded).
+fn with_query_param(url: &str, name: &str, value: &str) -> String {
+    let (base, fragment) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let joiner = if base.contains('?') { '&' } else { '?' };
+    let pair = form_urlencoded::Serializer::new(String::new())
+        .append_pair(name, value)
+        .finish();
+    match fragment {
+        Some(f) => format!("{base}{joiner}{pair}#{f}"),
+        None => format!("{base}{joiner}{pair}"),
     }
 }
 
@@ -291,7 +335,12 @@ mod tests {
 
     /// Starts a login and returns (state, nonce, cookie header carrying the transaction).
     fn started(config: &Config) -> (String, String, String) {
-        let h = get("/private/login?return_to=/app", &[NAV]);
+        started_at(config, "/private/login?return_to=/app")
+    }
+
+    /// Starts a login at `path` and returns (state, nonce, cookie header with the transaction).
+    fn started_at(config: &Config, path: &str) -> (String, String, String) {
+        let h = get(path, &[NAV]);
         let Decision::Reply(r) = decide_at(
             config,
             Some(&test_provider()),
@@ -420,6 +469,47 @@ mod tests {
         assert_eq!(s.claims().get("name"), Some(&json!("Alice")));
         assert_eq!(s.claims().get("nonce"), None);
         assert_eq!(s.sid.len(), 22);
+    }
+
+    #[test]
+    fn a_silent_login_the_idp_cannot_complete_goes_back_to_the_spa() {
+        let c = config_from(minimal_json());
+        let (state, _, cookie) =
+            started_at(&c, "/private/login?return_to=%2Fapp%3Ftab%3D2&prompt=none");
+        let back = callback_at(
+            &c,
+            &format!("error=login_required&error_description=x&state={state}"),
+            &cookie,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(back.status, 302);
+        assert_eq!(
+            back.header("location"),
+            Some("/app?tab=2&login_error=login_required")
+        );
+        assert!(back
+            .cookies()
+            .any(|c| c.contains(".tx.") && c.contains("Max-Age=0")));
+        assert_eq!(back.counter, Some(Counter::CallbacksFailed));
+        // A login that was not silent gets the error page, as before.
+        let (state, _, cookie) = started(&c);
+        let refused = callback_at(&c, &format!("error=login_required&state={state}"), &cookie)
+            .err()
+            .unwrap();
+        assert_eq!(refused.status, 401);
+        // Without its transaction cookie a forged "silent" error cannot redirect anywhere.
+        let (state, _, _) = started_at(&c, "/private/login?prompt=none");
+        let forged = callback_at(&c, &format!("error=login_required&state={state}"), "")
+            .err()
+            .unwrap();
+        assert_eq!(forged.status, 401);
+    }
+
+    #[test]
+    fn query_parameters_are_added_before_the_fragment() {
+        assert_eq!(with_query_param("/a", "e", "x y"), "/a?e=x+y");
+        assert_eq!(with_query_param("/a?b=1#f", "e", "x"), "/a?b=1&e=x#f");
     }
 
     #[test]

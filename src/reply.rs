@@ -2,6 +2,7 @@
 //! failure becomes a status code and a message.
 
 use crate::metrics::Counter;
+use crate::oidc::auth_params::BadForward;
 use crate::oidc::callback::CallbackError;
 use crate::oidc::id_token::IdTokenError;
 use crate::oidc::token::TokenError;
@@ -162,6 +163,8 @@ pub enum Failure {
     },
     /// `return_to` is not a same-origin relative path.
     UnsafeReturnTo,
+    /// A parameter the login endpoint forwards is repeated, too long, or has a control character.
+    BadLoginParameter(BadForward),
     /// The Host or X-Forwarded-Host header cannot form a redirect URI.
     BadHost,
     BadCallback(CallbackError),
@@ -214,6 +217,7 @@ impl Failure {
                 401
             }
             Failure::UnsafeReturnTo
+            | Failure::BadLoginParameter(_)
             | Failure::BadHost
             | Failure::BadCallback(_)
             | Failure::LoginExpired
@@ -232,6 +236,7 @@ impl Failure {
         match self {
             Failure::Unauthenticated { .. } => "unauthenticated",
             Failure::UnsafeReturnTo => "invalid_return_to",
+            Failure::BadLoginParameter(_) => "invalid_login_parameter",
             Failure::BadHost => "invalid_host",
             Failure::BadCallback(_) => "invalid_callback",
             Failure::LoginExpired => "login_expired",
@@ -253,6 +258,7 @@ impl Failure {
         match self {
             Failure::Unauthenticated { .. } => "Log in first.".into(),
             Failure::UnsafeReturnTo => "return_to must be a relative path on this site.".into(),
+            Failure::BadLoginParameter(bad) => format!("The login parameter {bad}."),
             Failure::BadHost => "The request's host cannot be used for the login redirect.".into(),
             Failure::BadCallback(e) => format!("Invalid login callback: {e}."),
             Failure::LoginExpired => {

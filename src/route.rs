@@ -5,7 +5,8 @@ use crate::config::Config;
 use crate::csrf;
 use crate::ctx::Ctx;
 use crate::endpoints::{self, LogoutPlan};
-use crate::login::{self, CodeExchange};
+use crate::login::{self, CodeExchange, LoginStart};
+use crate::oidc::auth_params;
 use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::IdpRequest;
 use crate::refresh::grant::refresh_request;
@@ -92,14 +93,14 @@ pub fn decide(ctx: &mut Ctx, req: &Request, sessions: &mut SessionCache) -> Deci
         return pass_through(config, req);
     }
     if path == config.login_path {
-        let return_to = match login_return_to(config, req.path) {
-            Ok(r) => r,
+        let start = match login_start(config, req.path) {
+            Ok(start) => start,
             Err(f) => return Decision::Reply(Reply::failure(client(), &f)),
         };
         let Some(provider) = provider else {
             return Decision::AwaitProvider;
         };
-        return Decision::Reply(login::start(ctx, provider, req, client(), return_to));
+        return Decision::Reply(login::start(ctx, provider, req, client(), start));
     }
     if let Err(failure) = csrf::check(config, req) {
         return Decision::Reply(Reply::failure(client(), &failure));
@@ -314,7 +315,11 @@ fn unauthenticated(
     let return_to = safe_return_to(req.path)
         .map(str::to_string)
         .unwrap_or_else(|_| config.post_login_url.clone());
-    let reply = login::start(ctx, provider, req, Client::Navigation, return_to);
+    let start = LoginStart {
+        return_to,
+        forwarded: Vec::new(),
+    };
+    let reply = login::start(ctx, provider, req, Client::Navigation, start);
     Settled::Reply(dead_cookies_cleared(config, jar, reason, reply))
 }
 
@@ -339,10 +344,22 @@ fn dead_cookies_cleared(config: &Config, jar: &Jar, reason: NoSession, reply: Re
     }
 }
 
+/// The login endpoint's query: `return_to` (a checked relative path, or the configured
+/// default) and the parameters it forwards to the IdP.
+fn login_start(config: &Config, path_and_query: &str) -> Result<LoginStart, Failure> {
+    let query = query_of(path_and_query).unwrap_or("");
+    let forwarded =
+        auth_params::forwarded(query, &config.login_params).map_err(Failure::BadLoginParameter)?;
+    Ok(LoginStart {
+        return_to: login_return_to(config, query)?,
+        forwarded,
+    })
+}
+
 /// `?return_to=` on the login endpoint: a checked relative path, or the configured default.
-fn login_return_to(config: &Config, path_and_query: &str) -> Result<String, Failure> {
+fn login_return_to(config: &Config, query: &str) -> Result<String, Failure> {
     let mut found = None;
-    for (name, value) in form_urlencoded::parse(query_of(path_and_query).unwrap_or("").as_bytes()) {
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         if name == "return_to" {
             if found.is_some() {
                 return Err(Failure::UnsafeReturnTo);
@@ -762,6 +779,95 @@ pub(crate) mod tests {
             (f.token_header, f.extra),
             (None, vec![("x-user-sub".to_string(), None)])
         );
+    }
+
+    /// The authorization request's query parameters, in order.
+    fn authorize_params(r: &Reply) -> Vec<(String, String)> {
+        let location = r.header("location").unwrap();
+        form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    #[test]
+    fn the_login_endpoint_forwards_allowed_parameters_once_each() {
+        let mut v = minimal_json();
+        v["auth_params"] =
+            serde_json::json!({"audience": "https://api.example.com", "prompt": "login"});
+        v["resources"] = serde_json::json!(["https://api.example.com/"]);
+        let c = config_from(v);
+        let path = "/private/login?return_to=%2Fapp&prompt=none&login_hint=alice&state=forged&scope=admin&audience=evil&domain_hint=x";
+        let r = reply(decide_on(&c, &get(path, &[NAV]), 1000));
+        assert_eq!(r.status, 302);
+        let params = authorize_params(&r);
+        let count = |k: &str| params.iter().filter(|(n, _)| n == k).count();
+        let value = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        for name in [
+            "state",
+            "scope",
+            "prompt",
+            "audience",
+            "login_hint",
+            "resource",
+            "nonce",
+        ] {
+            assert_eq!(count(name), 1, "{name} once");
+        }
+        assert_eq!(
+            value("prompt"),
+            Some("none"),
+            "the SPA's replaces the configured one"
+        );
+        assert_eq!(
+            value("audience"),
+            Some("https://api.example.com"),
+            "not the SPA's"
+        );
+        assert_eq!(value("login_hint"), Some("alice"));
+        assert_eq!(value("resource"), Some("https://api.example.com/"));
+        assert_eq!(value("scope"), Some("openid profile email"));
+        assert_ne!(value("state"), Some("forged"));
+        assert_eq!(count("domain_hint"), 0, "not allow-listed");
+        // A navigation that starts a login forwards nothing from the page's own query.
+        let r = reply(decide_on(
+            &c,
+            &get("/private/page?prompt=none", &[NAV]),
+            1000,
+        ));
+        assert_eq!(
+            authorize_params(&r)
+                .iter()
+                .filter(|(n, _)| n == "prompt")
+                .count(),
+            1
+        );
+        assert_eq!(
+            authorize_params(&r)
+                .iter()
+                .find(|(n, _)| n == "prompt")
+                .map(|(_, v)| v.as_str()),
+            Some("login")
+        );
+    }
+
+    #[test]
+    fn the_login_endpoint_refuses_malformed_forwarded_parameters() {
+        let c = config_from(minimal_json());
+        for query in [
+            "login_hint=a%0Ab",
+            "prompt=login&prompt=none",
+            "max_age=soon",
+            &format!("ui_locales={}", "x".repeat(600)),
+        ] {
+            let r = reply(decide_on(
+                &c,
+                &get(&format!("/private/login?{query}"), &[API]),
+                1000,
+            ));
+            assert_eq!(r.status, 400, "{query}");
+            assert!(r.body.contains("invalid_login_parameter"), "{query}");
+            assert!(!r.body.contains("xxxx"), "no value echoed");
+        }
     }
 
     #[test]

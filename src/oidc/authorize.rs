@@ -3,14 +3,17 @@
 use crate::session::LoginTransaction;
 use crate::url::AbsoluteUrl;
 
-/// The URL the browser is sent to, carrying state, nonce and the S256 code challenge.
+/// The URL the browser is sent to, carrying state, nonce and the S256 code challenge, then
+/// `extra` ([`super::auth_params::extra`]).
 pub fn authorization_url(
     endpoint: &AbsoluteUrl,
     client_id: &str,
     scope: &str,
     tx: &LoginTransaction,
+    extra: &[(&str, &str)],
 ) -> String {
-    let query = form_urlencoded::Serializer::new(String::new())
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query
         .append_pair("response_type", "code")
         .append_pair("client_id", client_id)
         .append_pair("redirect_uri", &tx.redirect_uri)
@@ -19,7 +22,8 @@ pub fn authorization_url(
         .append_pair("nonce", &tx.nonce)
         .append_pair("code_challenge", &tx.verifier.challenge())
         .append_pair("code_challenge_method", "S256")
-        .finish();
+        .extend_pairs(extra);
+    let query = query.finish();
     // An endpoint may carry its own query (e.g. a tenant or policy parameter): keep it.
     let joiner = if endpoint.path_and_query.contains('?') {
         '&'
@@ -44,7 +48,16 @@ mod tests {
         )
         .unwrap();
         let endpoint = AbsoluteUrl::parse("https://idp.example/authorize?p=B2C_1").unwrap();
-        let url = authorization_url(&endpoint, "my app", "openid email", &tx);
+        let url = authorization_url(
+            &endpoint,
+            "my app",
+            "openid email",
+            &tx,
+            &[
+                ("audience", "https://api.example/"),
+                ("resource", "urn:a b"),
+            ],
+        );
         let (base, query) = url.split_once("?").unwrap();
         assert_eq!(base, "https://idp.example/authorize");
         let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
@@ -67,5 +80,6 @@ mod tests {
         );
         assert_eq!(get("code_challenge_method"), Some("S256"));
         assert!(query.contains("redirect_uri=https%3A%2F%2Fapp.example%2Fprivate%2Fcallback"));
+        assert!(query.ends_with("&audience=https%3A%2F%2Fapi.example%2F&resource=urn%3Aa+b"));
     }
 }

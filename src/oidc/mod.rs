@@ -1,5 +1,6 @@
 //! The OpenID Connect protocol, as plain functions: build a request, read a reply.
 
+pub mod auth_params;
 pub mod authorize;
 pub mod callback;
 pub mod discovery;

@@ -20,22 +20,31 @@ pub fn client_secret_basic(client_id: &str, secret: &Secret) -> String {
     format!("Basic {}", STANDARD.encode(format!("{id}:{pw}")))
 }
 
-/// The form body of an authorization-code grant with the PKCE verifier (RFC 7636 §4.5).
-pub fn authorization_code_body(code: &Secret, redirect_uri: &str, verifier: &Secret) -> String {
+/// The form body of an authorization-code grant with the PKCE verifier (RFC 7636 §4.5) and
+/// the resource indicators the authorization request named (RFC 8707 §2.2).
+pub fn authorization_code_body(
+    code: &Secret,
+    redirect_uri: &str,
+    verifier: &Secret,
+    resources: &[String],
+) -> String {
     form_urlencoded::Serializer::new(String::new())
         .append_pair("grant_type", "authorization_code")
         .append_pair("code", code.expose())
         .append_pair("redirect_uri", redirect_uri)
         .append_pair("code_verifier", verifier.expose())
+        .extend_pairs(resources.iter().map(|r| ("resource", r)))
         .finish()
 }
 
-/// The form body of a refresh-token grant (RFC 6749 §6). No `scope`: the same scope is
-/// granted again.
-pub fn refresh_token_body(refresh_token: &Secret) -> String {
+/// The form body of a refresh-token grant (RFC 6749 §6), with the resource indicators again
+/// (RFC 8707 §2.2: else an IdP may issue a token for no resource). No `scope`: the same scope
+/// is granted again.
+pub fn refresh_token_body(refresh_token: &Secret, resources: &[String]) -> String {
     form_urlencoded::Serializer::new(String::new())
         .append_pair("grant_type", "refresh_token")
         .append_pair("refresh_token", refresh_token.expose())
+        .extend_pairs(resources.iter().map(|r| ("resource", r)))
         .finish()
 }
 
@@ -179,18 +188,31 @@ mod tests {
 
     #[test]
     fn code_grant_body() {
-        let body = authorization_code_body(&Secret::new("c+1"), "https://a/cb", &Secret::new("v"));
+        let body =
+            authorization_code_body(&Secret::new("c+1"), "https://a/cb", &Secret::new("v"), &[]);
         assert_eq!(
             body,
             "grant_type=authorization_code&code=c%2B1&redirect_uri=https%3A%2F%2Fa%2Fcb&code_verifier=v"
         );
+        // RFC 8707 §2.2: the resources again, one parameter each.
+        let with = authorization_code_body(
+            &Secret::new("c"),
+            "https://a/cb",
+            &Secret::new("v"),
+            &["https://api/x".into(), "urn:y".into()],
+        );
+        assert!(with.ends_with("&code_verifier=v&resource=https%3A%2F%2Fapi%2Fx&resource=urn%3Ay"));
     }
 
     #[test]
     fn refresh_grant_body() {
         assert_eq!(
-            refresh_token_body(&Secret::new("r/t+1")),
+            refresh_token_body(&Secret::new("r/t+1"), &[]),
             "grant_type=refresh_token&refresh_token=r%2Ft%2B1"
+        );
+        assert_eq!(
+            refresh_token_body(&Secret::new("rt"), &["https://api/x".into()]),
+            "grant_type=refresh_token&refresh_token=rt&resource=https%3A%2F%2Fapi%2Fx"
         );
     }
 

@@ -23,7 +23,7 @@ pub fn refresh_request(
         config.idp_authority_for(&provider.token_endpoint),
         &config.client_id,
         &config.client_secret,
-        token::refresh_token_body(refresh_token),
+        token::refresh_token_body(refresh_token, &config.resources),
     ))
 }
 

@@ -28,6 +28,10 @@ pub struct LoginTransaction {
     pub redirect_uri: String,
     #[serde(rename = "t")]
     pub created: u64,
+    /// Started with `prompt=none` (a silent login): an IdP error such as `login_required`
+    /// goes back to `return_to` for the SPA to handle, not to an error page.
+    #[serde(rename = "p", default, skip_serializing_if = "std::ops::Not::not")]
+    pub silent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +59,7 @@ impl LoginTransaction {
             return_to,
             redirect_uri,
             created: now,
+            silent: false,
         })
     }
 

@@ -20,6 +20,10 @@
 //   IDP_ACCESS_TOKEN_TTL           seconds, default 3600
 //   IDP_ID_TOKEN_TTL               seconds, default 3600
 //   IDP_REFRESH_TOKEN_TTL          seconds, default 86400
+//   IDP_RESOURCES                  comma-separated RFC 8707 resource indicators it serves: an
+//                                  access token asked for one of them is a JWT (RS256, the
+//                                  provider's keys) with `aud` = the resource and scope
+//                                  `api:read`; any other `resource` is invalid_target
 //   IDP_USER / IDP_PASSWORD        default alice / wonderland (the first user; bob is fixed,
 //                                  and absent if IDP_USER takes his name)
 //   IDP_KEY_FILE                   optional path of a private JWKS (JSON {"keys": [...]}). If the
@@ -61,7 +65,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 // oidc-provider's own in-memory adapter and cache, given a store that is not capped at the
 // default ~1000-2000 entries (with which a long test module could see old grants evicted).
 // Deep imports: the package has no "exports" map, and its version is pinned.
@@ -101,6 +105,7 @@ const CLIENT_SECRET = env('IDP_CLIENT_SECRET', 'bff-secret');
 const REDIRECT_URIS = envList('IDP_REDIRECT_URIS');
 if (REDIRECT_URIS.length === 0) fail('IDP_REDIRECT_URIS is required');
 const POST_LOGOUT_REDIRECT_URIS = envList('IDP_POST_LOGOUT_REDIRECT_URIS');
+const RESOURCES = envList('IDP_RESOURCES');
 const ID_TOKEN_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
 const ID_TOKEN_ALG = env('IDP_ID_TOKEN_ALG', 'RS256');
 if (!ID_TOKEN_ALGS.includes(ID_TOKEN_ALG)) fail('IDP_ID_TOKEN_ALG must be RS256, PS256, ES256 or EdDSA');
@@ -372,6 +377,15 @@ const configuration = {
 
   features: {
     devInteractions: { enabled: false },
+    // RFC 8707. useGrantedResource stays false: a code exchange or refresh that leaves
+    // `resource` out gets an opaque token for userinfo, so a client that forgets it is seen.
+    resourceIndicators: {
+      enabled: true,
+      async getResourceServerInfo(_ctx, resource) {
+        if (!RESOURCES.includes(resource)) throw new errors.InvalidTarget();
+        return { scope: 'api:read', accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+      },
+    },
     revocation: { enabled: true },
     userinfo: { enabled: true },
     rpInitiatedLogout: {
