@@ -102,7 +102,12 @@ struct RawCsrf {
 #[serde(deny_unknown_fields)]
 struct RawRule {
     prefix: String,
+    #[serde(default)]
     require: BTreeMap<String, Requirement>,
+    /// Step-up: the session's `acr` must be one of these.
+    acr: Option<Vec<String>>,
+    /// Step-up: the user must have authenticated (`auth_time`) at most this long ago.
+    max_auth_age_s: Option<u64>,
 }
 
 /// What a claim must satisfy for an authorization rule.
@@ -123,6 +128,18 @@ pub enum Requirement {
 pub struct Rule {
     pub prefix: String,
     pub require: Vec<(String, Requirement)>,
+    /// What a stronger or fresher login gives; unmet, it asks for one (a step-up) instead of
+    /// refusing.
+    pub step_up: StepUp,
+}
+
+/// A rule's step-up requirement (OIDC Core §3.1.2.1 `acr_values` and `max_age`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepUp {
+    /// The session's `acr` must be one of these (none: any).
+    pub acr: Vec<String>,
+    /// Seconds since `auth_time`, at most.
+    pub max_auth_age: Option<u64>,
 }
 
 /// Cross-site request forgery defence for API calls.
@@ -483,7 +500,7 @@ impl Config {
             check_spa_paths(&mut p, raw.session_path, raw.logout_path, &prefix);
         let post_logout_url = check_landing_url(&mut p, "post_logout_url", raw.post_logout_url);
         let csrf = raw.csrf.unwrap_or_default().check(&mut p);
-        let rules = check_rules(&mut p, raw.rules, &prefix);
+        let rules = check_rules(&mut p, raw.rules, &prefix, &login_params);
         let claim_headers = check_claim_headers(&mut p, raw.claim_headers);
         let own_paths = [
             ("login_path", login_path.as_str()),
@@ -878,8 +895,16 @@ impl RawCsrf {
     }
 }
 
-fn check_rules(p: &mut Problems, raw: Option<Vec<RawRule>>, prefix: &str) -> Vec<Rule> {
+/// Rules, each under the prefix and asking for something. A step-up is a login through the
+/// login endpoint, so the parameters it needs must be ones the endpoint forwards.
+fn check_rules(
+    p: &mut Problems,
+    raw: Option<Vec<RawRule>>,
+    prefix: &str,
+    login_params: &[String],
+) -> Vec<Rule> {
     let mut rules = Vec::new();
+    let forwards = |name: &str| login_params.iter().any(|n| n == name);
     for (i, r) in raw.unwrap_or_default().into_iter().enumerate() {
         if !r.prefix.starts_with('/') || !crate::url::is_under(&r.prefix, prefix) {
             p.add(
@@ -887,15 +912,42 @@ fn check_rules(p: &mut Problems, raw: Option<Vec<RawRule>>, prefix: &str) -> Vec
                 format!("must be a path under the prefix {prefix}"),
             );
         }
-        if r.require.is_empty() {
+        let step_up = StepUp {
+            acr: r.acr.unwrap_or_default(),
+            max_auth_age: r.max_auth_age_s,
+        };
+        if r.require.is_empty() && step_up == StepUp::default() {
             p.add(
                 &format!("rules[{i}].require"),
                 "must name at least one claim",
             );
         }
+        for acr in &step_up.acr {
+            if let Err(why) = auth_params::check_value("acr_values", acr) {
+                p.add(&format!("rules[{i}].acr"), format!("{acr:?} {why}"));
+            } else if acr.is_empty() || acr.contains(' ') {
+                p.add(
+                    &format!("rules[{i}].acr"),
+                    format!("{acr:?} is not an acr value"),
+                );
+            }
+        }
+        if !step_up.acr.is_empty() && !forwards("acr_values") {
+            p.add(
+                &format!("rules[{i}].acr"),
+                "needs \"acr_values\" in login_params (a step-up logs in through the login endpoint)",
+            );
+        }
+        if step_up.max_auth_age.is_some() && !forwards("max_age") {
+            p.add(
+                &format!("rules[{i}].max_auth_age_s"),
+                "needs \"max_age\" in login_params (a step-up logs in through the login endpoint)",
+            );
+        }
         rules.push(Rule {
             prefix: r.prefix.trim_end_matches('/').to_string(),
             require: r.require.into_iter().collect(),
+            step_up,
         });
     }
     rules
@@ -1365,5 +1417,35 @@ pub(crate) mod tests {
         );
         assert_eq!(c.resources.len(), 2);
         assert_eq!(c.login_params, ["domain_hint"]);
+    }
+
+    #[test]
+    fn step_up_rules_need_the_login_endpoint_to_forward_their_parameters() {
+        let mut v = minimal_json();
+        v["rules"] = serde_json::json!([
+            {"prefix": "/private/refund", "acr": ["urn:example:mfa"]},
+            {"prefix": "/private/admin", "max_auth_age_s": 60},
+            {"prefix": "/private/empty"},
+            {"prefix": "/private/bad", "acr": ["two words"]}
+        ]);
+        v["login_params"] = serde_json::json!(["prompt"]);
+        let errors = errors_of(v.clone());
+        assert_eq!(
+            fields(&errors),
+            vec![
+                "rules[0].acr",
+                "rules[1].max_auth_age_s",
+                "rules[2].require",
+                "rules[3].acr",
+                "rules[3].acr"
+            ]
+        );
+        v["login_params"] = serde_json::json!(["acr_values", "max_age"]);
+        v["rules"] = serde_json::json!([
+            {"prefix": "/private/refund", "acr": ["urn:example:mfa"], "max_auth_age_s": 60}
+        ]);
+        let rule = &config_from(v).rules[0];
+        assert_eq!(rule.step_up.acr, ["urn:example:mfa"]);
+        assert_eq!(rule.step_up.max_auth_age, Some(60));
     }
 }

@@ -14,16 +14,23 @@ use subtle::ConstantTimeEq;
 /// `GET {session_path}`: the user's claims and the session's times, never a token.
 pub fn session_info(config: &Config, session: Result<Session, NoSession>) -> Reply {
     match session {
-        Ok(s) => Reply::json(
-            200,
-            &json!({
-                "sub": s.subject,
-                "claims": s.claims(),
-                "session_expires_at": s.ends_at(&config.session),
-                "access_token_expires_at": s.access_expires_at,
-                "logout_url": logout_url(config, &s),
-            }),
-        ),
+        Ok(s) => {
+            let claims = s.claims();
+            Reply::json(
+                200,
+                &json!({
+                    "sub": s.subject,
+                    // How and when the user logged in (for a step-up, OIDC Core §2): null when
+                    // the IdP does not say.
+                    "acr": claims.get("acr"),
+                    "auth_time": claims.get("auth_time"),
+                    "claims": claims,
+                    "session_expires_at": s.ends_at(&config.session),
+                    "access_token_expires_at": s.access_expires_at,
+                    "logout_url": logout_url(config, &s),
+                }),
+            )
+        }
         Err(_) => Reply::failure(
             Client::Api,
             &Failure::Unauthenticated {

@@ -83,10 +83,15 @@ fn try_start(
     let redirect_uri = redirect_uri(config, req)?;
     let mut tx = LoginTransaction::begin(rng, start.return_to, redirect_uri, now)
         .map_err(|_| Failure::Internal("no randomness for the login"))?;
-    tx.silent = start
-        .forwarded
-        .iter()
-        .any(|(n, v)| n == "prompt" && v.split(' ').any(|p| p == "none"));
+    let forwarded = |name: &str| {
+        start
+            .forwarded
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    tx.silent = forwarded("prompt").is_some_and(|p| p.split(' ').any(|p| p == "none"));
+    tx.acr_values = forwarded("acr_values").map(str::to_string);
     let (name, value) = tx
         .seal(&config.keys, &config.cookie.name, rng)
         .map_err(|_| Failure::Internal("could not seal the login transaction"))?;
@@ -295,6 +300,12 @@ fn try_finish(
         Binding::Nonce(&pending.tx.nonce),
     )
     .map_err(Failure::IdToken)?;
+    if let Some(asked) = &pending.tx.acr_values {
+        let acr = claims.all.get("acr").and_then(|a| a.as_str());
+        if !acr.is_some_and(|acr| asked.split(' ').any(|v| v == acr)) {
+            return Err(Failure::AcrNotMet);
+        }
+    }
     let session = Session {
         access_token: tokens.access_token,
         access_expires_at: now.saturating_add(
@@ -504,6 +515,31 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(forged.status, 401);
+    }
+
+    #[test]
+    fn a_login_that_asked_for_an_acr_fails_without_it() {
+        let c = config_from(minimal_json());
+        let token_with = |nonce: &str, acr: &str| {
+            let t = test_signer::sign(&json!({"iss": "http://127.0.0.1:9000", "aud": "bff",
+                "sub": "alice", "exp": 5000, "iat": 1000, "nonce": nonce, "acr": acr}));
+            json!({"access_token": "AT", "token_type": "Bearer", "id_token": t}).to_string()
+        };
+        for (acr, status) in [("urn:example:pwd", 403), ("urn:example:hw", 302)] {
+            let (state, nonce, cookie) = started_at(
+                &c,
+                "/private/login?acr_values=urn%3Aexample%3Amfa+urn%3Aexample%3Ahw",
+            );
+            let exchange =
+                callback_at(&c, &format!("code=x&state={state}&iss={ISS}"), &cookie).unwrap();
+            let body = token_with(&nonce, acr);
+            let (r, failure) = finish_with(&c, &exchange.pending, Some(200), body.as_bytes());
+            assert_eq!(r.status, status, "{acr}");
+            if status == 403 {
+                assert_eq!(failure, Some(Failure::AcrNotMet));
+                assert!(r.cookies().all(|c| !c.starts_with("__Host-bff-session=")));
+            }
+        }
     }
 
     #[test]

@@ -14,10 +14,12 @@ pub enum Counter {
     /// Authorization rules denied the request.
     Forbidden,
     Logouts,
+    /// A rule asked for a stronger or fresher login.
+    StepUps,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::LoginsStarted,
         Counter::CallbacksOk,
         Counter::CallbacksFailed,
@@ -27,6 +29,7 @@ impl Counter {
         Counter::CsrfRejected,
         Counter::Forbidden,
         Counter::Logouts,
+        Counter::StepUps,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Counter {
             Counter::CsrfRejected => "csrf_rejected",
             Counter::Forbidden => "forbidden",
             Counter::Logouts => "logouts",
+            Counter::StepUps => "step_ups",
         }
     }
 

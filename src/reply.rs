@@ -96,7 +96,9 @@ impl Reply {
         let (content_type, body) = match client {
             Client::Api => {
                 let mut body = json!({"error": failure.code(), "message": message});
-                if let Failure::Unauthenticated { login_url } = failure {
+                if let Failure::Unauthenticated { login_url }
+                | Failure::StepUpRequired { login_url } = failure
+                {
                     if let Some(fields) = body.as_object_mut() {
                         fields.insert("login".into(), json!(login_url));
                     }
@@ -126,7 +128,9 @@ impl Reply {
 
 fn error_page(status: u16, failure: &Failure, message: &str) -> String {
     let retry = match failure {
-        Failure::Unauthenticated { login_url } => login_url.as_str(),
+        Failure::Unauthenticated { login_url } | Failure::StepUpRequired { login_url } => {
+            login_url.as_str()
+        }
         _ => "/",
     };
     format!(
@@ -161,6 +165,11 @@ pub enum Failure {
     Unauthenticated {
         login_url: String,
     },
+    /// An API call whose session's login is too weak or too old for it (a rule's `acr` or
+    /// `max_auth_age_s`): log in again at `login_url`.
+    StepUpRequired {
+        login_url: String,
+    },
     /// `return_to` is not a same-origin relative path.
     UnsafeReturnTo,
     /// A parameter the login endpoint forwards is repeated, too long, or has a control character.
@@ -180,6 +189,8 @@ pub enum Failure {
     TokenExchange(TokenError),
     NoIdToken,
     IdToken(IdTokenError),
+    /// The login asked for `acr_values` and the ID token's `acr` is none of them.
+    AcrNotMet,
     /// `dispatch_http_call` was refused (e.g. unknown cluster).
     IdpUnavailable,
     /// Randomness or sealing failed.
@@ -197,6 +208,7 @@ impl Failure {
     pub fn counter(&self) -> Option<Counter> {
         match self {
             Failure::Unauthenticated { .. } => Some(Counter::Unauthenticated),
+            Failure::StepUpRequired { .. } => Some(Counter::StepUps),
             Failure::Csrf => Some(Counter::CsrfRejected),
             Failure::Forbidden => Some(Counter::Forbidden),
             Failure::BadCallback(_)
@@ -206,16 +218,18 @@ impl Failure {
             | Failure::IdpRefused { .. }
             | Failure::TokenExchange(_)
             | Failure::NoIdToken
-            | Failure::IdToken(_) => Some(Counter::CallbacksFailed),
+            | Failure::IdToken(_)
+            | Failure::AcrNotMet => Some(Counter::CallbacksFailed),
             _ => None,
         }
     }
 
     pub fn status(&self) -> u16 {
         match self {
-            Failure::Unauthenticated { .. } | Failure::IdpRefused { .. } | Failure::IdToken(_) => {
-                401
-            }
+            Failure::Unauthenticated { .. }
+            | Failure::StepUpRequired { .. }
+            | Failure::IdpRefused { .. }
+            | Failure::IdToken(_) => 401,
             Failure::UnsafeReturnTo
             | Failure::BadLoginParameter(_)
             | Failure::BadHost
@@ -227,7 +241,9 @@ impl Failure {
             Failure::TokenExchange(_) | Failure::NoIdToken => 502,
             Failure::IdpUnavailable => 503,
             Failure::Internal(_) => 500,
-            Failure::Csrf | Failure::Forbidden | Failure::LogoutForbidden => 403,
+            Failure::Csrf | Failure::Forbidden | Failure::LogoutForbidden | Failure::AcrNotMet => {
+                403
+            }
         }
     }
 
@@ -235,6 +251,7 @@ impl Failure {
     pub fn code(&self) -> &'static str {
         match self {
             Failure::Unauthenticated { .. } => "unauthenticated",
+            Failure::StepUpRequired { .. } => "step_up_required",
             Failure::UnsafeReturnTo => "invalid_return_to",
             Failure::BadLoginParameter(_) => "invalid_login_parameter",
             Failure::BadHost => "invalid_host",
@@ -246,6 +263,7 @@ impl Failure {
             Failure::TokenExchange(TokenError::Unreachable) => "idp_timeout",
             Failure::TokenExchange(_) | Failure::NoIdToken => "token_exchange_failed",
             Failure::IdToken(_) => "id_token_invalid",
+            Failure::AcrNotMet => "insufficient_authentication",
             Failure::IdpUnavailable => "idp_unavailable",
             Failure::Internal(_) => "internal_error",
             Failure::Csrf => "csrf",
@@ -257,6 +275,9 @@ impl Failure {
     pub fn message(&self) -> String {
         match self {
             Failure::Unauthenticated { .. } => "Log in first.".into(),
+            Failure::StepUpRequired { .. } => {
+                "This needs a stronger or more recent login; log in again.".into()
+            }
             Failure::UnsafeReturnTo => "return_to must be a relative path on this site.".into(),
             Failure::BadLoginParameter(bad) => format!("The login parameter {bad}."),
             Failure::BadHost => "The request's host cannot be used for the login redirect.".into(),
@@ -283,6 +304,9 @@ impl Failure {
                 "Login could not be completed: the token endpoint sent no ID token.".into()
             }
             Failure::IdToken(e) => format!("Login rejected: {e}."),
+            Failure::AcrNotMet => "The identity provider did not log you in the way this needs \
+                                   (the acr it reported is not one that was asked for)."
+                .into(),
             Failure::IdpUnavailable => {
                 "The identity provider cannot be reached; try again shortly.".into()
             }

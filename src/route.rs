@@ -6,6 +6,7 @@ use crate::csrf;
 use crate::ctx::Ctx;
 use crate::endpoints::{self, LogoutPlan};
 use crate::login::{self, CodeExchange, LoginStart};
+use crate::metrics::Counter;
 use crate::oidc::auth_params;
 use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::IdpRequest;
@@ -13,7 +14,7 @@ use crate::refresh::grant::refresh_request;
 use crate::refresh::{Outcome, RefreshId};
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
-use crate::rules;
+use crate::rules::{self, Verdict};
 use crate::session::cache::SessionCache;
 use crate::session::contents::Upkeep;
 use crate::session::cookie::Jar;
@@ -126,7 +127,7 @@ pub fn decide(ctx: &mut Ctx, req: &Request, sessions: &mut SessionCache) -> Deci
         };
     }
     let settled = match session {
-        Ok((session, Upkeep::None)) => forward(config, req, &jar, &session, Vec::new()),
+        Ok((session, Upkeep::None)) => forward(config, req, &jar, &session, Vec::new(), now),
         Ok((session, Upkeep::Rewrite)) => {
             let mut session = Session::clone(&session);
             session.last_seen = now;
@@ -142,11 +143,11 @@ pub fn decide(ctx: &mut Ctx, req: &Request, sessions: &mut SessionCache) -> Deci
                             request,
                         }))
                     }
-                    None => forward(config, req, &jar, &session, Vec::new()),
+                    None => forward(config, req, &jar, &session, Vec::new(), now),
                 },
                 // Metadata not known yet: use the token while it lasts.
                 _ if now < session.access_expires_at => {
-                    forward(config, req, &jar, &session, Vec::new())
+                    forward(config, req, &jar, &session, Vec::new(), now)
                 }
                 _ => return Decision::AwaitProvider,
             }
@@ -191,7 +192,7 @@ pub fn after_refresh(
         Outcome::Ended => unauthenticated(ctx, provider, req, &jar, NoSession::Expired),
         // The IdP is down: go on with the current token while it is valid.
         Outcome::Unavailable if ctx.now < session.access_expires_at => {
-            forward(config, req, &jar, session, Vec::new())
+            forward(config, req, &jar, session, Vec::new(), ctx.now)
         }
         Outcome::Unavailable => {
             Settled::Reply(Reply::failure(client_of(req), &Failure::IdpUnavailable))
@@ -213,13 +214,14 @@ fn logs_in(req: &Request) -> bool {
 }
 
 /// Sends an authenticated request upstream: the token, the claim headers, no filter cookie;
-/// unless an authorization rule denies it.
+/// unless an authorization rule denies it or asks for a stronger or fresher login.
 fn forward(
     config: &Config,
     req: &Request,
     jar: &Jar,
     session: &Session,
     set_cookies: Vec<String>,
+    now: u64,
 ) -> Settled {
     let path = path_of(req.path);
     let needs_claims = !config.claim_headers.is_empty() || rules::applies(&config.rules, path);
@@ -228,8 +230,15 @@ fn forward(
     } else {
         Default::default()
     };
-    if !rules::allows(&config.rules, path, &claims) {
-        let reply = Reply::failure(client_of(req), &Failure::Forbidden);
+    let refused = match rules::check(&config.rules, path, &claims, now) {
+        Verdict::Allowed => None,
+        Verdict::Forbidden => Some(Reply::failure(client_of(req), &Failure::Forbidden)),
+        Verdict::StepUp {
+            acr_values,
+            max_age,
+        } => Some(step_up(config, req, acr_values, max_age)),
+    };
+    if let Some(reply) = refused {
         return Settled::Reply(set_cookies.into_iter().fold(reply, Reply::with_cookie));
     }
     let extra = config
@@ -246,6 +255,32 @@ fn forward(
         set_cookies,
         extra,
     })
+}
+
+/// The session's login is too weak or too old for this path: a page load goes to the login
+/// endpoint with what the rule asks for (and comes back here); an API call gets 401 with that
+/// login URL for the SPA to follow.
+fn step_up(
+    config: &Config,
+    req: &Request,
+    acr_values: Option<String>,
+    max_age: Option<u64>,
+) -> Reply {
+    let return_to = safe_return_to(req.path).unwrap_or(&config.post_login_url);
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("return_to", return_to);
+    if let Some(acr) = &acr_values {
+        query.append_pair("acr_values", acr);
+    }
+    if let Some(age) = max_age {
+        query.append_pair("max_age", &age.to_string());
+    }
+    let login_url = format!("{}?{}", config.login_path, query.finish());
+    if logs_in(req) {
+        Reply::redirect(&login_url).counting(Counter::StepUps)
+    } else {
+        Reply::failure(Client::Api, &Failure::StepUpRequired { login_url })
+    }
 }
 
 /// A claim as a header value: strings as they are, lists joined with commas, other values
@@ -292,9 +327,9 @@ fn pass_through(config: &Config, req: &Request) -> Decision {
 fn rewritten(ctx: &mut Ctx, req: &Request, jar: &Jar, session: Session) -> Settled {
     let config = ctx.config;
     match session.write(&config.keys, &config.cookie, jar, ctx.rng) {
-        Ok(cookies) => forward(config, req, jar, &session, cookies),
+        Ok(cookies) => forward(config, req, jar, &session, cookies, ctx.now),
         // Could not seal: the current cookie still works, so forward without re-writing.
-        Err(_) => forward(config, req, jar, &session, Vec::new()),
+        Err(_) => forward(config, req, jar, &session, Vec::new(), ctx.now),
     }
 }
 
@@ -868,6 +903,48 @@ pub(crate) mod tests {
             assert!(r.body.contains("invalid_login_parameter"), "{query}");
             assert!(!r.body.contains("xxxx"), "no value echoed");
         }
+    }
+
+    #[test]
+    fn a_rule_wanting_a_stronger_login_asks_for_a_step_up() {
+        let mut v = minimal_json();
+        v["rules"] = serde_json::json!([{"prefix": "/private/refund", "acr": ["urn:example:mfa"], "max_auth_age_s": 300}]);
+        let c = config_from(v);
+        let mut s = refreshable(5000);
+        s.id_token = Some(Secret::new(crate::oidc::id_token::test_signer::sign(
+            &serde_json::json!({"sub": "alice", "acr": "urn:example:pwd", "auth_time": 900}),
+        )));
+        let cookie = cookie_of(&s);
+        let nav = reply(decide_on(
+            &c,
+            &get("/private/refund?id=7", &[NAV, ("cookie", &cookie)]),
+            1000,
+        ));
+        assert_eq!(nav.status, 302);
+        assert_eq!(
+            nav.header("location"),
+            Some("/private/login?return_to=%2Fprivate%2Frefund%3Fid%3D7&acr_values=urn%3Aexample%3Amfa")
+        );
+        let api = reply(decide_on(
+            &c,
+            &get("/private/refund", &[API, CSRF, ("cookie", &cookie)]),
+            1300,
+        ));
+        assert_eq!(api.status, 401);
+        let body: serde_json::Value = serde_json::from_str(&api.body).unwrap();
+        assert_eq!(body["error"], "step_up_required");
+        assert_eq!(
+            body["login"],
+            "/private/login?return_to=%2Fprivate%2Frefund&acr_values=urn%3Aexample%3Amfa&max_age=300"
+        );
+        assert!(matches!(
+            decide_on(
+                &c,
+                &get("/private/other", &[API, CSRF, ("cookie", &cookie)]),
+                1000
+            ),
+            Decision::Forward(_)
+        ));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 """The IdP's and the API's language (issue 12), in a real Envoy against the real IdP: parameters
-on the authorization request (configured, and forwarded from the SPA's login link), and RFC 8707
+on the authorization request (configured, and forwarded from the SPA's login link), RFC 8707
 resource indicators, so the API receives an access token issued for it (its `aud`), also after
-a refresh."""
+a refresh, and step-up: a rule that wants a stronger (`acr`) or fresher (`auth_time`) login
+sends the user through one and back."""
 
 import base64
 import json
+import time
 
 import pytest
 
@@ -14,6 +16,7 @@ from harness.stack import start_stack
 from test_config import refused
 
 RESOURCE = "https://api.example.test/orders"
+MFA = "urn:example:mfa"  # the test IdP's stronger acr
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +27,8 @@ def api(procs):
         scopes=["openid", "profile", "email", "offline_access", "api:read"],
         auth_params={"ui_locales": "en", "prompt": "login"},
         resources=[RESOURCE],
+        rules=[{"prefix": "/private/refund", "acr": [MFA]},
+               {"prefix": "/private/fresh", "max_auth_age_s": 2}],
         # Every API call finds the token due: the first one after login refreshes it.
         session={"refresh_leeway_s": 3600},
     )
@@ -116,3 +121,49 @@ def test_a_silent_login_without_an_idp_session_comes_back_to_the_spa_with_its_er
     assert back.headers["Location"] == "/app?login_error=login_required"
     assert not any(".tx." in name for name in b.jar), "the transaction is gone"
     assert not b.session_cookies()
+
+
+def follow_step_up(b: Browser, path: str) -> str:
+    """A page load that the rules send through a step-up: returns where the login ends."""
+    page = b.get(path)
+    assert page.status_code == 302, (page.status_code, page.text)
+    login = page.headers["Location"]
+    assert login.startswith("/private/login?"), login
+    start = b.get(login)
+    assert start.status_code == 302, start.text
+    # The IdP shows its login form again (a stronger or fresher login), then comes back.
+    done = b.get(login_at_idp(b.idp, start.headers["Location"]))
+    assert done.status_code == 302, (done.status_code, done.text)
+    return done.headers["Location"]
+
+
+def test_a_rule_wanting_a_stronger_login_steps_up_and_comes_back(api):
+    b = Browser(api.envoy)
+    assert b.login().status_code == 302
+    # A login that asked for no acr_values: this IdP names no acr then (oidc-provider's
+    # claims follow the request), and the session endpoint says so.
+    assert b.get("/private/session", navigate=False).json()["acr"] is None
+    # An API call is told where to log in; the SPA follows that link as a page load.
+    r = b.get("/private/refund/7", navigate=False)
+    assert r.status_code == 401, r.text
+    body = r.json()
+    assert body["error"] == "step_up_required"
+    assert body["login"] == f"/private/login?return_to=%2Fprivate%2Frefund%2F7&acr_values={MFA.replace(':', '%3A')}"
+    assert follow_step_up(b, "/private/refund/7") == "/private/refund/7"
+    info = b.get("/private/session", navigate=False).json()
+    assert info["acr"] == MFA and info["sub"] == "alice-sub-0001"
+    assert b.get("/private/refund/7", navigate=False).status_code == 200
+    assert b.get("/private/orders", navigate=False).status_code == 200
+
+
+def test_a_rule_wanting_a_recent_login_steps_up_with_max_age(api):
+    b = Browser(api.envoy)
+    assert b.login().status_code == 302
+    first = b.get("/private/session", navigate=False).json()["auth_time"]
+    assert b.get("/private/fresh", navigate=False).status_code == 200
+    time.sleep(3.1)
+    r = b.get("/private/fresh", navigate=False)
+    assert r.status_code == 401 and "max_age=2" in r.json()["login"], r.text
+    assert follow_step_up(b, "/private/fresh") == "/private/fresh"
+    assert b.get("/private/session", navigate=False).json()["auth_time"] > first
+    assert b.get("/private/fresh", navigate=False).status_code == 200

@@ -32,6 +32,10 @@ pub struct LoginTransaction {
     /// goes back to `return_to` for the SPA to handle, not to an error page.
     #[serde(rename = "p", default, skip_serializing_if = "std::ops::Not::not")]
     pub silent: bool,
+    /// The `acr_values` asked for (a step-up): the ID token's `acr` must be one of them, else
+    /// the login fails rather than loop back to a page that asks again.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub acr_values: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,7 @@ impl LoginTransaction {
             redirect_uri,
             created: now,
             silent: false,
+            acr_values: None,
         })
     }
 

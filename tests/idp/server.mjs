@@ -24,6 +24,10 @@
 //                                  access token asked for one of them is a JWT (RS256, the
 //                                  provider's keys) with `aud` = the resource and scope
 //                                  `api:read`; any other `resource` is invalid_target
+//   acr: a login is `urn:example:pwd`, or `urn:example:mfa` when the authorization request's
+//   acr_values asks for it (this IdP's stand-in for a second factor: the same form); a session
+//   whose acr is not among the acr_values asked for is shown the login form again (step-up).
+//   max_age is honoured as OIDC says (an older login signs in again).
 //   IDP_USER / IDP_PASSWORD        default alice / wonderland (the first user; bob is fixed,
 //                                  and absent if IDP_USER takes his name)
 //   IDP_KEY_FILE                   optional path of a private JWKS (JSON {"keys": [...]}). If the
@@ -65,7 +69,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 
-import Provider, { errors } from 'oidc-provider';
+import Provider, { errors, interactionPolicy } from 'oidc-provider';
 // oidc-provider's own in-memory adapter and cache, given a store that is not capped at the
 // default ~1000-2000 entries (with which a long test module could see old grants evicted).
 // Deep imports: the package has no "exports" map, and its version is pinned.
@@ -106,6 +110,27 @@ const REDIRECT_URIS = envList('IDP_REDIRECT_URIS');
 if (REDIRECT_URIS.length === 0) fail('IDP_REDIRECT_URIS is required');
 const POST_LOGOUT_REDIRECT_URIS = envList('IDP_POST_LOGOUT_REDIRECT_URIS');
 const RESOURCES = envList('IDP_RESOURCES');
+const ACR_PWD = 'urn:example:pwd';
+const ACR_MFA = 'urn:example:mfa';
+
+// oidc-provider treats acr_values as voluntary: a session already signed in at a lower acr
+// would be answered without a login. A step-up needs the login form again, so the login prompt
+// gets one more check (the `oidc.result?.login` guard, as oidc-provider's own checks have it,
+// keeps a login just finished from being asked for again).
+function stepUpPolicy() {
+  const { Check, base } = interactionPolicy;
+  const policy = base();
+  policy.get('login').checks.add(new Check('acr_unmet', 'requested ACR not met by the session',
+    'login_required', (ctx) => {
+      const { oidc } = ctx;
+      const wanted = String(oidc.params.acr_values ?? '').split(' ').filter(Boolean);
+      if (!wanted.length || !oidc.session.accountId || oidc.result?.login) {
+        return Check.NO_NEED_TO_PROMPT;
+      }
+      return wanted.includes(oidc.acr) ? Check.NO_NEED_TO_PROMPT : Check.REQUEST_PROMPT;
+    }));
+  return policy;
+}
 const ID_TOKEN_ALGS = ['RS256', 'PS256', 'ES256', 'EdDSA'];
 const ID_TOKEN_ALG = env('IDP_ID_TOKEN_ALG', 'RS256');
 if (!ID_TOKEN_ALGS.includes(ID_TOKEN_ALG)) fail('IDP_ID_TOKEN_ALG must be RS256, PS256, ES256 or EdDSA');
@@ -371,7 +396,9 @@ const configuration = {
     Grant: () => 14 * 24 * 3600,
   },
 
+  acrValues: [ACR_PWD, ACR_MFA],
   interactions: {
+    policy: stepUpPolicy(),
     url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
   },
 
@@ -560,8 +587,13 @@ async function interaction(req, res, uid, action) {
       sendHtml(res, 200, loginForm(uid, clientName, { error: 'Invalid credentials', login }));
       return;
     }
+    const mfa = String(details.params.acr_values ?? '').split(' ').includes(ACR_MFA);
     await provider.interactionFinished(req, res, {
-      login: { accountId: user.claims.sub, amr: ['pwd'] },
+      login: {
+        accountId: user.claims.sub,
+        acr: mfa ? ACR_MFA : ACR_PWD,
+        amr: mfa ? ['pwd', 'otp'] : ['pwd'],
+      },
     }, { mergeWithLastSubmission: false });
     return;
   }
