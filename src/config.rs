@@ -85,6 +85,7 @@ struct RawConfig {
     post_logout_url: Option<String>,
     csrf: Option<RawCsrf>,
     rules: Option<Vec<RawRule>>,
+    upstream_step_up: Option<bool>,
     claim_headers: Option<BTreeMap<String, String>>,
     bypass: Option<Vec<String>>,
     metrics_prefix: Option<String>,
@@ -281,6 +282,9 @@ pub struct Config {
     pub post_logout_url: String,
     pub csrf: Csrf,
     pub rules: Vec<Rule>,
+    /// Turn an API's RFC 9470 step-up challenge (401 `insufficient_user_authentication`) into
+    /// a step-up login. Off by default: it reads every forwarded request's response status.
+    pub upstream_step_up: bool,
     /// Claim → upstream header; incoming headers of these names are always removed.
     pub claim_headers: Vec<(String, String)>,
     /// Path prefixes under the protected prefix that pass through untouched.
@@ -501,6 +505,15 @@ impl Config {
         let post_logout_url = check_landing_url(&mut p, "post_logout_url", raw.post_logout_url);
         let csrf = raw.csrf.unwrap_or_default().check(&mut p);
         let rules = check_rules(&mut p, raw.rules, &prefix, &login_params);
+        let upstream_step_up = raw.upstream_step_up.unwrap_or(false);
+        for param in ["acr_values", "max_age"] {
+            if upstream_step_up && !login_params.iter().any(|n| n == param) {
+                p.add(
+                    "upstream_step_up",
+                    format!("needs {param:?} in login_params (a step-up logs in through the login endpoint)"),
+                );
+            }
+        }
         let claim_headers = check_claim_headers(&mut p, raw.claim_headers);
         let own_paths = [
             ("login_path", login_path.as_str()),
@@ -543,6 +556,7 @@ impl Config {
                 post_logout_url,
                 csrf,
                 rules,
+                upstream_step_up,
                 claim_headers,
                 bypass,
                 metrics_prefix,

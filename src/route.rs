@@ -7,9 +7,9 @@ use crate::ctx::Ctx;
 use crate::endpoints::{self, LogoutPlan};
 use crate::login::{self, CodeExchange, LoginStart};
 use crate::metrics::Counter;
-use crate::oidc::auth_params;
 use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::IdpRequest;
+use crate::oidc::{auth_params, challenge};
 use crate::refresh::grant::refresh_request;
 use crate::refresh::{Outcome, RefreshId};
 use crate::reply::{Client, Failure, Reply};
@@ -62,6 +62,44 @@ pub struct Forward {
     /// Other request headers to set (`Some`) or remove (`None`): claim headers, and any
     /// client-sent header of those names.
     pub extra: Vec<(String, Option<String>)>,
+    /// With `upstream_step_up` on: how to answer the API's RFC 9470 challenge, if it sends one.
+    pub step_up_watch: Option<StepUpWatch>,
+}
+
+/// What turning an API's step-up challenge into a login needs to know of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUpWatch {
+    /// Where the login comes back to: this request's path, if safe to return to.
+    return_to: String,
+    /// A page load (sent to log in) rather than an API call (told to).
+    navigation: bool,
+}
+
+impl StepUpWatch {
+    fn of(config: &Config, req: &Request) -> StepUpWatch {
+        StepUpWatch {
+            return_to: safe_return_to(req.path)
+                .unwrap_or(&config.post_login_url)
+                .to_string(),
+            navigation: logs_in(req),
+        }
+    }
+}
+
+/// The API answered a forwarded request with 401 and `www_authenticate`: an RFC 9470 step-up
+/// challenge naming acr_values or max_age becomes the same step-up as a rule's; anything else
+/// goes to the client as it is (`None`).
+pub fn upstream_challenge(
+    config: &Config,
+    watch: &StepUpWatch,
+    www_authenticate: &str,
+) -> Option<Reply> {
+    let c = challenge::step_up_challenge(www_authenticate)?;
+    // Neither: a new login could come back the same, and loop.
+    if c.acr_values.is_none() && c.max_age.is_none() {
+        return None;
+    }
+    Some(step_up(config, watch, c.acr_values.as_deref(), c.max_age))
 }
 
 #[derive(Debug)]
@@ -236,7 +274,12 @@ fn forward(
         Verdict::StepUp {
             acr_values,
             max_age,
-        } => Some(step_up(config, req, acr_values, max_age)),
+        } => Some(step_up(
+            config,
+            &StepUpWatch::of(config, req),
+            acr_values.as_deref(),
+            max_age,
+        )),
     };
     if let Some(reply) = refused {
         return Settled::Reply(set_cookies.into_iter().fold(reply, Reply::with_cookie));
@@ -254,6 +297,9 @@ fn forward(
         cookie: jar.without_own(&config.cookie.name),
         set_cookies,
         extra,
+        step_up_watch: config
+            .upstream_step_up
+            .then(|| StepUpWatch::of(config, req)),
     })
 }
 
@@ -262,21 +308,20 @@ fn forward(
 /// login URL for the SPA to follow.
 fn step_up(
     config: &Config,
-    req: &Request,
-    acr_values: Option<String>,
+    watch: &StepUpWatch,
+    acr_values: Option<&str>,
     max_age: Option<u64>,
 ) -> Reply {
-    let return_to = safe_return_to(req.path).unwrap_or(&config.post_login_url);
     let mut query = form_urlencoded::Serializer::new(String::new());
-    query.append_pair("return_to", return_to);
-    if let Some(acr) = &acr_values {
+    query.append_pair("return_to", &watch.return_to);
+    if let Some(acr) = acr_values {
         query.append_pair("acr_values", acr);
     }
     if let Some(age) = max_age {
         query.append_pair("max_age", &age.to_string());
     }
     let login_url = format!("{}?{}", config.login_path, query.finish());
-    if logs_in(req) {
+    if watch.navigation {
         Reply::redirect(&login_url).counting(Counter::StepUps)
     } else {
         Reply::failure(Client::Api, &Failure::StepUpRequired { login_url })
@@ -320,6 +365,7 @@ fn pass_through(config: &Config, req: &Request) -> Decision {
         cookie: None,
         set_cookies: Vec::new(),
         extra: forged,
+        step_up_watch: None,
     })
 }
 

@@ -4,6 +4,8 @@ resource indicators, so the API receives an access token issued for it (its `aud
 a refresh, and step-up: a rule that wants a stronger (`acr`) or fresher (`auth_time`) login
 sends the user through one and back."""
 
+from __future__ import annotations
+
 import base64
 import json
 import time
@@ -29,6 +31,7 @@ def api(procs):
         resources=[RESOURCE],
         rules=[{"prefix": "/private/refund", "acr": [MFA]},
                {"prefix": "/private/fresh", "max_auth_age_s": 2}],
+        upstream_step_up=True,
         # Every API call finds the token due: the first one after login refreshes it.
         session={"refresh_leeway_s": 3600},
     )
@@ -85,11 +88,15 @@ def test_the_api_receives_a_token_for_its_audience_also_after_a_refresh(api):
     b = Browser(api.envoy)
     assert b.login().status_code == 302
     refreshes = api.idp.stats()["refresh_requests"]
+    # Requests are decided by the clock of the VM's last tick (up to 100 ms old) in whole
+    # seconds: a token is due with certainty only a second after it was issued.
+    time.sleep(1.1)
     first = upstream_token(b)
     assert api.idp.stats()["refresh_requests"] == refreshes + 1, "the first call refreshed"
     claims = claims_of(first)
     assert claims["aud"] == RESOURCE, claims
     assert claims["scope"] == "api:read"
+    time.sleep(1.1)
     second = upstream_token(b)
     assert api.idp.stats()["refresh_requests"] == refreshes + 2
     assert second != first
@@ -123,9 +130,9 @@ def test_a_silent_login_without_an_idp_session_comes_back_to_the_spa_with_its_er
     assert not b.session_cookies()
 
 
-def follow_step_up(b: Browser, path: str) -> str:
-    """A page load that the rules send through a step-up: returns where the login ends."""
-    page = b.get(path)
+def follow_step_up(b: Browser, path: str, headers: dict | None = None) -> str:
+    """A page load that is sent through a step-up: returns where the login ends."""
+    page = b.get(path, headers=headers)
     assert page.status_code == 302, (page.status_code, page.text)
     login = page.headers["Location"]
     assert login.startswith("/private/login?"), login
@@ -167,3 +174,40 @@ def test_a_rule_wanting_a_recent_login_steps_up_with_max_age(api):
     assert follow_step_up(b, "/private/fresh") == "/private/fresh"
     assert b.get("/private/session", navigate=False).json()["auth_time"] > first
     assert b.get("/private/fresh", navigate=False).status_code == 200
+
+
+CHALLENGE = f'Bearer error="insufficient_user_authentication", acr_values="{MFA}"'
+
+
+def test_the_apis_step_up_challenge_becomes_a_step_up(api):
+    b = Browser(api.envoy)
+    assert b.login().status_code == 302
+    challenged = {"X-Echo-Challenge": CHALLENGE}
+    r = b.get("/private/orders?page=2", navigate=False, headers=challenged)
+    assert r.status_code == 401, r.text
+    assert r.json() == {
+        "error": "step_up_required",
+        "message": r.json()["message"],
+        "login": "/private/login?return_to=%2Fprivate%2Forders%3Fpage%3D2&acr_values=urn%3Aexample%3Amfa",
+    }
+    page = b.get("/private/orders", headers=challenged)
+    assert page.status_code == 302
+    assert page.headers["Location"].startswith("/private/login?return_to=%2Fprivate%2Forders&acr_values=")
+    # Any other 401 from the API reaches the client as the API sent it.
+    other = b.get("/private/orders", navigate=False,
+                  headers={"X-Echo-Challenge": 'Bearer error="invalid_token"'})
+    assert other.status_code == 401
+    assert other.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+    assert other.json()["path"] == "/private/orders", "the API's own body"
+    # After the step-up the API is satisfied.
+    assert follow_step_up(b, "/private/orders?step=1", challenged) == "/private/orders?step=1"
+    assert b.get("/private/session", navigate=False).json()["acr"] == MFA
+
+
+def test_without_the_switch_the_apis_challenge_passes_through(stack):
+    b = Browser(stack.envoy)
+    assert b.login().status_code == 302
+    r = b.get("/private/orders", navigate=False, headers={"X-Echo-Challenge": CHALLENGE})
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"] == CHALLENGE
+    assert r.json()["path"] == "/private/orders"

@@ -4,7 +4,8 @@
 //! **Events in** (each a method; the clock is read through [`Host::now_ms`]):
 //! [`Engine::on_request_headers`], [`Engine::on_call_answer`] (an IdP answer with its call
 //! token), [`Engine::on_tick`] (the timer, every [`TICK`]), [`Engine::on_queue_nudged`] (the
-//! root context's queue), [`Engine::on_stream_gone`].
+//! root context's queue), [`Engine::on_stream_gone`], [`Engine::on_upstream_challenge`] (the
+//! API's 401 step-up challenge, read only where `upstream_step_up` asked for it).
 //!
 //! **Effects out**: the request in hand is answered by the return value ([`Handled`]: go on
 //! upstream with these header edits, answer with this reply, or paused); requests paused
@@ -38,7 +39,7 @@ use crate::refresh::{grant, Outcome, RefreshId};
 
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
-use crate::route::{self, client_of, Decision, RefreshNeeded, Settled};
+use crate::route::{self, client_of, Decision, RefreshNeeded, Settled, StepUpWatch};
 use crate::session::cache::SessionCache;
 use crate::session::Session;
 use crate::store::namespace;
@@ -197,6 +198,22 @@ impl Engine {
     /// The root context's queue was nudged: send the refreshes requests won.
     pub fn on_queue_nudged(&mut self, host: &mut dyn Host) {
         self.send_refreshes(host);
+    }
+
+    /// The API answered a forwarded request 401 with `www_authenticate` (asked for when the
+    /// forward carried a [`StepUpWatch`]): the reply that replaces the API's, for an RFC 9470
+    /// step-up challenge; `None` lets the API's answer through.
+    pub fn on_upstream_challenge(
+        &mut self,
+        watch: &StepUpWatch,
+        www_authenticate: &str,
+        host: &mut dyn Host,
+    ) -> Option<Reply> {
+        let reply = route::upstream_challenge(&self.config, watch, www_authenticate)?;
+        if let Some(counter) = reply.counter {
+            host.count(counter);
+        }
+        Some(reply)
     }
 
     /// Envoy dropped the request (client gone, or done): forget it and its calls.

@@ -120,6 +120,14 @@ pub fn resume_request() {
     }
 }
 
+/// A response header's value (lossy UTF-8), if there is one.
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
 pub fn add_response_header(name: &str, value: &str) {
     if let Err(status) = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value) {
         log(

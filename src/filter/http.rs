@@ -52,7 +52,25 @@ impl HttpContext for BffHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for cookie in self.shell.take_response_cookies(self.context_id) {
+        let Some(work) = self.shell.take_response_work(self.context_id) else {
+            return Action::Continue;
+        };
+        if let Some(watch) = &work.step_up_watch {
+            if host::response_header(":status").as_deref() == Some("401") {
+                let challenge = host::response_header("www-authenticate").unwrap_or_default();
+                let id = self.context_id;
+                let reply = self.shell.run(Some(id), |engine, host| {
+                    engine.on_upstream_challenge(watch, &challenge, host)
+                });
+                if let Some(Some(reply)) = reply {
+                    // The API's answer is replaced (Envoy sends it in place of the upstream's).
+                    let reply = work.set_cookies.into_iter().fold(reply, Reply::with_cookie);
+                    shell::send(&reply);
+                    return Action::Pause;
+                }
+            }
+        }
+        for cookie in work.set_cookies {
             host::add_response_header("set-cookie", &cookie);
         }
         Action::Continue
@@ -75,7 +93,7 @@ impl Context for BffHttp {
 impl Drop for BffHttp {
     fn drop(&mut self) {
         // Envoy deletes the context when the request is over (or the client left).
-        self.shell.drop_response_cookies(self.context_id);
+        self.shell.drop_response_work(self.context_id);
         if self.paused {
             self.shell.stream_gone(self.context_id);
         }

@@ -5,9 +5,18 @@ use super::host::{self, HostRandom, HostStore, WasmHost};
 use crate::engine::{Engine, Resume};
 use crate::oidc::idp_request::IdpAnswer;
 use crate::reply::Reply;
-use crate::route::{Forward, Settled};
+use crate::route::{Forward, Settled, StepUpWatch};
 use std::cell::RefCell;
 use std::mem;
+
+/// What to do when a forwarded request's response headers come.
+#[derive(Default)]
+pub struct ResponseWork {
+    /// `Set-Cookie` values (a re-written session).
+    pub set_cookies: Vec<String>,
+    /// Check the response for the API's step-up challenge.
+    pub step_up_watch: Option<StepUpWatch>,
+}
 
 /// An event that arrived while the engine was busy (Envoy called back into the VM while the
 /// engine made a host call): handed in as soon as it is free.
@@ -21,9 +30,9 @@ pub struct Shell {
     counters: Vec<Option<u32>>,
     queue: Option<u32>,
     deferred: RefCell<Vec<Deferred>>,
-    /// `Set-Cookie` values for a forwarded request's response, by context id; outside the
-    /// engine because Envoy may ask for them while a resumed request is being carried out.
-    response_cookies: RefCell<Vec<(u32, Vec<String>)>>,
+    /// What a forwarded request's response needs, by context id; outside the engine because
+    /// Envoy may ask for it while a resumed request is being carried out.
+    responses: RefCell<Vec<(u32, ResponseWork)>>,
 }
 
 impl Shell {
@@ -33,7 +42,7 @@ impl Shell {
             counters,
             queue,
             deferred: RefCell::new(Vec::new()),
-            response_cookies: RefCell::new(Vec::new()),
+            responses: RefCell::new(Vec::new()),
         }
     }
 
@@ -128,9 +137,13 @@ impl Shell {
         for (name, value) in &forward.extra {
             host::set_request_header(name, value.as_deref().map(str::as_bytes));
         }
-        if !forward.set_cookies.is_empty() {
-            if let Ok(mut cookies) = self.response_cookies.try_borrow_mut() {
-                cookies.push((context_id, forward.set_cookies));
+        if !forward.set_cookies.is_empty() || forward.step_up_watch.is_some() {
+            if let Ok(mut responses) = self.responses.try_borrow_mut() {
+                let work = ResponseWork {
+                    set_cookies: forward.set_cookies,
+                    step_up_watch: forward.step_up_watch,
+                };
+                responses.push((context_id, work));
             }
         }
     }
@@ -148,27 +161,23 @@ impl Shell {
         }
     }
 
-    /// Forgets a request's `Set-Cookie` values (it ended before its response).
-    pub fn drop_response_cookies(&self, context_id: u32) {
-        if let Ok(mut cookies) = self.response_cookies.try_borrow_mut() {
-            if !cookies.is_empty() {
-                cookies.retain(|(id, _)| *id != context_id);
+    /// Forgets a request's response work (it ended before its response).
+    pub fn drop_response_work(&self, context_id: u32) {
+        if let Ok(mut responses) = self.responses.try_borrow_mut() {
+            if !responses.is_empty() {
+                responses.retain(|(id, _)| *id != context_id);
             }
         }
     }
 
-    /// The `Set-Cookie` values for this request's response, once.
-    pub fn take_response_cookies(&self, context_id: u32) -> Vec<String> {
-        let Ok(mut cookies) = self.response_cookies.try_borrow_mut() else {
-            return Vec::new();
-        };
-        if cookies.is_empty() {
-            return Vec::new();
+    /// What this request's response needs, once.
+    pub fn take_response_work(&self, context_id: u32) -> Option<ResponseWork> {
+        let mut responses = self.responses.try_borrow_mut().ok()?;
+        if responses.is_empty() {
+            return None;
         }
-        match cookies.iter().position(|(id, _)| *id == context_id) {
-            Some(at) => cookies.swap_remove(at).1,
-            None => Vec::new(),
-        }
+        let at = responses.iter().position(|(id, _)| *id == context_id)?;
+        Some(responses.swap_remove(at).1)
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod auth_params;
 pub mod authorize;
 pub mod callback;
+pub mod challenge;
 pub mod discovery;
 pub mod id_token;
 pub mod idp_request;

@@ -10,6 +10,8 @@ Every method on every path gets 200 application/json:
      "body": "<request body as text>"}
 
 A repeated header is joined with ", " (Cookie with "; ", as RFC 6265 §5.4 writes it).
+A request with `X-Echo-Challenge: <value>` gets 401 with `WWW-Authenticate: <value>` instead
+(an API's RFC 9470 step-up challenge), still with the echo as its body.
 Prints `ECHO READY <port>` once listening; exits cleanly on SIGTERM. Standard library only.
 """
 
@@ -51,7 +53,10 @@ class EchoHandler(BaseHTTPRequestHandler):
                 "body": body.decode("utf-8", errors="replace"),
             }
         ).encode("utf-8")
-        self.send_response(200)
+        challenge = self.headers.get("X-Echo-Challenge")
+        self.send_response(401 if challenge else 200)
+        if challenge:
+            self.send_header("WWW-Authenticate", challenge)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", "no-store")
