@@ -12,6 +12,9 @@ bff filter has put the access token on the request:
                                            "authorization": <true if "Bearer ..." arrived>}}
     GET /private/api/whoami  200 {"method", "path", "headers"}: the request as it arrived,
                              the authorization value shown as "Bearer [redacted]"
+    GET /private/api/sensitive 200 {"approved": ...}: the "sensitive" action; the filter lets
+                             only a session with the stronger login (acr) reach it (a rule
+                             in envoy/envoy.yaml), so the API itself checks nothing
     anything else            404 {"error": "not_found", ...}
 
 It never echoes a token: the demo shows that one arrived, not what it is. Prints
@@ -100,7 +103,8 @@ class Handler(BaseHTTPRequestHandler):
             self._static(path)
 
     def _api(self, path: str):
-        routes = {f"{PREFIX}/api/items": self._items, f"{PREFIX}/api/whoami": self._whoami}
+        routes = {f"{PREFIX}/api/items": self._items, f"{PREFIX}/api/whoami": self._whoami,
+                  f"{PREFIX}/api/sensitive": self._sensitive}
         handler = routes.get(path)
         if handler is None:
             self._error(404, "not_found", f"The demo API has no {path}.")
@@ -123,6 +127,9 @@ class Handler(BaseHTTPRequestHandler):
                 "authorization": authorization.startswith("Bearer ") and len(authorization) > 7,
             },
         })
+
+    def _sensitive(self):
+        self._json(200, {"approved": "refund #4711", "by": self.headers.get("X-User-Sub")})
 
     def _whoami(self):
         headers = {}

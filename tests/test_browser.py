@@ -1,7 +1,8 @@
 """A person uses the demo SPA in a real browser: headless Chromium (Debian's) walks demo/app/
 through Envoy with the filter: signed out, Get Data fails; Login at the IdP; the page says who is
 signed in and Get Data shows the API's answer, which got the token and the user's claims; page
-scripts see no token anywhere; Logout at the IdP; Get Data fails again.
+scripts see no token anywhere; the Sensitive Action goes through a step-up login and back;
+Logout at the IdP; Get Data fails again.
 
 tests/browser/walk.mjs does the walking (playwright-core) and reports each step; each step is
 one test here. Screenshots and results.json stay in tests/artifacts/browser/.
@@ -38,6 +39,7 @@ STEPS = (
     "get_data_signed_in",
     "claim_headers",
     "no_token_visible_to_scripts",
+    "sensitive_step_up",
     "csrf_header_required",
     "logout",
     "get_data_after_logout",
@@ -69,7 +71,8 @@ def walk(procs) -> dict:
     # post-logout URL the IdP accepts must name that host. The endpoints come from discovery,
     # as the shipped config does (filter_config names /auth and /token).
     envoy = start_stack(procs, discovery_only, upstream_port=start_demo_api(procs), host="localhost",
-                        claim_headers={"sub": "x-user-sub", "email": "x-user-email"}).envoy
+                        claim_headers={"sub": "x-user-sub", "email": "x-user-email"},
+                        rules=[{"prefix": "/private/api/sensitive", "acr": ["urn:example:mfa"]}]).envoy
     app = f"http://localhost:{envoy.port}"
 
     started = time.monotonic()

@@ -14,12 +14,14 @@ const ui = {
   detail: $('session-detail'),
   login: $('login'),
   getData: $('get-data'),
+  sensitive: $('sensitive'),
   logout: $('logout'),
   error: $('error'),
   errorStatus: $('error-status'),
   errorBody: $('error-body'),
   resultPanel: $('result-panel'),
   result: $('result'),
+  resultSource: $('result-source'),
 };
 
 let session = null; // the /private/session answer while signed in
@@ -94,8 +96,9 @@ function showError(status, body) {
   ui.error.hidden = false;
 }
 
-function showResult(body) {
+function showResult(body, path) {
   ui.error.hidden = true;
+  ui.resultSource.textContent = `GET ${path}`;
   ui.result.textContent = body;
   ui.resultPanel.hidden = false;
 }
@@ -107,7 +110,7 @@ async function getData() {
     const response = await callBff(`${PREFIX}/api/items`);
     const body = await readBody(response);
     if (response.ok) {
-      showResult(body);
+      showResult(body, `${PREFIX}/api/items`);
     } else {
       showError(`HTTP ${response.status} ${response.statusText}`.trim(), body);
       // A 401 means the session ended (expired, or logged out in another tab).
@@ -121,6 +124,37 @@ async function getData() {
   }
 }
 
+// The "sensitive" API needs a stronger login than the session's: the BFF answers 401
+// step_up_required with a login URL, which the page follows (back to this page afterwards).
+async function sensitiveAction() {
+  ui.sensitive.disabled = true;
+  try {
+    const response = await callBff(`${PREFIX}/api/sensitive`);
+    const body = await readBody(response);
+    if (response.ok) {
+      showResult(body, `${PREFIX}/api/sensitive`);
+      return;
+    }
+    let answer = {};
+    try {
+      answer = JSON.parse(body);
+    } catch {
+      // not JSON: shown as it is
+    }
+    if (response.status === 401 && answer.error === 'step_up_required' && answer.login) {
+      const login = new URL(answer.login, window.location.origin);
+      login.searchParams.set('return_to', '/');
+      window.location.assign(login.pathname + login.search);
+      return;
+    }
+    showError(`HTTP ${response.status} ${response.statusText}`.trim(), body);
+  } catch (err) {
+    showError('The request failed', err.message);
+  } finally {
+    ui.sensitive.disabled = false;
+  }
+}
+
 // Login and logout are navigations, not fetches: the BFF redirects the whole page to the IdP.
 ui.login.addEventListener('click', () => {
   // Back to this app's root once signed in (the filter accepts only a same-origin path).
@@ -130,5 +164,6 @@ ui.logout.addEventListener('click', () => {
   if (session?.logout_url) window.location.assign(session.logout_url);
 });
 ui.getData.addEventListener('click', getData);
+ui.sensitive.addEventListener('click', sensitiveAction);
 
 refreshSession();

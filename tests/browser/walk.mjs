@@ -338,6 +338,51 @@ const steps = [
     },
   },
   {
+    name: 'sensitive_step_up',
+    needs: ['login'],
+    async run() {
+      // The sensitive API wants a stronger login: the BFF answers 401 step_up_required with a
+      // login link (read here too: the page leaves for the IdP as soon as it has read it, before
+      // the response scan below can), which the page follows to the IdP and back.
+      const challenge = await page.evaluate(async () => {
+        const r = await fetch('/private/api/sensitive', { credentials: 'include', headers: { 'X-CSRF': '1' } });
+        return { status: r.status, body: await r.text() };
+      });
+      const asked = JSON.parse(challenge.body);
+      expect(challenge.status === 401 && asked.error === 'step_up_required' && asked.login,
+        `GET /private/api/sensitive answered ${challenge.status} ${challenge.body.slice(0, 200)}`);
+      await Promise.all([
+        page.waitForURL((u) => u.origin !== appOrigin),
+        page.locator('#sensitive').click(),
+      ]);
+      const authorize = new URL(page.url());
+      await page.locator('input[name="password"]').waitFor();
+      await page.locator('input[name="login"]').fill(opts.user);
+      await page.locator('input[name="password"]').fill(opts.password);
+      state.extraShots = [await shot('08a-idp-step-up-form')];
+      await Promise.all([
+        page.waitForURL((u) => u.origin === appOrigin && u.pathname === '/'),
+        page.locator('#submit').click(),
+      ]);
+      await sessionShown();
+      const [response] = await Promise.all([
+        page.waitForResponse((r) => r.url() === new URL('/private/api/sensitive', appOrigin).href),
+        page.locator('#sensitive').click(),
+      ]);
+      expect(response.status() === 200, `GET /private/api/sensitive answered ${response.status()} after the step-up`);
+      await page.locator('#result-panel:not([hidden])').waitFor();
+      const data = JSON.parse(await text('#result'));
+      expect(typeof data.approved === 'string', `the sensitive answer is ${JSON.stringify(data)}`);
+      const acr = await page.evaluate(async () => {
+        const r = await fetch('/private/session', { credentials: 'include', headers: { 'X-CSRF': '1' } });
+        return (await r.json()).acr;
+      });
+      expect(acr === 'urn:example:mfa', `the session's acr is ${acr}`);
+      return `step-up at the IdP with acr_values=${authorize.searchParams.get('acr_values')}; `
+        + `then GET /private/api/sensitive: 200; session acr ${acr}`;
+    },
+  },
+  {
     name: 'csrf_header_required',
     needs: ['login'],
     async run() {
@@ -369,7 +414,7 @@ const steps = [
       // The IdP asks "Sign out?"; its confirm button is button#logout.
       await page.locator('button#logout').waitFor();
       expect(!onApp(), 'the confirm page is not the IdP\'s');
-      state.extraShots = [await shot('09a-idp-logout-confirm')];
+      state.extraShots = [await shot('10a-idp-logout-confirm')];
       await Promise.all([
         page.waitForURL((u) => u.origin === appOrigin),
         page.locator('button#logout').click(),
@@ -410,7 +455,10 @@ const steps = [
       const fromApi = responses.filter((r) => r.read === 'ok' && r.url.startsWith(`${appOrigin}/private/`)).length;
       // Every fetch the app made must have been read: those are the bodies its scripts see.
       const missed = responses.filter((r) => r.read !== 'ok' && r.read !== 'redirect'
-        && r.url.startsWith(`${appOrigin}/private/`) && !r.url.includes('/private/login'));
+        && r.url.startsWith(`${appOrigin}/private/`) && !r.url.includes('/private/login')
+        // The page left for the step-up login right after reading this one; the step read the
+        // same answer itself (and it is scanned).
+        && !(r.step === 'sensitive_step_up' && r.status === 401 && r.url.endsWith('/private/api/sensitive')));
       expect(missed.length === 0, `unread API bodies: ${missed.map((r) => `${r.url} ${r.status} ${r.step} ${r.read}`)}`);
       expect(fromApi > 0, 'no API response body was read');
       const unread = responses.filter((r) => r.read === 'unreadable' || r.read === 'pending');
