@@ -842,6 +842,10 @@ def main(argv=None) -> int:
                     help="requests before the first counted repeat (300)")
     ap.add_argument("--instructions-idle", type=float, default=5,
                     help="seconds of each idle window, whose rate is taken off (5)")
+    ap.add_argument("--d-config", type=json.loads, default={}, metavar="JSON",
+                    help="settings merged into (d)'s filter configuration only, e.g. "
+                         "'{\"upstream_step_up\": true}' with --before set to the same module: "
+                         "d/d0 is then what the setting costs")
     ap.add_argument("--before", type=Path, metavar="PATH",
                     help="another envoy_bff.wasm (e.g. the last commit's): adds (d0), (d) through "
                          "it on its own Envoy, to the wrk rounds and the instruction counts, with "
@@ -948,7 +952,7 @@ def main(argv=None) -> int:
             "a": ([], None),
             "b": ([wasm_filter("floor", loaded["floor_filter.wasm"])], None),
             "c": ([oauth2], oauth2_secrets),
-            "d": ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"])], None),
+            "d": ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], **args.d_config)], None),
             "e": ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
                               session={"refresh_leeway_s": 86400})], None),
         }
@@ -1072,7 +1076,7 @@ def main(argv=None) -> int:
             cg_filters = dict(filters)
             # Under valgrind every request to the IdP is slow to leave Envoy.
             cg_filters["d"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
-                                           idp_timeout_ms=60000)], None)
+                                           **{"idp_timeout_ms": 60000, **args.d_config})], None)
             if args.before:
                 cg_filters["d0"] = ([bff_filter(idp.issuer, loaded["envoy_bff.before.wasm"],
                                                 idp_timeout_ms=60000)], None)
@@ -1093,6 +1097,7 @@ def main(argv=None) -> int:
             "skipped": skipped,
             "floor": "io" if FLOOR_IO else "plain",
             **({"before_module": str(args.before)} if args.before else {}),
+            **({"d_config": args.d_config} if args.d_config else {}),
             "instructions": instructions,
         }
         print()
@@ -1108,6 +1113,8 @@ def main(argv=None) -> int:
                           modules)
     if args.before:
         report["before_module"] = str(args.before)
+    if args.d_config:
+        report["d_config"] = args.d_config
     if instructions is not None:
         report["instructions"] = instructions
     print_report(report)
