@@ -737,7 +737,7 @@ fn check_auth_params(
     let mut out = Vec::new();
     for (name, value) in raw.unwrap_or_default() {
         let field = format!("auth_params.{name}");
-        if name.is_empty() || name.chars().any(|c| c.is_control() || c == ' ') {
+        if !auth_params::is_parameter_name(&name) {
             p.add("auth_params", format!("{name:?} is not a parameter name"));
         } else if auth_params::is_owned(&name) {
             p.add(&field, "is set by the filter itself");
@@ -764,7 +764,7 @@ fn check_login_params(p: &mut Problems, raw: Option<Vec<String>>) -> Vec<String>
                 "login_params",
                 format!("{name:?} is set by the filter itself"),
             );
-        } else if name.is_empty() || name.chars().any(|c| c.is_control() || c == ' ') {
+        } else if !auth_params::is_parameter_name(name) {
             p.add("login_params", format!("{name:?} is not a parameter name"));
         }
     }

@@ -1,3 +1,4 @@
+//! Compiled for tests only (`#[cfg(test)] mod tests;` in mod.rs): it may unwrap and panic.
 //! The engine driven natively: a fake clock, a fake IdP that answers when the test says so, and
 //! an in-memory shared store (two engines on one store stand for two Envoy workers).
 

@@ -37,6 +37,11 @@ pub const MAX_VALUE_LEN: usize = 512;
 /// The parameter named `resource` (RFC 8707 §2).
 pub const RESOURCE: &str = "resource";
 
+/// A name that can stand in a query as a parameter name the IdP reads.
+pub fn is_parameter_name(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(|c| c.is_control() || c == ' ')
+}
+
 pub fn is_owned(name: &str) -> bool {
     OWNED.contains(&name) || name.starts_with("code_challenge")
 }
