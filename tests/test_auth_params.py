@@ -12,10 +12,9 @@ import time
 
 import pytest
 
-from harness.envoy import Browser, discovery_only, query_of
+from harness.envoy import Browser, discovery_only, query_of, refused
 from harness.idp import login_at_idp
 from harness.stack import start_stack
-from test_config import refused
 
 RESOURCE = "https://api.example.test/orders"
 MFA = "urn:example:mfa"  # the test IdP's stronger acr

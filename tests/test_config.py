@@ -3,15 +3,7 @@ fault, and never a secret's value."""
 
 import pytest
 
-from harness.envoy import KEY_A, filter_config, start_envoy, wait_exit
-
-
-def refused(procs, config, **kw) -> str:
-    envoy = start_envoy(procs, config, upstream_port=1, idp_port=1, wait=False, **kw)
-    assert wait_exit(envoy.process, 30) not in (None, 0), "Envoy must refuse the filter"
-    lines = [line for line in envoy.log().splitlines() if "invalid bff filter configuration" in line]
-    assert len(lines) == 1, envoy.log()
-    return lines[0]
+from harness.envoy import KEY_A, filter_config, refused
 
 
 def test_every_bad_field_is_named_in_one_line(procs):

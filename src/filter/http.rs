@@ -2,7 +2,7 @@
 //! answer.
 
 use super::host;
-use super::shell::{self, Shell};
+use super::shell::Shell;
 use crate::engine::Handled;
 use crate::reply::Reply;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -45,7 +45,7 @@ impl HttpContext for BffHttp {
                 Action::Pause
             }
             None => {
-                shell::send(&Reply::engine_busy());
+                host::send_reply(&Reply::engine_busy());
                 Action::Pause
             }
         }
@@ -65,7 +65,7 @@ impl HttpContext for BffHttp {
                 if let Some(Some(reply)) = reply {
                     // The API's answer is replaced (Envoy sends it in place of the upstream's).
                     let reply = work.set_cookies.into_iter().fold(reply, Reply::with_cookie);
-                    shell::send(&reply);
+                    host::send_reply(&reply);
                     return Action::Pause;
                 }
             }
@@ -107,7 +107,7 @@ impl Context for Unconfigured {}
 
 impl HttpContext for Unconfigured {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        shell::send(&Reply::unconfigured());
+        host::send_reply(&Reply::unconfigured());
         Action::Pause
     }
 }

@@ -4,7 +4,6 @@
 use super::host::{self, HostRandom, HostStore, WasmHost};
 use crate::engine::{Engine, Resume};
 use crate::oidc::idp_request::IdpAnswer;
-use crate::reply::Reply;
 use crate::route::{Forward, Settled, StepUpWatch};
 use std::cell::RefCell;
 use std::mem;
@@ -123,7 +122,7 @@ impl Shell {
                 true
             }
             Settled::Reply(reply) => {
-                send(&reply);
+                host::send_reply(&reply);
                 false
             }
         }
@@ -179,8 +178,4 @@ impl Shell {
         let at = responses.iter().position(|(id, _)| *id == context_id)?;
         Some(responses.swap_remove(at).1)
     }
-}
-
-pub fn send(reply: &Reply) {
-    host::send_reply(reply);
 }

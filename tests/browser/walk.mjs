@@ -192,6 +192,26 @@ async function getData() {
   return response;
 }
 
+// Leave the app by clicking `button`, sign in on the IdP's form (its username field is also
+// #login, so go by the password field), and come back to the app's root. Returns the URL the
+// app sent the browser to; the form's screenshot goes to state.extraShots.
+async function signInAtIdp(button, formShot) {
+  await Promise.all([
+    page.waitForURL((u) => u.origin !== appOrigin),
+    page.locator(button).click(),
+  ]);
+  const authorize = new URL(page.url());
+  await page.locator('input[name="password"]').waitFor();
+  await page.locator('input[name="login"]').fill(opts.user);
+  await page.locator('input[name="password"]').fill(opts.password);
+  state.extraShots = [await shot(formShot)];
+  await Promise.all([
+    page.waitForURL((u) => u.origin === appOrigin && u.pathname === '/'),
+    page.locator('#submit').click(),
+  ]);
+  return authorize;
+}
+
 async function appCookies() {
   return context.cookies(appOrigin);
 }
@@ -241,20 +261,7 @@ const steps = [
     name: 'login',
     needs: ['open_app'],
     async run() {
-      await Promise.all([
-        page.waitForURL((u) => u.origin !== appOrigin),
-        page.locator('#login').click(),
-      ]);
-      // The IdP's form (its username field is also #login, so go by the password field).
-      await page.locator('input[name="password"]').waitFor();
-      state.idpOrigin = new URL(page.url()).origin;
-      await page.locator('input[name="login"]').fill(opts.user);
-      await page.locator('input[name="password"]').fill(opts.password);
-      state.extraShots = [await shot('03a-idp-login-form')];
-      await Promise.all([
-        page.waitForURL((u) => u.origin === appOrigin && u.pathname === '/'),
-        page.locator('#submit').click(),
-      ]);
+      state.idpOrigin = (await signInAtIdp('#login', '03a-idp-login-form')).origin;
       const cookies = await appCookies();
       const session = cookies.find((c) => c.name === SESSION_COOKIE);
       expect(session, `no ${SESSION_COOKIE} cookie after the login (cookies: ${cookies.map((c) => c.name)})`);
@@ -351,19 +358,7 @@ const steps = [
       const asked = JSON.parse(challenge.body);
       expect(challenge.status === 401 && asked.error === 'step_up_required' && asked.login,
         `GET /private/api/sensitive answered ${challenge.status} ${challenge.body.slice(0, 200)}`);
-      await Promise.all([
-        page.waitForURL((u) => u.origin !== appOrigin),
-        page.locator('#sensitive').click(),
-      ]);
-      const authorize = new URL(page.url());
-      await page.locator('input[name="password"]').waitFor();
-      await page.locator('input[name="login"]').fill(opts.user);
-      await page.locator('input[name="password"]').fill(opts.password);
-      state.extraShots = [await shot('08a-idp-step-up-form')];
-      await Promise.all([
-        page.waitForURL((u) => u.origin === appOrigin && u.pathname === '/'),
-        page.locator('#submit').click(),
-      ]);
+      const authorize = await signInAtIdp('#sensitive', '08a-idp-step-up-form');
       await sessionShown();
       const [response] = await Promise.all([
         page.waitForResponse((r) => r.url() === new URL('/private/api/sensitive', appOrigin).href),

@@ -303,3 +303,12 @@ class Browser:
 
 def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query, keep_blank_values=True).items()}
+
+
+def refused(procs, config, **kw) -> str:
+    """Start Envoy with a filter configuration it must refuse; the one log line naming why."""
+    envoy = start_envoy(procs, config, upstream_port=1, idp_port=1, wait=False, **kw)
+    assert wait_exit(envoy.process, 30) not in (None, 0), "Envoy must refuse the filter"
+    lines = [line for line in envoy.log().splitlines() if "invalid bff filter configuration" in line]
+    assert len(lines) == 1, envoy.log()
+    return lines[0]
