@@ -3,6 +3,7 @@
 //! name of its field, all at once, so one Envoy restart shows them all.
 
 use crate::oidc::auth_params;
+use crate::policy::{PathPolicy, Policies, Policy};
 use crate::secret::Secret;
 use crate::session::KeyRing;
 use crate::url::AbsoluteUrl;
@@ -16,6 +17,8 @@ pub const DEFAULT_PREFIX: &str = "/private";
 pub const DEFAULT_COOKIE_NAME: &str = "__Host-bff-session";
 pub const DEFAULT_CLIENT_SECRET_ENV: &str = "BFF_CLIENT_SECRET";
 pub const DEFAULT_COOKIE_KEYS_ENV: &str = "BFF_COOKIE_KEYS";
+/// Envoy's `jwt_authn` `payload_in_metadata` name the filter reads by default.
+pub const DEFAULT_JWT_PAYLOAD: &str = "jwt_payload";
 
 /// Where a secret comes from: `{"env": "NAME"}` (production) or `{"value": "..."}` (demos).
 #[derive(Debug, Default, Deserialize)]
@@ -88,7 +91,31 @@ struct RawConfig {
     upstream_step_up: Option<bool>,
     claim_headers: Option<BTreeMap<String, String>>,
     bypass: Option<Vec<String>>,
+    policies: Option<Vec<RawPolicy>>,
+    jwt_authn: Option<RawJwtAuthn>,
+    client_credentials: Option<RawClientCredentials>,
     metrics_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    prefix: String,
+    policy: String,
+    bearer: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwtAuthn {
+    payload_in_metadata: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientCredentials {
+    scopes: Option<Vec<String>>,
+    resources: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,9 +314,21 @@ pub struct Config {
     pub upstream_step_up: bool,
     /// Claim → upstream header; incoming headers of these names are always removed.
     pub claim_headers: Vec<(String, String)>,
-    /// Path prefixes under the protected prefix that pass through untouched.
-    pub bypass: Vec<String>,
+    /// Per-prefix policies (`bypass` entries are `none`).
+    pub policies: Policies,
+    /// The `payload_in_metadata` name of Envoy's `jwt_authn` filter, for bearer prefixes.
+    pub jwt_payload: String,
+    pub client_credentials: ClientCredentials,
     pub metrics_prefix: String,
+}
+
+/// The filter's own token for `client` prefixes (RFC 6749 §4.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientCredentials {
+    /// Space-separated; `None` asks for the client's default scopes.
+    pub scope: Option<String>,
+    /// RFC 8707 resource indicators (by default the top-level `resources`).
+    pub resources: Vec<String>,
 }
 
 /// One problem with one field.
@@ -521,7 +560,13 @@ impl Config {
             ("logout_path", &logout_path),
             ("redirect_uri", redirect_uri.path()),
         ];
-        let bypass = check_bypass(&mut p, raw.bypass, &own_paths);
+        let policies = check_policies(&mut p, raw.bypass, raw.policies, &prefix, &own_paths);
+        let jwt_payload = check_jwt_authn(&mut p, raw.jwt_authn.unwrap_or_default());
+        let client_credentials = check_client_credentials(
+            &mut p,
+            raw.client_credentials.unwrap_or_default(),
+            &resources,
+        );
         let metrics_prefix = check_metrics_prefix(&mut p, raw.metrics_prefix);
         let upstream_token = raw.upstream_token.unwrap_or_default().check(&mut p);
         let session = raw.session.unwrap_or_default().check(&mut p);
@@ -558,7 +603,9 @@ impl Config {
                 rules,
                 upstream_step_up,
                 claim_headers,
-                bypass,
+                policies,
+                jwt_payload,
+                client_credentials,
                 metrics_prefix,
             }),
             _ => Err(ConfigErrors(p.0)),
@@ -773,7 +820,10 @@ fn check_login_params(p: &mut Problems, raw: Option<Vec<String>>) -> Vec<String>
 
 /// RFC 8707 §2: each resource an absolute URI without a fragment.
 fn check_resources(p: &mut Problems, raw: Option<Vec<String>>) -> Vec<String> {
-    let resources = raw.unwrap_or_default();
+    check_resources_at(p, "resources", raw.unwrap_or_default())
+}
+
+fn check_resources_at(p: &mut Problems, field: &str, resources: Vec<String>) -> Vec<String> {
     for r in &resources {
         let scheme_ok = r.split_once(':').is_some_and(|(scheme, rest)| {
             !rest.is_empty()
@@ -784,7 +834,7 @@ fn check_resources(p: &mut Problems, raw: Option<Vec<String>>) -> Vec<String> {
         });
         if !scheme_ok || r.contains('#') || r.chars().any(|c| c.is_control() || c == ' ') {
             p.add(
-                "resources",
+                field,
                 format!("{r:?} is not an absolute URI without a fragment (RFC 8707 §2)"),
             );
         }
@@ -987,29 +1037,124 @@ fn check_claim_headers(
     claim_headers
 }
 
-/// `bypass`: path prefixes passed through untouched. They must not cover the filter's own
-/// paths (`(field, path)` pairs), which would then never reach it.
-fn check_bypass(
+/// `policies` and `bypass` (entries of policy `none`): paths under the prefix, each prefix
+/// once, and the filter's own endpoints left to a policy that handles sessions.
+fn check_policies(
     p: &mut Problems,
-    raw: Option<Vec<String>>,
+    bypass: Option<Vec<String>>,
+    raw: Option<Vec<RawPolicy>>,
+    prefix: &str,
     own_paths: &[(&str, &str)],
-) -> Vec<String> {
-    let mut bypass = Vec::new();
-    for path in raw.unwrap_or_default() {
+) -> Policies {
+    let mut list: Vec<(String, PathPolicy)> = Vec::new();
+    for path in bypass.unwrap_or_default() {
         if !path.starts_with('/') || path.contains(['?', '#']) {
             p.add(
                 "bypass",
                 format!("{path:?} must be a path starting with '/'"),
             );
         }
-        bypass.push(path.trim_end_matches('/').to_string());
+        let entry = PathPolicy {
+            prefix: path.trim_end_matches('/').to_string(),
+            policy: Policy::None,
+            bearer: false,
+        };
+        list.push(("bypass".to_string(), entry));
     }
-    for (field, path) in own_paths {
-        if bypass.iter().any(|b| crate::url::is_under(path, b)) {
-            p.add("bypass", format!("must not cover {field} ({path})"));
+    for (i, r) in raw.unwrap_or_default().into_iter().enumerate() {
+        let field = format!("policies[{i}]");
+        if !r.prefix.starts_with('/')
+            || r.prefix.contains(['?', '#'])
+            || !crate::url::is_under(&r.prefix, prefix)
+        {
+            p.add(
+                &format!("{field}.prefix"),
+                format!("must be a path under the prefix {prefix}"),
+            );
+        }
+        let policy = Policy::parse(&r.policy).unwrap_or_else(|| {
+            p.add(
+                &format!("{field}.policy"),
+                format!("{:?} is not one of {}", r.policy, Policy::NAMES),
+            );
+            Policy::Session
+        });
+        let bearer = r.bearer.unwrap_or(false);
+        if bearer && !policy.uses_session() {
+            p.add(
+                &format!("{field}.bearer"),
+                format!("does not apply to policy {}", policy.name()),
+            );
+        }
+        let entry = PathPolicy {
+            prefix: r.prefix.trim_end_matches('/').to_string(),
+            policy,
+            bearer,
+        };
+        list.push((field, entry));
+    }
+    for (i, (field, entry)) in list.iter().enumerate() {
+        if let Some((other, _)) = list.iter().take(i).find(|(_, e)| e.prefix == entry.prefix) {
+            p.add(field, format!("prefix {} is also in {other}", entry.prefix));
         }
     }
-    bypass
+    let policies = Policies::new(list.iter().map(|(_, e)| e.clone()).collect());
+    for (own, path) in own_paths {
+        if !crate::url::is_under(path, prefix) {
+            continue;
+        }
+        let applied = policies.for_path(path);
+        if !applied.policy.uses_session() {
+            let field = list
+                .iter()
+                .filter(|(_, e)| crate::url::is_under(path, &e.prefix))
+                .max_by_key(|(_, e)| e.prefix.len())
+                .map_or("policies", |(f, _)| f.as_str());
+            p.add(
+                field,
+                format!(
+                    "must not cover {own} ({path}): the filter's endpoints need a policy with sessions"
+                ),
+            );
+        }
+    }
+    policies
+}
+
+/// `jwt_authn.payload_in_metadata`: the name Envoy's `jwt_authn` stores the verified payload
+/// under (its provider's `payload_in_metadata`).
+fn check_jwt_authn(p: &mut Problems, raw: RawJwtAuthn) -> String {
+    let name = raw
+        .payload_in_metadata
+        .unwrap_or_else(|| DEFAULT_JWT_PAYLOAD.to_string());
+    if name.is_empty() || name.chars().any(|c| c.is_control()) {
+        p.add(
+            "jwt_authn.payload_in_metadata",
+            "must be a metadata key name",
+        );
+    }
+    name
+}
+
+fn check_client_credentials(
+    p: &mut Problems,
+    raw: RawClientCredentials,
+    resources: &[String],
+) -> ClientCredentials {
+    let scopes = raw.scopes.unwrap_or_default();
+    for s in &scopes {
+        if s.is_empty() || s.contains(' ') || s.chars().any(|c| c.is_control()) {
+            p.add("client_credentials.scopes", format!("{s:?} is not a scope"));
+        }
+    }
+    let resources = match raw.resources {
+        Some(list) => check_resources_at(p, "client_credentials.resources", list),
+        None => resources.to_vec(),
+    };
+    ClientCredentials {
+        scope: (!scopes.is_empty()).then(|| scopes.join(" ")),
+        resources,
+    }
 }
 
 fn check_metrics_prefix(p: &mut Problems, raw: Option<String>) -> String {
@@ -1324,7 +1469,9 @@ pub(crate) mod tests {
                 allowed_origins: vec![]
             }
         );
-        assert!(c.rules.is_empty() && c.claim_headers.is_empty() && c.bypass.is_empty());
+        assert!(
+            c.rules.is_empty() && c.claim_headers.is_empty() && c.policies == Policies::default()
+        );
         assert_eq!(c.metrics_prefix, "bff");
 
         let mut v = minimal_json();
@@ -1431,6 +1578,74 @@ pub(crate) mod tests {
         );
         assert_eq!(c.resources.len(), 2);
         assert_eq!(c.login_params, ["domain_hint"]);
+    }
+
+    #[test]
+    fn policies_are_checked_with_their_fields() {
+        let mut v = minimal_json();
+        v["bypass"] = serde_json::json!(["/private/healthz"]);
+        v["policies"] = serde_json::json!([
+            {"prefix": "/private/public", "policy": "optional"},
+            {"prefix": "/elsewhere", "policy": "optional"},
+            {"prefix": "/private/x", "policy": "sesion"},
+            {"prefix": "/private/svc", "policy": "client", "bearer": true},
+            {"prefix": "/private/healthz/", "policy": "none"},
+            {"prefix": "/private", "policy": "client"},
+        ]);
+        v["client_credentials"] = serde_json::json!({"scopes": ["a b"], "resources": ["nope"]});
+        v["jwt_authn"] = serde_json::json!({"payload_in_metadata": ""});
+        let errs = errors_of(v);
+        assert_eq!(
+            fields(&errs),
+            vec![
+                "policies[1].prefix",
+                "policies[2].policy",
+                "policies[3].bearer",
+                "policies[4]",
+                "policies[5]",
+                "policies[5]",
+                "policies[5]",
+                "policies[5]",
+                "jwt_authn.payload_in_metadata",
+                "client_credentials.scopes",
+                "client_credentials.resources",
+            ]
+        );
+        assert!(errs[1].problem.contains("session, optional, client"));
+        assert!(errs[3].problem.contains("also in bypass"));
+        assert!(errs[4].problem.contains("login_path"));
+
+        // The endpoints may sit under a prefix of another policy if a longer one gives them
+        // sessions back.
+        let mut v = minimal_json();
+        v["policies"] = serde_json::json!([
+            {"prefix": "/private", "policy": "optional", "bearer": true},
+            {"prefix": "/private/api/service", "policy": "client"},
+            {"prefix": "/private/static", "policy": "bypass"},
+        ]);
+        v["resources"] = serde_json::json!(["https://api.example/"]);
+        let c = config_from(v);
+        assert_eq!(
+            c.policies.for_path("/private/login").policy,
+            Policy::Optional
+        );
+        assert_eq!(
+            c.policies.for_path("/private/api/service/x").policy,
+            Policy::Client
+        );
+        assert_eq!(
+            c.policies.for_path("/private/static/a.js").policy,
+            Policy::None
+        );
+        assert_eq!(c.jwt_payload, "jwt_payload");
+        assert_eq!(
+            c.client_credentials,
+            ClientCredentials {
+                scope: None,
+                resources: vec!["https://api.example/".into()]
+            },
+            "the top-level resources by default"
+        );
     }
 
     #[test]

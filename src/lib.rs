@@ -4,7 +4,9 @@
 //! Everything outside `filter` is plain Rust with no host calls, tested natively; `filter`
 //! is the thin proxy-wasm shell, compiled only for wasm.
 
+pub mod bearer;
 pub mod byte_loops;
+pub mod client_token;
 pub mod config;
 pub mod csrf;
 pub mod ctx;
@@ -14,6 +16,7 @@ pub mod header_map;
 pub mod login;
 pub mod metrics;
 pub mod oidc;
+pub mod policy;
 pub mod random;
 pub mod refresh;
 pub mod reply;

@@ -16,10 +16,20 @@ pub enum Counter {
     Logouts,
     /// A rule asked for a stronger or fresher login.
     StepUps,
+    /// `optional` or `session_or_client` prefixes: requests that went on without a session.
+    Anonymous,
+    /// Requests authenticated by a bearer token `jwt_authn` verified.
+    BearerOk,
+    /// Bearer tokens refused (not verified, not accepted on the prefix, or a rule unmet).
+    BearerRefused,
+    /// Requests sent upstream with the filter's own client token.
+    ClientToken,
+    ClientTokensFetched,
+    ClientTokenFailures,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 16] = [
         Counter::LoginsStarted,
         Counter::CallbacksOk,
         Counter::CallbacksFailed,
@@ -30,6 +40,12 @@ impl Counter {
         Counter::Forbidden,
         Counter::Logouts,
         Counter::StepUps,
+        Counter::Anonymous,
+        Counter::BearerOk,
+        Counter::BearerRefused,
+        Counter::ClientToken,
+        Counter::ClientTokensFetched,
+        Counter::ClientTokenFailures,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +60,12 @@ impl Counter {
             Counter::Forbidden => "forbidden",
             Counter::Logouts => "logouts",
             Counter::StepUps => "step_ups",
+            Counter::Anonymous => "anonymous",
+            Counter::BearerOk => "bearer_ok",
+            Counter::BearerRefused => "bearer_refused",
+            Counter::ClientToken => "client_token_used",
+            Counter::ClientTokensFetched => "client_tokens_fetched",
+            Counter::ClientTokenFailures => "client_token_failures",
         }
     }
 

@@ -1,6 +1,7 @@
 //! Every answer the filter gives itself (redirects and errors), and the one place where a
 //! failure becomes a status code and a message.
 
+use crate::bearer::BearerError;
 use crate::metrics::Counter;
 use crate::oidc::auth_params::BadForward;
 use crate::oidc::callback::CallbackError;
@@ -117,6 +118,9 @@ impl Reply {
         if status == 503 {
             headers.push(("retry-after".to_string(), "5".to_string()));
         }
+        if let Some(challenge) = failure.www_authenticate() {
+            headers.push(("www-authenticate".to_string(), challenge));
+        }
         Reply {
             status,
             headers,
@@ -201,6 +205,15 @@ pub enum Failure {
     Forbidden,
     /// A logout link without this session's `sid` (perhaps from another site).
     LogoutForbidden,
+    /// A bearer token on a prefix that takes bearer tokens, not verified or not usable.
+    BearerRefused(BearerError),
+    /// A bearer token (and no session) on a prefix that takes sessions only.
+    BearerNotAccepted,
+    /// A bearer token whose login is too weak or too old for a rule (RFC 9470 §3).
+    BearerStepUp {
+        acr_values: Option<String>,
+        max_age: Option<u64>,
+    },
 }
 
 impl Failure {
@@ -211,6 +224,9 @@ impl Failure {
             Failure::StepUpRequired { .. } => Some(Counter::StepUps),
             Failure::Csrf => Some(Counter::CsrfRejected),
             Failure::Forbidden => Some(Counter::Forbidden),
+            Failure::BearerRefused(_)
+            | Failure::BearerNotAccepted
+            | Failure::BearerStepUp { .. } => Some(Counter::BearerRefused),
             Failure::BadCallback(_)
             | Failure::LoginExpired
             | Failure::StateMismatch
@@ -229,7 +245,10 @@ impl Failure {
             Failure::Unauthenticated { .. }
             | Failure::StepUpRequired { .. }
             | Failure::IdpRefused { .. }
-            | Failure::IdToken(_) => 401,
+            | Failure::IdToken(_)
+            | Failure::BearerRefused(_)
+            | Failure::BearerNotAccepted
+            | Failure::BearerStepUp { .. } => 401,
             Failure::UnsafeReturnTo
             | Failure::BadLoginParameter(_)
             | Failure::BadHost
@@ -269,6 +288,10 @@ impl Failure {
             Failure::Csrf => "csrf",
             Failure::Forbidden => "forbidden",
             Failure::LogoutForbidden => "logout_forbidden",
+            // RFC 6750 §3.1 and RFC 9470 §3 error codes, as the WWW-Authenticate header says.
+            Failure::BearerRefused(_) => "invalid_token",
+            Failure::BearerNotAccepted => "bearer_not_accepted",
+            Failure::BearerStepUp { .. } => "insufficient_user_authentication",
         }
     }
 
@@ -318,6 +341,32 @@ impl Failure {
             Failure::LogoutForbidden => {
                 "This logout link is not for your session; use the app's logout button.".into()
             }
+            Failure::BearerRefused(e) => format!("Bearer token refused: {}.", e.message()),
+            Failure::BearerNotAccepted => "This path takes a session, not a bearer token.".into(),
+            Failure::BearerStepUp { .. } => {
+                "The bearer token's login is too weak or too old for this.".into()
+            }
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of a bearer failure (RFC 6750 §3, RFC 9470 §3).
+    fn www_authenticate(&self) -> Option<String> {
+        match self {
+            Failure::BearerRefused(_) => Some("Bearer error=\"invalid_token\"".into()),
+            Failure::BearerStepUp {
+                acr_values,
+                max_age,
+            } => {
+                let mut c = "Bearer error=\"insufficient_user_authentication\"".to_string();
+                if let Some(acr) = acr_values {
+                    c.push_str(&format!(", acr_values=\"{acr}\""));
+                }
+                if let Some(age) = max_age {
+                    c.push_str(&format!(", max_age={age}"));
+                }
+                Some(c)
+            }
+            _ => None,
         }
     }
 }

@@ -38,4 +38,8 @@ pub trait Host {
     /// Asks for [`super::Engine::on_queue_nudged`] soon, from the root context (whose calls
     /// outlive any request). False when that failed: the next tick does it.
     fn nudge(&mut self) -> bool;
+    /// The payload Envoy's `jwt_authn` verified for the current request, stored under `name`
+    /// (`payload_in_metadata`), in the host's serialization; `None` when there is none or it
+    /// cannot be read.
+    fn jwt_payload(&mut self, name: &str) -> Option<Vec<u8>>;
 }

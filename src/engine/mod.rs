@@ -29,6 +29,7 @@ pub use host::{Host, Level};
 use metadata::{millis, Fetch, Fetched, Metadata, RETRY_AFTER_FAILURE_MS};
 use paused::{Known, OwnCall, Paused, Wait, Wakeup};
 
+use crate::client_token::{self, ClientToken};
 use crate::config::Config;
 use crate::header_map;
 use crate::login::{self, Finish, PendingLogin};
@@ -39,7 +40,8 @@ use crate::refresh::{grant, Outcome, RefreshId};
 
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
-use crate::route::{self, client_of, Decision, RefreshNeeded, Settled, StepUpWatch};
+use crate::route::{self, client_of, Decision, Forward, RefreshNeeded, Settled, StepUpWatch};
+use crate::secret::Secret;
 use crate::session::cache::SessionCache;
 use crate::session::Session;
 use crate::store::namespace;
@@ -76,6 +78,17 @@ enum Call {
     Refresh(Box<RefreshNeeded>),
     /// A paused request's own call.
     Stream(u32),
+    /// The client-credentials grant for the filter's own token.
+    ClientToken,
+}
+
+/// The client token as a request finds it.
+enum ClientTokenNow {
+    Ready(Secret),
+    /// Being fetched (or about to be): wait.
+    Pending,
+    /// The last fetch failed a moment ago: answer 503.
+    Failed,
 }
 
 pub struct Engine {
@@ -94,6 +107,10 @@ pub struct Engine {
     refreshes_due: Vec<RefreshNeeded>,
     /// The clock as the last tick read it (0 before the first): what a request decides by.
     tick_ms: u64,
+    /// This VM's copy of the client token (the shared entry is the truth).
+    client_token: Option<ClientToken>,
+    /// This VM won the claim to fetch the client token and has not sent the grant yet.
+    client_token_due: bool,
     /// Opened sessions by sealed value: the authenticated path's shortcut.
     sessions: SessionCache,
     resumes: Vec<Resume>,
@@ -104,6 +121,7 @@ impl Engine {
     pub fn new(config: Config, host: &mut dyn Host) -> Engine {
         let ns = namespace(&config);
         refresh::prepare(host.store(), &ns);
+        client_token::prepare(host.store(), &ns);
         Engine {
             meta: Metadata::new(&config),
             config,
@@ -113,6 +131,8 @@ impl Engine {
             calls: HashMap::new(),
             refreshes_due: Vec::new(),
             tick_ms: 0,
+            client_token: None,
+            client_token_due: false,
             sessions: SessionCache::new(SESSION_CACHE_SIZE),
             resumes: Vec::new(),
         }
@@ -145,7 +165,7 @@ impl Engine {
             0 => host.now_ms(),
             ms => ms,
         } / 1000;
-        let decision = self.decide(&headers, now, host);
+        let decision = self.decide(&headers, now, true, host);
         match self.carry_out(context_id, headers, decision, false, host) {
             Some(settled) => {
                 count(host, &settled);
@@ -172,6 +192,7 @@ impl Engine {
         match self.calls.remove(&token) {
             Some(Call::Refresh(needed)) => self.refresh_answered(&needed, &answer, host),
             Some(Call::Stream(context_id)) => self.stream_answered(context_id, token, answer, host),
+            Some(Call::ClientToken) => self.client_token_answered(&answer, host),
             None => host.log(
                 Level::Debug,
                 "bff: an IdP answer for a request that is gone",
@@ -224,12 +245,25 @@ impl Engine {
         }
     }
 
-    /// The decision for a request with these headers.
-    fn decide(&mut self, headers: &[u8], now: u64, host: &mut dyn Host) -> Decision {
+    /// The decision for a request with these headers. `arriving`: the request is the host's
+    /// current one (not one woken later), so its `jwt_authn` metadata can be read.
+    fn decide(
+        &mut self,
+        headers: &[u8],
+        now: u64,
+        arriving: bool,
+        host: &mut dyn Host,
+    ) -> Decision {
         let parsed = header_map::parse(headers);
         let req = Request::from_wire(&parsed);
+        // Only a bearer client's request needs it (one host call); it never waits, so it is
+        // always decided on arrival.
+        let verified = match arriving && route::bearer_token(&self.config, &req).is_some() {
+            true => host.jwt_payload(&self.config.jwt_payload),
+            false => None,
+        };
         let mut ctx = self.meta.ctx(&self.config, now, host.rng());
-        route::decide(&mut ctx, &req, &mut self.sessions)
+        route::decide(&mut ctx, &req, verified.as_deref(), &mut self.sessions)
     }
 
     /// Carries out a decision: `Some` when the request is settled, `None` when it waits.
@@ -300,11 +334,16 @@ impl Engine {
                 );
                 None
             }
+            Decision::ClientToken(forward) => {
+                let until_ms = self.wait_bound(host);
+                self.with_client_token(context_id, headers, forward, until_ms, host)
+            }
             Decision::Refresh(needed) => {
                 let claim =
                     refresh::claim(host.store(), &self.ns, &needed.id, host.now_ms() / 1000);
                 if let Claim::Done(outcome) = claim {
-                    return self.after_refresh(&headers, &needed.session, &outcome, host);
+                    let decision = self.after_refresh(&headers, &needed.session, &outcome, host);
+                    return self.carry_out(context_id, headers, decision, provider_awaited, host);
                 }
                 let (id, session) = (needed.id.clone(), needed.session.clone());
                 if claim == Claim::Won {
@@ -349,6 +388,123 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Forwards with the client token, or waits for it until `until_ms`.
+    fn with_client_token(
+        &mut self,
+        context_id: u32,
+        headers: Vec<u8>,
+        mut forward: Box<Forward>,
+        until_ms: u64,
+        host: &mut dyn Host,
+    ) -> Option<Settled> {
+        match self.client_token_now(host) {
+            ClientTokenNow::Ready(value) => {
+                let header = &self.config.upstream_token;
+                forward.token_header = Some((header.name.clone(), header.value(&value)));
+                forward.counter = Some(Counter::ClientToken);
+                Some(Settled::Forward(*forward))
+            }
+            ClientTokenNow::Failed => Some(Settled::Reply(Reply::failure(
+                client_of_wire(&headers),
+                &Failure::IdpUnavailable,
+            ))),
+            ClientTokenNow::Pending => {
+                self.waiting.insert(
+                    context_id,
+                    Paused {
+                        headers,
+                        wait: Wait::ClientToken { forward, until_ms },
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// The client token to use now; claims the fetch for this VM when one is needed and no
+    /// worker is at it.
+    fn client_token_now(&mut self, host: &mut dyn Host) -> ClientTokenNow {
+        let now = host.now_ms() / 1000;
+        if let Some(t) = &self.client_token {
+            if !t.due(now) {
+                return ClientTokenNow::Ready(t.value.clone());
+            }
+        }
+        let slot = client_token::read(host.store(), &self.ns);
+        let usable = slot.usable(now).cloned();
+        if usable.as_ref().map_or(true, |t| t.due(now))
+            && !self.client_token_due
+            && client_token::claim(host.store(), &self.ns, now)
+        {
+            self.client_token_due = true;
+            host.nudge();
+        }
+        match usable {
+            Some(t) => {
+                let value = t.value.clone();
+                self.client_token = Some(t);
+                ClientTokenNow::Ready(value)
+            }
+            None if slot.recently_failed(now) => ClientTokenNow::Failed,
+            None => ClientTokenNow::Pending,
+        }
+    }
+
+    /// Sends the client-credentials grant this VM claimed (once the provider is known).
+    fn send_client_token_grant(&mut self, host: &mut dyn Host) {
+        if !self.client_token_due {
+            return;
+        }
+        let Some(provider) = self.meta.provider.as_ref() else {
+            return;
+        };
+        self.client_token_due = false;
+        let request = client_token::request(&self.config, provider);
+        let config = &self.config;
+        match host.dispatch(&config.idp_cluster, &request, config.idp_timeout) {
+            Ok(token) => {
+                self.calls.insert(token, Call::ClientToken);
+            }
+            Err(why) => {
+                host.log(
+                    Level::Error,
+                    &format!("bff: cannot call the token endpoint for the client token: {why}"),
+                );
+                self.client_token_fetched(None, host);
+            }
+        }
+    }
+
+    /// The token endpoint answered the client-credentials grant.
+    fn client_token_answered(&mut self, answer: &IdpAnswer, host: &mut dyn Host) {
+        let now = host.now_ms() / 1000;
+        match client_token::parse(answer, now, self.config.session.refresh_leeway) {
+            Ok(token) => self.client_token_fetched(Some(token), host),
+            Err(e) => {
+                // TokenError carries no token or secret.
+                host.log(
+                    Level::Warn,
+                    &format!("bff: the client-credentials grant failed: {e}"),
+                );
+                self.client_token_fetched(None, host);
+            }
+        }
+    }
+
+    /// Publishes a client-token fetch's result to every worker and serves this VM's waiters.
+    fn client_token_fetched(&mut self, token: Option<ClientToken>, host: &mut dyn Host) {
+        let now = host.now_ms() / 1000;
+        client_token::publish(host.store(), &self.ns, token.as_ref(), now);
+        host.count(match token {
+            Some(_) => Counter::ClientTokensFetched,
+            None => Counter::ClientTokenFailures,
+        });
+        if token.is_some() {
+            self.client_token = token;
+        }
+        self.wake(None, None, host);
     }
 
     /// Pauses a request on a call of its own.
@@ -478,8 +634,10 @@ impl Engine {
         }
     }
 
-    /// Sends the refreshes requests won (from the root context, so the answers come to it).
+    /// Sends the refreshes requests won and the client-token grant (from the root context, so
+    /// the answers come to it).
     fn send_refreshes(&mut self, host: &mut dyn Host) {
+        self.send_client_token_grant(host);
         for needed in mem::take(&mut self.refreshes_due) {
             let config = &self.config;
             match host.dispatch(&config.idp_cluster, &needed.request, config.idp_timeout) {
@@ -588,8 +746,14 @@ impl Engine {
                 Reply::failure(client_of_wire(&headers), &failure),
             )),
             (Wait::Provider { .. }, _) => {
-                let decision = self.decide(&headers, host.now_ms() / 1000, host);
+                let decision = self.decide(&headers, host.now_ms() / 1000, false, host);
                 self.carry_out(context_id, headers, decision, true, host)
+            }
+            (Wait::ClientToken { .. }, Wakeup::Failed(failure)) => Some(Settled::Reply(
+                Reply::failure(client_of_wire(&headers), &failure),
+            )),
+            (Wait::ClientToken { forward, until_ms }, _) => {
+                self.with_client_token(context_id, headers, forward, until_ms, host)
             }
             (
                 Wait::Keys {
@@ -606,34 +770,30 @@ impl Engine {
                     }
                     Wakeup::Failed(_) => Outcome::Unavailable,
                 };
-                self.after_refresh(&headers, &session, &outcome, host)
+                let decision = self.after_refresh(&headers, &session, &outcome, host);
+                self.carry_out(context_id, headers, decision, false, host)
             }
         }
     }
 
-    /// Acts on a refresh's outcome for one request of the session.
+    /// What a refresh's outcome means for one request of the session.
     fn after_refresh(
         &mut self,
         headers: &[u8],
         session: &Session,
         outcome: &Outcome,
         host: &mut dyn Host,
-    ) -> Option<Settled> {
+    ) -> Decision {
         let parsed = header_map::parse(headers);
         let req = Request::from_wire(&parsed);
         let Some(provider) = self.meta.provider.as_ref() else {
             // A refresh is only decided with the provider known; it is never forgotten.
-            return Some(Settled::Reply(Reply::failure(
-                client_of(&req),
-                &Failure::IdpUnavailable,
-            )));
+            return Decision::Reply(Reply::failure(client_of(&req), &Failure::IdpUnavailable));
         };
         let mut ctx = self
             .meta
             .ctx(&self.config, host.now_ms() / 1000, host.rng());
-        Some(route::after_refresh(
-            &mut ctx, provider, &req, session, outcome,
-        ))
+        route::after_refresh(&mut ctx, provider, &req, session, outcome)
     }
 
     fn resume(&mut self, context_id: u32, settled: Settled, host: &mut dyn Host) {
@@ -645,14 +805,15 @@ impl Engine {
     }
 }
 
-/// Counts a local answer toward its stat: every answer passes here once.
+/// Counts a request toward its stat: every settled request passes here once.
 fn count(host: &mut dyn Host, settled: &Settled) {
-    if let Settled::Reply(Reply {
-        counter: Some(counter),
-        ..
-    }) = settled
-    {
-        host.count(*counter);
+    let counter = match settled {
+        Settled::Reply(reply) => reply.counter,
+        Settled::Forward(forward) => forward.counter,
+        Settled::PassThrough => None,
+    };
+    if let Some(counter) = counter {
+        host.count(counter);
     }
 }
 

@@ -4,6 +4,7 @@ use crate::login::PendingLogin;
 use crate::oidc::idp_request::IdpAnswer;
 use crate::refresh::{Outcome, RefreshId};
 use crate::reply::{Failure, Reply};
+use crate::route::Forward;
 use crate::session::Session;
 
 /// A paused request: its headers as the host gave them (to decide again, or to shape an
@@ -29,6 +30,12 @@ pub enum Wait {
     Refresh {
         id: RefreshId,
         session: Session,
+        until_ms: u64,
+    },
+    /// The filter's own client token, fetched by this VM or another worker; then `forward`
+    /// with it. Looked for at every wake-up (a shared-data read), until `until_ms`.
+    ClientToken {
+        forward: Box<Forward>,
         until_ms: u64,
     },
 }
@@ -100,6 +107,8 @@ impl Wait {
                 }
                 ((k.published)(id), *until_ms)
             }
+            // Polled: the engine looks again (and fetches if it may) at every wake-up.
+            Wait::ClientToken { until_ms, .. } => (k.now_ms < *until_ms, *until_ms),
         };
         if met {
             return Some(Wakeup::Ready);

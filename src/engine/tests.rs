@@ -31,6 +31,8 @@ struct FakeHost {
     counted: Vec<Counter>,
     logs: Vec<String>,
     nudges: usize,
+    /// What `jwt_authn` left for the current request.
+    jwt_payload: Option<Vec<u8>>,
 }
 
 impl Host for FakeHost {
@@ -77,6 +79,9 @@ impl Host for FakeHost {
         self.nudges += 1;
         true
     }
+    fn jwt_payload(&mut self, _: &str) -> Option<Vec<u8>> {
+        self.jwt_payload.clone()
+    }
 }
 
 /// One worker: an engine and its host. Several share a clock and a store.
@@ -110,6 +115,7 @@ impl World {
             counted: Vec::new(),
             logs: Vec::new(),
             nudges: 0,
+            jwt_payload: None,
         };
         let engine = Engine::new(config_from(config), &mut host);
         Worker { engine, host }
@@ -520,4 +526,139 @@ fn an_idp_that_cannot_be_called_fails_fast() {
     let r = settled(w.request(2, wire("/private/api", &[API, CSRF])));
     assert_eq!(reply(&r).status, 401);
     assert_eq!(w.host.counted, vec![Counter::Unauthenticated]);
+}
+
+fn client_prefix_config() -> serde_json::Value {
+    let mut v = minimal_json();
+    v["policies"] = json!([{"prefix": "/private/service", "policy": "client"}]);
+    v["client_credentials"] = json!({"scopes": ["api:read"]});
+    v
+}
+
+const CLIENT_TOKEN: &str =
+    r#"{"access_token": "app-token-1", "token_type": "Bearer", "expires_in": 600}"#;
+
+#[test]
+fn one_client_token_grant_serves_every_worker_and_a_due_token_is_renewed_once() {
+    let world = World::new();
+    let mut a = world.worker(client_prefix_config());
+    let mut b = world.worker(client_prefix_config());
+    a.learn_provider();
+    b.tick();
+    let call = || wire("/private/service/report", &[API]);
+    // Twenty requests over two workers before any token exists: all wait, one grant.
+    for id in 1..=10 {
+        assert_eq!(a.request(id, call()), Handled::Paused);
+        assert_eq!(b.request(id, call()), Handled::Paused);
+    }
+    a.engine.on_queue_nudged(&mut a.host);
+    b.engine.on_queue_nudged(&mut b.host);
+    assert_eq!(a.calls_to("/token") + b.calls_to("/token"), 1, "one grant");
+    let (winner, loser) = if a.calls_to("/token") == 1 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let grant = &winner.host.sent.last().unwrap().1;
+    assert_eq!(
+        grant.body.as_deref(),
+        Some("grant_type=client_credentials&scope=api%3Aread")
+    );
+    let resumes = winner.answer("/token", Some(200), CLIENT_TOKEN);
+    assert_eq!(resumes.len(), 10);
+    world.advance_ms(100);
+    let resumes2 = loser.tick();
+    assert_eq!(
+        resumes2.len(),
+        10,
+        "the other worker picks it up at its tick"
+    );
+    for r in resumes.iter().chain(&resumes2) {
+        assert_eq!(token_of(&r.settled), "Bearer app-token-1");
+    }
+    // Later requests are served at once from the VM's copy.
+    let s = settled(loser.request(50, call()));
+    assert_eq!(token_of(&s), "Bearer app-token-1");
+    // Inside the renewal window (leeway 60 s before expiry): served with the old token, and
+    // one worker renews it.
+    world.advance_ms(545_000);
+    for id in 60..65 {
+        assert_eq!(
+            token_of(&settled(a.request(id, call()))),
+            "Bearer app-token-1"
+        );
+        assert_eq!(
+            token_of(&settled(b.request(id, call()))),
+            "Bearer app-token-1"
+        );
+    }
+    a.engine.on_queue_nudged(&mut a.host);
+    b.engine.on_queue_nudged(&mut b.host);
+    assert_eq!(
+        a.calls_to("/token") + b.calls_to("/token"),
+        2,
+        "renewed once"
+    );
+    let renewer = if a.host.sent.is_empty() {
+        &mut b
+    } else {
+        &mut a
+    };
+    renewer.answer(
+        "/token",
+        Some(200),
+        &CLIENT_TOKEN.replace("app-token-1", "app-token-2"),
+    );
+    assert_eq!(
+        token_of(&settled(a.request(70, call()))),
+        "Bearer app-token-2"
+    );
+    assert_eq!(
+        token_of(&settled(b.request(70, call()))),
+        "Bearer app-token-2"
+    );
+    let fetched = |w: &Worker| {
+        w.host
+            .counted
+            .iter()
+            .filter(|c| **c == Counter::ClientTokensFetched)
+            .count()
+    };
+    assert_eq!(fetched(&a) + fetched(&b), 2);
+    let logs = a
+        .host
+        .logs
+        .iter()
+        .chain(&b.host.logs)
+        .cloned()
+        .collect::<String>();
+    assert!(!logs.contains("app-token"), "{logs}");
+}
+
+#[test]
+fn a_refused_client_token_grant_answers_503_and_is_retried_later() {
+    let world = World::new();
+    let mut w = world.worker(client_prefix_config());
+    w.learn_provider();
+    let call = || wire("/private/service/report", &[API]);
+    assert_eq!(w.request(1, call()), Handled::Paused);
+    w.engine.on_queue_nudged(&mut w.host);
+    let resumes = w.answer("/token", Some(400), r#"{"error": "unauthorized_client"}"#);
+    assert_eq!(resumes.len(), 1);
+    let r = reply(&resumes[0].settled);
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
+    assert!(w
+        .host
+        .logs
+        .iter()
+        .any(|l| l.contains("unauthorized_client")));
+    // Within the back-off: 503 at once, no new grant.
+    let r = settled(w.request(2, call()));
+    assert_eq!(reply(&r).status, 503);
+    assert_eq!(w.calls_to("/token"), 1);
+    // After it, the next request tries again.
+    world.advance_ms(5_000);
+    assert_eq!(w.request(3, call()), Handled::Paused);
+    w.engine.on_queue_nudged(&mut w.host);
+    assert_eq!(w.calls_to("/token"), 2);
 }

@@ -265,4 +265,21 @@ impl Host for WasmHost<'_> {
     fn nudge(&mut self) -> bool {
         self.queue.is_some_and(nudge)
     }
+
+    fn jwt_payload(&mut self, name: &str) -> Option<Vec<u8>> {
+        jwt_payload(name)
+    }
+}
+
+/// What Envoy's `jwt_authn` stored under `name` for the current request (its dynamic
+/// metadata); `None` when absent or unreadable (a payload with a `null` claim cannot be
+/// serialized by the host).
+pub fn jwt_payload(name: &str) -> Option<Vec<u8>> {
+    let path = vec![
+        "metadata",
+        "filter_metadata",
+        "envoy.filters.http.jwt_authn",
+        name,
+    ];
+    hostcalls::get_property(path).ok().flatten()
 }

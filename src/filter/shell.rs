@@ -4,7 +4,7 @@
 use super::host::{self, HostRandom, HostStore, WasmHost};
 use crate::engine::{Engine, Resume};
 use crate::oidc::idp_request::IdpAnswer;
-use crate::route::{Forward, Settled, StepUpWatch};
+use crate::route::{Forward, Settled, StepUpWatch, UpstreamCookie};
 use std::cell::RefCell;
 use std::mem;
 
@@ -131,7 +131,11 @@ impl Shell {
     fn apply_forward(&self, context_id: u32, forward: Forward) {
         if let Some((name, value)) = &forward.token_header {
             host::set_request_header(name, Some(value.as_bytes()));
-            host::set_request_header("cookie", forward.cookie.as_deref());
+        }
+        match &forward.cookie {
+            UpstreamCookie::Untouched => {}
+            UpstreamCookie::Set(kept) => host::set_request_header("cookie", Some(kept)),
+            UpstreamCookie::Removed => host::set_request_header("cookie", None),
         }
         for (name, value) in &forward.extra {
             host::set_request_header(name, value.as_deref().map(str::as_bytes));
