@@ -210,6 +210,36 @@ def through_envoy(procs: ProcessGroup, idp, envoy_port: int) -> None:
     write("decide", "bypass", headers(port, "GET", "/private/healthz", time.time(), False))
 
 
+def host_serialized(value) -> bytes:
+    """A JSON value as Envoy hands jwt_authn's payload to wasm (src/bearer.rs): strings as bytes,
+    numbers as little-endian f64, booleans as one byte, maps and lists as proxy-wasm pairs."""
+    import struct
+
+    def pairs(entries):
+        out = struct.pack("<I", len(entries))
+        for k, v in entries:
+            out += struct.pack("<II", len(k), len(v))
+        for k, v in entries:
+            out += k + b"\0" + v + b"\0"
+        return out
+
+    if isinstance(value, bool):
+        return bytes([value])
+    if isinstance(value, (int, float)):
+        return struct.pack("<d", float(value))
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, list):
+        return pairs([(host_serialized(v), b"") for v in value])
+    return pairs([(k.encode(), host_serialized(v)) for k, v in value.items()])
+
+
+def bearer_seeds() -> None:
+    # The payload of BEARER in fuzz_targets/documents.rs, as jwt_authn would have verified it.
+    write("documents", "jwt-payload", host_serialized(
+        {"sub": "a", "exp": 2000, "g": ["x", 1, True], "o": {"k": "v"}}))
+
+
 def main() -> None:
     for target in ("open_cookie", "callback_query", "documents", "id_token", "decide"):
         for old in (CORPUS / target).glob("seed-*"):
@@ -241,6 +271,7 @@ def main() -> None:
                     through_envoy(procs, idp, envoy_port)
     finally:
         shutil.rmtree(keys.parent)
+    bearer_seeds()
     for folder in sorted(CORPUS.iterdir()):
         print(f"{folder.name}: {len(list(folder.glob('seed-*')))} seeds")
 

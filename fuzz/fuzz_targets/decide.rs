@@ -1,6 +1,8 @@
 //! A whole request → the filter's decision, with the provider's metadata known and not yet
 //! known; a code exchange or a refresh it asks for is finished with the test IdP's real token
-//! responses. Input: headers in the text form of `envoy_bff_fuzz::parse_request`.
+//! responses. Input: headers in the text form of `envoy_bff_fuzz::parse_request`; the value of
+//! an `x-fuzz-jwt-payload` header stands for what jwt_authn left in the metadata (bytes the
+//! host serializes, checked against a bearer token the client sends).
 
 #![no_main]
 
@@ -75,7 +77,8 @@ fuzz_target!(|data: &[u8]| {
             now,
             rng,
         };
-        match decide(&mut ctx, &req, &mut SessionCache::new(0)) {
+        let verified = req.header("x-fuzz-jwt-payload").map(str::as_bytes);
+        match decide(&mut ctx, &req, verified, &mut SessionCache::new(0)) {
             Decision::ExchangeCode(exchange) => {
                 let _ = login::finish(&mut ctx, provider, &exchange.pending, &answer(TOKEN_CODE_JSON));
             }
@@ -93,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
             _ => {}
         }
         ctx.provider = None;
-        let _ = decide(&mut ctx, &req, &mut SessionCache::new(0));
+        let _ = decide(&mut ctx, &req, verified, &mut SessionCache::new(0));
     });
     let _ = safe_return_to(req.path);
 });

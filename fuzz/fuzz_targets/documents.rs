@@ -1,9 +1,13 @@
 //! The JSON documents the filter reads: token responses, JWKS and discovery from the IdP, and
-//! its own configuration.
+//! its own configuration; and what Envoy's jwt_authn leaves in the metadata (the host's
+//! serialization of a JSON payload), checked against a bearer token.
 
 #![no_main]
 
+use envoy_bff::bearer;
+use envoy_bff::client_token;
 use envoy_bff::config::Config;
+use envoy_bff::oidc::idp_request::IdpAnswer;
 use envoy_bff::oidc::discovery::Provider;
 use envoy_bff::oidc::jwks::Jwks;
 use envoy_bff::oidc::token::parse_token_response;
@@ -14,10 +18,20 @@ thread_local! {
     static CONFIG: Config = config();
 }
 
+/// A JWT whose payload is {"sub":"a","exp":2000,"g":["x",1,true],"o":{"k":"v"}}.
+const BEARER: &str = "e30.eyJzdWIiOiJhIiwiZXhwIjoyMDAwLCJnIjpbIngiLDEsdHJ1ZV0sIm8iOnsiayI6InYifX0.c2ln";
+
 fuzz_target!(|data: &[u8]| {
     for status in [Some(200), Some(400), Some(401), Some(302), Some(503), None] {
         let _ = parse_token_response(status, data);
+        let answer = IdpAnswer {
+            status,
+            body: data.to_vec(),
+        };
+        let _ = client_token::parse(&answer, 1000, 60);
     }
+    let _ = bearer::verified_claims(BEARER, Some(data), 1000);
+    let _ = bearer::verified_claims(&String::from_utf8_lossy(data), Some(data), 1000);
     if let Ok(jwks) = Jwks::parse(data) {
         let _ = (jwks.len(), jwks.has_kid("fuzz-rsa"), format!("{jwks:?}"));
     }

@@ -41,6 +41,12 @@ pub fn config_json() -> String {
   "claim_headers": {{"sub": "x-user-sub", "groups": "x-user-groups"}},
   "rules": [{{"prefix": "/private/admin", "require": {{"groups": {{"contains": "admin"}}}}}}],
   "bypass": ["/private/healthz"],
+  "policies": [
+    {{"prefix": "/private/public", "policy": "optional"}},
+    {{"prefix": "/private/mobile", "policy": "session", "bearer": true}},
+    {{"prefix": "/private/service", "policy": "client"}},
+    {{"prefix": "/private/mixed", "policy": "session_or_client", "bearer": true}}
+  ],
   "csrf": {{"allowed_origins": ["https://front.example.com"]}}
 }}"#
     )

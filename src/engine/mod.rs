@@ -395,16 +395,15 @@ impl Engine {
         &mut self,
         context_id: u32,
         headers: Vec<u8>,
-        mut forward: Box<Forward>,
+        forward: Box<Forward>,
         until_ms: u64,
         host: &mut dyn Host,
     ) -> Option<Settled> {
         match self.client_token_now(host) {
             ClientTokenNow::Ready(value) => {
-                let header = &self.config.upstream_token;
-                forward.token_header = Some((header.name.clone(), header.value(&value)));
+                let mut forward = forward.with_token(&self.config, &value);
                 forward.counter = Some(Counter::ClientToken);
-                Some(Settled::Forward(*forward))
+                Some(Settled::Forward(forward))
             }
             ClientTokenNow::Failed => Some(Settled::Reply(Reply::failure(
                 client_of_wire(&headers),

@@ -575,6 +575,14 @@ fn one_client_token_grant_serves_every_worker_and_a_due_token_is_renewed_once() 
     );
     for r in resumes.iter().chain(&resumes2) {
         assert_eq!(token_of(&r.settled), "Bearer app-token-1");
+        let Settled::Forward(f) = &r.settled else {
+            panic!()
+        };
+        assert!(
+            f.extra.iter().all(|(name, _)| name != "authorization"),
+            "no later edit takes the token off: {:?}",
+            f.extra
+        );
     }
     // Later requests are served at once from the VM's copy.
     let s = settled(loser.request(50, call()));

@@ -72,6 +72,16 @@ pub struct Forward {
     pub counter: Option<Counter>,
 }
 
+impl Forward {
+    /// The forward with this token header (in place of whatever edit of it there was).
+    pub fn with_token(mut self, config: &Config, token: &crate::secret::Secret) -> Forward {
+        let header = &config.upstream_token;
+        self.extra.retain(|(name, _)| *name != header.name);
+        self.token_header = Some((header.name.clone(), header.value(token)));
+        self
+    }
+}
+
 /// What becomes of the request's `Cookie` header.
 #[derive(Debug, PartialEq, Eq)]
 pub enum UpstreamCookie {

@@ -77,18 +77,16 @@ def _cluster(name: str, port: int, timeout_s: float = 2) -> dict:
     return cluster
 
 
-def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_port: int,
-                    config: dict, secret_env_keys=("BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS"),
-                    edge: bool = True) -> dict:
-    """`edge`: Envoy faces browsers directly, so it sets X-Forwarded-Proto itself
-    (use_remote_address); otherwise it trusts the load balancer in front of it."""
-    wasm_filter = {
+def wasm_filter(config: dict, name: str = "bff",
+                secret_env_keys=("BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS")) -> dict:
+    """The bff filter with this configuration, as an HTTP filter entry."""
+    return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": "bff",
-                "root_id": "bff",
+                "name": name,
+                "root_id": name,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": json.dumps(config),
@@ -101,6 +99,46 @@ def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_p
             },
         },
     }
+
+
+def jwt_authn_filter(issuer: str, audiences: list[str], prefixes: list[str],
+                     payload_in_metadata: str = "jwt_payload") -> dict:
+    """Envoy's jwt_authn, as the README's bearer section sets it before the bff filter: tokens
+    of `issuer` for `audiences` on `prefixes` are verified against the IdP's JWKS (through
+    cluster `idp`); an invalid one is refused, a missing one allowed (the bff filter decides)."""
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"idp": {
+                "issuer": issuer,
+                "audiences": audiences,
+                "remote_jwks": {
+                    "http_uri": {"uri": f"{issuer}/jwks", "cluster": "idp", "timeout": "5s"},
+                    "cache_duration": "300s",
+                },
+                "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
+                "forward": True,
+                "payload_in_metadata": payload_in_metadata,
+                # Envoy's default allows 60 s; the tests' expired tokens are seconds old.
+                "clock_skew_seconds": 1,
+            }},
+            "rules": [{"match": {"prefix": p}, "requires": {"requires_any": {"requirements": [
+                {"provider_name": "idp"}, {"allow_missing": {}}]}}} for p in prefixes],
+        },
+    }
+
+
+def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_port: int,
+                    config: dict | list[dict], edge: bool = True,
+                    before: list[dict] = (), env_keys=tuple(SECRETS)) -> dict:
+    """`config`: the filter's configuration, or a list of them for several filter instances
+    (named bff, bff-2, ...). `before`: HTTP filters placed before them (e.g. jwt_authn).
+    `edge`: Envoy faces browsers directly, so it sets X-Forwarded-Proto itself
+    (use_remote_address); otherwise it trusts the load balancer in front of it."""
+    configs = config if isinstance(config, list) else [config]
+    filters = [wasm_filter(c, "bff" if i == 0 else f"bff-{i + 1}", env_keys)
+               for i, c in enumerate(configs)]
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
@@ -113,7 +151,8 @@ def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_p
             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "api"}}],
         }]},
         "http_filters": [
-            wasm_filter,
+            *before,
+            *filters,
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
@@ -163,6 +202,11 @@ class Envoy:
                 out[name] = int(value)
         return out
 
+    def counters(self, metrics_prefix: str = "bff") -> dict[str, int]:
+        """The filter's counters by name (Envoy lists them as wasmcustom.<prefix>.<name>)."""
+        prefix = f"wasmcustom.{metrics_prefix}."
+        return {k.removeprefix(prefix): v for k, v in self.stats(prefix).items()}
+
     def assert_vm_healthy(self) -> None:
         """No wasm VM has panicked or trapped: the log is clean and nothing was reloaded."""
         log = self.log()
@@ -178,17 +222,21 @@ class Envoy:
         return self.process.output()
 
 
-def start_envoy(procs: ProcessGroup, config: dict, upstream_port: int, idp_port: int,
-                client_secret: str = CLIENT_SECRET, cookie_keys: str = KEY_A,
+def start_envoy(procs: ProcessGroup, config: dict | list[dict], upstream_port: int,
+                idp_port: int, client_secret: str = CLIENT_SECRET, cookie_keys: str = KEY_A,
                 concurrency: int = 2, wait: bool = True, timeout: float = 30.0,
-                name: str = "envoy", port: int | None = None, edge: bool = True) -> Envoy:
-    """Start Envoy with the filter; secrets reach the VM through Envoy's own environment."""
+                name: str = "envoy", port: int | None = None, edge: bool = True,
+                before: list[dict] = (), extra_env: dict | None = None) -> Envoy:
+    """Start Envoy with the filter; secrets reach the VM through Envoy's own environment
+    (`extra_env`: more of them, e.g. a second filter instance's client secret)."""
     if not WASM.exists():
         raise RuntimeError(f"{WASM} is missing: build it with scripts/build-wasm")
     listen_port, admin_port = port or free_port(), free_port()
-    bootstrap = envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config, edge=edge)
+    env = {"BFF_CLIENT_SECRET": client_secret, "BFF_COOKIE_KEYS": cookie_keys, **(extra_env or {})}
+    bootstrap = envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config,
+                                edge=edge, before=before, env_keys=tuple(env))
     return run_envoy(procs, bootstrap, name, concurrency=concurrency, wait=wait, timeout=timeout,
-                     env={"BFF_CLIENT_SECRET": client_secret, "BFF_COOKIE_KEYS": cookie_keys},
+                     env=env,
                      log_args=("--log-level", "info", "--component-log-level", "wasm:debug"))
 
 

@@ -24,6 +24,13 @@
 //                                  access token asked for one of them is a JWT (RS256, the
 //                                  provider's keys) with `aud` = the resource and scope
 //                                  `api:read`; any other `resource` is invalid_target
+//   IDP_EXTRA_CLIENTS              optional JSON array of more clients' metadata, registered as
+//                                  given (e.g. a client-credentials-only "mobile app" whose
+//                                  tokens a bearer test sends, or a second SPA's client)
+//   IDP_CLIENT_CREDENTIALS_TTL     optional JSON object: client id -> lifetime in seconds of its
+//                                  client-credentials tokens (others: IDP_ACCESS_TOKEN_TTL)
+//   The main client may also use the client-credentials grant (RFC 6749 §4.4); with a
+//   `resource` of IDP_RESOURCES its token is a JWT with sub = the client id.
 //   acr: a login is `urn:example:pwd`, or `urn:example:mfa` when the authorization request's
 //   acr_values asks for it (this IdP's stand-in for a second factor: the same form); a session
 //   whose acr is not among the acr_values asked for is shown the login form again (step-up).
@@ -53,6 +60,7 @@
 //     refresh_requests POSTs to the token endpoint with grant_type=refresh_token
 //     revocations      POSTs to the revocation endpoint
 //     token_endpoint_calls  every POST to the token endpoint, whatever its grant_type
+//     client_credentials_requests  ... with grant_type=client_credentials
 //   Failed requests count too: they are counted by a middleware before the provider answers.
 //   IDP_REFRESH_DELAY_MS=N holds every refresh answer N ms after the refresh token was rotated.
 //   POST /test/revoke-all -> {"revoked_grants": N}
@@ -110,6 +118,17 @@ const REDIRECT_URIS = envList('IDP_REDIRECT_URIS');
 if (REDIRECT_URIS.length === 0) fail('IDP_REDIRECT_URIS is required');
 const POST_LOGOUT_REDIRECT_URIS = envList('IDP_POST_LOGOUT_REDIRECT_URIS');
 const RESOURCES = envList('IDP_RESOURCES');
+function envJson(name, fallback) {
+  const raw = env(name, '');
+  if (raw === '') return fallback;
+  try {
+    return JSON.parse(raw);
+  } catch (e) {
+    fail(`${name} is not JSON: ${e.message}`);
+  }
+}
+const EXTRA_CLIENTS = envJson('IDP_EXTRA_CLIENTS', []);
+const CLIENT_CREDENTIALS_TTL = envJson('IDP_CLIENT_CREDENTIALS_TTL', {});
 const ACR_PWD = 'urn:example:pwd';
 const ACR_MFA = 'urn:example:mfa';
 
@@ -293,11 +312,12 @@ const configuration = {
       client_name: `${CLIENT_ID} (BFF test client)`,
       redirect_uris: REDIRECT_URIS,
       post_logout_redirect_uris: POST_LOGOUT_REDIRECT_URIS,
-      grant_types: ['authorization_code', 'refresh_token'],
+      grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
       id_token_signed_response_alg: ID_TOKEN_ALG,
     },
+    ...EXTRA_CLIENTS,
   ],
   jwks,
   // Sessions, grants and tokens: in STORE, this process's memory only (see the header).
@@ -388,6 +408,7 @@ const configuration = {
 
   ttl: {
     AccessToken: () => ACCESS_TOKEN_TTL,
+    ClientCredentials: (_ctx, _token, client) => CLIENT_CREDENTIALS_TTL[client.clientId] ?? ACCESS_TOKEN_TTL,
     AuthorizationCode: () => 60,
     IdToken: () => ID_TOKEN_TTL,
     RefreshToken: () => REFRESH_TOKEN_TTL,
@@ -414,6 +435,7 @@ const configuration = {
       },
     },
     revocation: { enabled: true },
+    clientCredentials: { enabled: true },
     userinfo: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
@@ -448,6 +470,7 @@ const stats = {
   refresh_requests: 0,
   revocations: 0,
   token_endpoint_calls: 0,
+  client_credentials_requests: 0,
 };
 
 const tokenPath = new URL(provider.urlFor('token')).pathname;
@@ -481,6 +504,7 @@ provider.use(async (ctx, next) => {
       const grantType = ctx.oidc?.params?.grant_type ?? ctx.request.body?.grant_type;
       if (grantType === 'authorization_code') stats.token_requests += 1;
       if (grantType === 'refresh_token') stats.refresh_requests += 1;
+      if (grantType === 'client_credentials') stats.client_credentials_requests += 1;
     }
     if (isRevocation) stats.revocations += 1;
   }
