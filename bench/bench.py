@@ -80,7 +80,13 @@ NAMES = {
     "d": "envoy-bff, valid session, fresh token",
     "e": "envoy-bff, token due: refresh at the IdP",
     "p": "envoy-bff, path outside its prefix",
+    "k": "envoy-bff, client prefix, own token",
 }
+# (k): (d)'s request on a prefix of policy `client` (issue 13): the filter's own token from the
+# client-credentials grant goes upstream, fetched once per Envoy and kept in shared data; the
+# session cookie the request carries is not used, only taken off.
+CLIENT_POLICIES = [{"prefix": BENCH_PATH, "policy": "client"},
+                   {"prefix": ECHO_PREFIX, "policy": "client"}]
 # (p) is a diagnostic: the same Envoy as (d), the same request, a path the filter passes through.
 PASS_PATH = "/public/bench"
 # (d0), with --before: (d)'s config and request through the other module, on its own Envoy.
@@ -302,13 +308,13 @@ def check_variant(key: str, envoy: Envoy, cookie: str | None) -> str:
     seen = r.json()["headers"]
     auth = seen.get("authorization", "")
     kind = "d" if key == "d0" else key  # (d0) must do what (d) does
-    if kind in "cde" and not auth.startswith("Bearer "):
+    if kind in "cdek" and not auth.startswith("Bearer "):
         raise RuntimeError(f"variant {key}: no bearer token upstream: {sorted(seen)}")
     if key == "b" and FLOOR_IO and (not auth.startswith("Bearer floor-") or SESSION in seen.get("cookie", "")):
         raise RuntimeError("variant b: the I/O floor did not set the token or left the cookie")
     if key == "b" and not FLOOR_IO and "x-floor" not in seen:
         raise RuntimeError("variant b: the floor filter did not set x-floor")
-    if kind in "de" and SESSION in seen.get("cookie", ""):
+    if kind in "dek" and SESSION in seen.get("cookie", ""):
         raise RuntimeError(f"variant {key}: the session cookie went upstream")
     if key == "p" and (auth or SESSION not in seen.get("cookie", "")):
         raise RuntimeError("variant p: the filter touched a request outside its prefix")
@@ -435,7 +441,7 @@ def wrk(pin: Pinning, envoy: Envoy, cookie: str | None, duration: int, connectio
 
 # What the instruction mode counts: the variants that send one fixed request. (e) and (f) need
 # a new session or code for every request.
-INSTR_VARIANTS = ("a", "b", "c", "d", "d0", "p")
+INSTR_VARIANTS = ("a", "b", "c", "d", "d0", "p", "k")
 CALLGRIND = WORK / "callgrind"
 
 
@@ -631,7 +637,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     # Roughly, as seen here with the default counts: each Envoy's start-up under valgrind
     # (compiling a wasm module takes a while; envoy-bff then fetches the discovery document),
     # then ~27 s per variant measured.
-    startup = {"a": 20, "b": 60, "c": 35, "d": 100, "d0": 100}
+    startup = {"a": 20, "b": 60, "c": 35, "d": 100, "d0": 100, "k": 100}
     estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
     log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
         f"{args.instructions_warmup} warm-up requests, then {args.instructions_repeats} x "
@@ -673,7 +679,8 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
             if x not in added or y not in added or added[y] <= 0:
                 return None
             return round(added[x] / added[y], 4)
-        pairs = (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b")) + (BEFORE_PAIRS if "d0" in keys else ())
+        pairs = (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("k", "b"), ("k", "d")) + (
+            BEFORE_PAIRS if "d0" in keys else ())
         ratios = {f"{x}/{y}": ratio(x, y) for x, y in pairs}
         return per, added, ratios
     per, added, ratios = summary("per_request")
@@ -924,6 +931,7 @@ def main(argv=None) -> int:
     skipped: dict[str, str] = {k: "left out with --skip" for k in args.skip if k in NAMES and k != "a"}
     if "d" in skipped:
         skipped.setdefault("p", "needs (d)")
+        skipped.setdefault("k", "needs (d)'s session")
     if args.instructions_only:
         # (e) and (f) need a new session or code for every request: no fixed request to count.
         skipped.setdefault("e", "not measured with --instructions-only")
@@ -936,7 +944,7 @@ def main(argv=None) -> int:
     procs = ProcessGroup(WORK / "logs")
     try:
         # Every Envoy but (p)'s, which is (d)'s.
-        envoy_keys = ["a", "b", "c", "d", "e"] + (["d0"] if args.before else [])
+        envoy_keys = ["a", "b", "c", "d", "e", "k"] + (["d0"] if args.before else [])
         ports = {k: free_port() for k in envoy_keys}
         idp = start_idp(procs, [f"http://127.0.0.1:{ports['c']}/callback"]
                         + [f"http://127.0.0.1:{ports[k]}/private/callback"
@@ -956,6 +964,8 @@ def main(argv=None) -> int:
             "e": ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
                               session={"refresh_leeway_s": 86400})], None),
         }
+        filters["k"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
+                                    policies=CLIENT_POLICIES)], None)
         if args.before:
             filters["d0"] = ([bff_filter(idp.issuer, loaded["envoy_bff.before.wasm"])], None)
         envoys: dict[str, Envoy] = {}
@@ -977,7 +987,7 @@ def main(argv=None) -> int:
         cookies: dict[str, str | None] = {"a": None, "b": None}
         if "d" in envoys:
             cookies["d"] = bff_login(envoys["d"])
-            cookies["a"] = cookies["b"] = cookies["p"] = cookies["d"]
+            cookies["a"] = cookies["b"] = cookies["p"] = cookies["k"] = cookies["d"]
         if "d0" in envoys:
             # Its own login: the change may have changed the session cookie.
             cookies["d0"] = bff_login(envoys["d0"])
@@ -1063,7 +1073,8 @@ def main(argv=None) -> int:
                     "filter_refreshes_failed": stat(envoys["e"], "refreshes_failed"),
                     "idp_refresh_grants": idp.stats()["refresh_requests"] - idp_refreshes_before,
                 }
-            wasm_stats = {k: stats(envoys[k], "wasm") for k in ("b", "d", "e", "d0") if k in variants}
+            wasm_stats = {k: stats(envoys[k], "wasm") for k in ("b", "d", "e", "d0", "k")
+                          if k in variants}
             for k in wasm_stats:
                 if k in variants:
                     envoys[k].assert_vm_healthy()
@@ -1077,6 +1088,8 @@ def main(argv=None) -> int:
             # Under valgrind every request to the IdP is slow to leave Envoy.
             cg_filters["d"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
                                            **{"idp_timeout_ms": 60000, **args.d_config})], None)
+            cg_filters["k"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], idp_timeout_ms=60000,
+                                           policies=CLIENT_POLICIES)], None)
             if args.before:
                 cg_filters["d0"] = ([bff_filter(idp.issuer, loaded["envoy_bff.before.wasm"],
                                                 idp_timeout_ms=60000)], None)
@@ -1174,7 +1187,7 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
 
     ratios = {}
     for key, tag in (("added_us_cpu", "cpu"), ("added_us_throughput", "throughput")):
-        for x, y in (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("e", "b")) + (
+        for x, y in (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("e", "b"), ("k", "b")) + (
                 BEFORE_PAIRS if "d0" in out else ()):
             ratios[f"{x}/{y} {tag}"] = ratio(x, y, key)
     d_b = ratios.get("d/b cpu")
@@ -1358,10 +1371,11 @@ def chart(rep: dict, path: Path) -> None:
     from matplotlib.patches import Patch
 
     v = rep["variants"]
-    keys = [k for k in ("b", "c", "d", "d0", "p", "e") if k in v and "added_us_cpu" in v[k]]
+    keys = [k for k in ("b", "c", "d", "d0", "p", "k", "e") if k in v and "added_us_cpu" in v[k]]
     if not keys:
         return
     colors = {"b": "#9e9e9e", "c": "#ef8a17", "d": "#2a7ab0", "d0": "#7fa7c4", "p": "#9dc3e6",
+              "k": "#4caf50",
               "e": "#5b8db8"}
     labels = {k: f"{k}: {v[k]['name']}" + (" (diagnostic)" if k == "p" else "") for k in keys}
     fig, ax = plt.subplots(figsize=(11, 5.2))

@@ -284,6 +284,10 @@ def test_session_or_client_uses_the_users_token_else_the_filters(envoy):
     user = echoed(b.get("/private/mixed/feed", navigate=False))
     assert user["authorization"] != anon["authorization"]
     assert user["x-user"] == "alice-sub-0001"
+    # A client prefix uses the filter's token even for a signed-in user, and no identity.
+    service = echoed(b.get("/private/service/report", navigate=False))
+    assert service["authorization"] == anon["authorization"]
+    assert "x-user" not in service and "__Host-bff-session" not in service.get("cookie", "")
 
 
 # --- configuration ----------------------------------------------------------------------------

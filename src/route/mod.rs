@@ -17,6 +17,7 @@ use crate::refresh::{Outcome, RefreshId};
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::rules::{self, Verdict};
+use crate::secret::Secret;
 use crate::session::cache::SessionCache;
 use crate::session::contents::Upkeep;
 use crate::session::cookie::Jar;
@@ -74,7 +75,7 @@ pub struct Forward {
 
 impl Forward {
     /// The forward with this token header (in place of whatever edit of it there was).
-    pub fn with_token(mut self, config: &Config, token: &crate::secret::Secret) -> Forward {
+    pub fn with_token(mut self, config: &Config, token: &Secret) -> Forward {
         let header = &config.upstream_token;
         self.extra.retain(|(name, _)| *name != header.name);
         self.token_header = Some((header.name.clone(), header.value(token)));
@@ -149,8 +150,21 @@ pub struct RefreshNeeded {
 /// tokens, `Authorization: Bearer` and no session cookie (a cookie means a browser: its
 /// session decides, whatever else the request carries).
 pub fn bearer_token<'r>(config: &Config, req: &Request<'r>) -> Option<&'r str> {
+    if !config.policies.take_bearer() {
+        return None;
+    }
     let path = path_of(req.path);
     if !is_under(path, &config.prefix) || !config.policies.for_path(path).bearer {
+        return None;
+    }
+    // The filter's own endpoints are the browser's, whatever the request carries.
+    let endpoints = [
+        config.login_path.as_str(),
+        &config.session_path,
+        &config.logout_path,
+        config.callback_path(),
+    ];
+    if endpoints.contains(&path) {
         return None;
     }
     let token = bearer::token_of(req.header("authorization")?)?;
@@ -212,8 +226,8 @@ pub fn decide(
     // A session cookie is what cross-site requests abuse: without one (where a session is
     // optional) there is nothing to protect.
     let cookie_sent =
-        || policy == Policy::Session || Session::sealed_in(&config.cookie.name, &jar).is_ok();
-    if cookie_sent() {
+        policy == Policy::Session || Session::sealed_in(&config.cookie.name, &jar).is_ok();
+    if cookie_sent {
         if let Err(failure) = csrf::check(config, req) {
             return Decision::Reply(Reply::failure(client(), &failure));
         }
@@ -330,9 +344,7 @@ fn bearer_forward(
         token_header: (token_header != "authorization").then(|| {
             (
                 token_header.clone(),
-                config
-                    .upstream_token
-                    .value(&crate::secret::Secret::new(token)),
+                config.upstream_token.value(&Secret::new(token)),
             )
         }),
         cookie: UpstreamCookie::without_own(config, &req.cookies()),

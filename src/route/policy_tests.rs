@@ -279,6 +279,30 @@ fn with_a_session_cookie_the_bearer_token_is_not_used() {
 }
 
 #[test]
+fn the_filters_endpoints_never_take_a_bearer_token() {
+    let mut v = minimal_json();
+    v["policies"] = json!([{"prefix": "/private", "policy": "session", "bearer": true}]);
+    let c = config_from(v);
+    let auth = format!("Bearer {}", jwt(&bearer_payload()));
+    for path in [
+        "/private/session",
+        "/private/logout",
+        "/private/login",
+        "/private/callback",
+    ] {
+        let h = get(path, &[API, CSRF, ("authorization", &auth)]);
+        assert_eq!(bearer_token(&c, &Request::from_headers(&h)), None, "{path}");
+    }
+    let h = get("/private/session", &[API, CSRF, ("authorization", &auth)]);
+    let r = reply(decide_bearer(&c, &h, Some(&serialize(&bearer_payload()))));
+    assert_eq!(
+        (r.status, error_of(&r).as_str()),
+        (401, "unauthenticated"),
+        "the session endpoint answers for sessions only"
+    );
+}
+
+#[test]
 fn a_session_only_prefix_says_it_takes_no_bearer_tokens() {
     let c = config();
     let auth = format!("Bearer {}", jwt(&bearer_payload()));
