@@ -29,6 +29,8 @@ KEEP = (
     "proxy_on_tick",
     "proxy_on_queue_ready",
     "proxy_on_request_headers",
+    # The back-channel logout reads its form body; a request without a body never calls it.
+    "proxy_on_request_body",
     "proxy_on_response_headers",
     "proxy_on_http_call_response",
     "proxy_on_delete",

@@ -85,6 +85,7 @@ struct RawConfig {
     session: Option<RawSession>,
     session_path: Option<String>,
     logout_path: Option<String>,
+    backchannel_logout_path: Option<String>,
     post_logout_url: Option<String>,
     csrf: Option<RawCsrf>,
     rules: Option<Vec<RawRule>>,
@@ -94,7 +95,17 @@ struct RawConfig {
     policies: Option<Vec<RawPolicy>>,
     jwt_authn: Option<RawJwtAuthn>,
     client_credentials: Option<RawClientCredentials>,
+    store: Option<RawStore>,
     metrics_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    cluster: Option<String>,
+    prefix: Option<String>,
+    timeout_ms: Option<u64>,
+    sync_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +316,8 @@ pub struct Config {
     /// The session (user) endpoint.
     pub session_path: String,
     pub logout_path: String,
+    /// Where the IdP posts logout tokens (OIDC Back-Channel Logout 1.0).
+    pub backchannel_logout_path: String,
     /// Where the browser lands after logout (relative: made absolute like the redirect URI).
     pub post_logout_url: String,
     pub csrf: Csrf,
@@ -319,6 +332,8 @@ pub struct Config {
     /// The `payload_in_metadata` name of Envoy's `jwt_authn` filter, for bearer prefixes.
     pub jwt_payload: String,
     pub client_credentials: ClientCredentials,
+    /// State shared by every replica (etcd); `None`: shared by one Envoy process's workers.
+    pub store: Option<Store>,
     pub metrics_prefix: String,
 }
 
@@ -329,6 +344,18 @@ pub struct ClientCredentials {
     pub scope: Option<String>,
     /// RFC 8707 resource indicators (by default the top-level `resources`).
     pub resources: Vec<String>,
+}
+
+/// The etcd members every replica shares its little state through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Store {
+    /// The Envoy cluster of the members (it does TLS or mTLS).
+    pub cluster: String,
+    /// Every key starts with this (then the configuration's namespace).
+    pub prefix: String,
+    pub timeout: Duration,
+    /// How often each Envoy process reads the deny list.
+    pub sync_interval_ms: u64,
 }
 
 /// One problem with one field.
@@ -541,6 +568,12 @@ impl Config {
         let keys = check_cookie_keys(&mut p, raw.cookie_keys, env);
         let (session_path, logout_path) =
             check_spa_paths(&mut p, raw.session_path, raw.logout_path, &prefix);
+        let backchannel_logout_path = p.path(
+            "backchannel_logout_path",
+            raw.backchannel_logout_path
+                .unwrap_or_else(|| format!("{prefix}/backchannel-logout")),
+        );
+        p.under_prefix("backchannel_logout_path", &backchannel_logout_path, &prefix);
         let post_logout_url = check_landing_url(&mut p, "post_logout_url", raw.post_logout_url);
         let csrf = raw.csrf.unwrap_or_default().check(&mut p);
         let rules = check_rules(&mut p, raw.rules, &prefix, &login_params);
@@ -558,6 +591,7 @@ impl Config {
             ("login_path", login_path.as_str()),
             ("session_path", &session_path),
             ("logout_path", &logout_path),
+            ("backchannel_logout_path", &backchannel_logout_path),
             ("redirect_uri", redirect_uri.path()),
         ];
         let policies = check_policies(&mut p, raw.bypass, raw.policies, &prefix, &own_paths);
@@ -567,6 +601,7 @@ impl Config {
             raw.client_credentials.unwrap_or_default(),
             &resources,
         );
+        let store = raw.store.map(|r| r.check(&mut p));
         let metrics_prefix = check_metrics_prefix(&mut p, raw.metrics_prefix);
         let upstream_token = raw.upstream_token.unwrap_or_default().check(&mut p);
         let session = raw.session.unwrap_or_default().check(&mut p);
@@ -598,6 +633,7 @@ impl Config {
                 session,
                 session_path,
                 logout_path,
+                backchannel_logout_path,
                 post_logout_url,
                 csrf,
                 rules,
@@ -606,6 +642,7 @@ impl Config {
                 policies,
                 jwt_payload,
                 client_credentials,
+                store,
                 metrics_prefix,
             }),
             _ => Err(ConfigErrors(p.0)),
@@ -1136,6 +1173,33 @@ fn check_jwt_authn(p: &mut Problems, raw: RawJwtAuthn) -> String {
     name
 }
 
+impl RawStore {
+    fn check(self, p: &mut Problems) -> Store {
+        let cluster = p.required("store.cluster", self.cluster);
+        let prefix = self.prefix.unwrap_or_else(|| "envoy-bff/".to_string());
+        if prefix.is_empty() || prefix.chars().any(|c| c.is_control()) {
+            p.add(
+                "store.prefix",
+                "must be a key prefix without control characters",
+            );
+        }
+        // Below etcd's own request timeout (~6-7 s without quorum), so a call ends here first.
+        let timeout = p.between("store.timeout_ms", self.timeout_ms, 1500, 100..=5000);
+        let sync_interval_ms = p.between(
+            "store.sync_interval_ms",
+            self.sync_interval_ms,
+            1000,
+            100..=1000,
+        );
+        Store {
+            cluster,
+            prefix,
+            timeout: Duration::from_millis(timeout),
+            sync_interval_ms,
+        }
+    }
+}
+
 fn check_client_credentials(
     p: &mut Problems,
     raw: RawClientCredentials,
@@ -1495,6 +1559,7 @@ pub(crate) mod tests {
                 "bypass",
                 "bypass",
                 "bypass",
+                "bypass",
                 "metrics_prefix"
             ]
         );
@@ -1602,6 +1667,7 @@ pub(crate) mod tests {
                 "policies[2].policy",
                 "policies[3].bearer",
                 "policies[4]",
+                "policies[5]",
                 "policies[5]",
                 "policies[5]",
                 "policies[5]",

@@ -6,6 +6,7 @@ use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::IdpRequest;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
+use crate::session::deny::{DenyEntry, Ended};
 use crate::session::{NoSession, Session};
 use crate::url::query_of;
 use serde_json::json;
@@ -55,6 +56,8 @@ pub struct LogoutPlan {
     pub revoke: Option<IdpRequest>,
     /// Sent once the revocation answered (or failed): cookies cleared, off to the IdP.
     pub reply: Reply,
+    /// The session ended, remembered so that a copy of its cookie stops working too.
+    pub deny: Option<DenyEntry>,
 }
 
 /// `{logout_path}`: `GET` with this session's `sid` (a link or button in the SPA), or `POST`
@@ -75,6 +78,7 @@ pub fn logout(
             return Ok(LogoutPlan {
                 revoke: None,
                 reply: with_cookies(Reply::redirect(&landing), clear),
+                deny: None,
             })
         }
     };
@@ -124,6 +128,10 @@ pub fn logout(
     Ok(LogoutPlan {
         revoke,
         reply: with_cookies(reply.counting(Counter::Logouts), clear),
+        deny: Some(DenyEntry {
+            ended: Ended::Session(session.sid.clone()),
+            until: session.ends_at(&config.session),
+        }),
     })
 }
 
@@ -179,6 +187,7 @@ mod tests {
                 &json!({"sub": "alice", "name": "Alice", "nonce": "n"}),
             ))),
             sid: "the-sid".into(),
+            idp_sid: None,
         }
     }
 

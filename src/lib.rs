@@ -12,6 +12,7 @@ pub mod csrf;
 pub mod ctx;
 pub mod endpoints;
 pub mod engine;
+pub mod etcd;
 pub mod header_map;
 pub mod login;
 pub mod metrics;

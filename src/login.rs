@@ -320,6 +320,12 @@ fn try_finish(
         id_token: Some(id_token.clone()),
         sid: random::token(ctx.rng, 16)
             .map_err(|_| Failure::Internal("no randomness for the session"))?,
+        idp_sid: claims
+            .all
+            .get("sid")
+            .and_then(|s| s.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
     };
     session
         .write(

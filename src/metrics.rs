@@ -26,10 +26,15 @@ pub enum Counter {
     ClientToken,
     ClientTokensFetched,
     ClientTokenFailures,
+    /// Store (etcd) calls that failed or answered garbage.
+    StoreFailures,
+    /// Back-channel logouts recorded, and refused (a bad or replayed logout token).
+    BackchannelLogouts,
+    BackchannelRefused,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 19] = [
         Counter::LoginsStarted,
         Counter::CallbacksOk,
         Counter::CallbacksFailed,
@@ -46,6 +51,9 @@ impl Counter {
         Counter::ClientToken,
         Counter::ClientTokensFetched,
         Counter::ClientTokenFailures,
+        Counter::StoreFailures,
+        Counter::BackchannelLogouts,
+        Counter::BackchannelRefused,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +74,9 @@ impl Counter {
             Counter::ClientToken => "client_token_used",
             Counter::ClientTokensFetched => "client_tokens_fetched",
             Counter::ClientTokenFailures => "client_token_failures",
+            Counter::StoreFailures => "store_failures",
+            Counter::BackchannelLogouts => "backchannel_logouts",
+            Counter::BackchannelRefused => "backchannel_refused",
         }
     }
 

@@ -209,6 +209,8 @@ pub enum Failure {
     BearerRefused(BearerError),
     /// A bearer token (and no session) on a prefix that takes sessions only.
     BearerNotAccepted,
+    /// The endpoint takes another method (the back-channel logout: `POST`).
+    MethodNotAllowed,
     /// A bearer token whose login is too weak or too old for a rule (RFC 9470 §3).
     BearerStepUp {
         acr_values: Option<String>,
@@ -249,6 +251,7 @@ impl Failure {
             | Failure::BearerRefused(_)
             | Failure::BearerNotAccepted
             | Failure::BearerStepUp { .. } => 401,
+            Failure::MethodNotAllowed => 405,
             Failure::UnsafeReturnTo
             | Failure::BadLoginParameter(_)
             | Failure::BadHost
@@ -291,6 +294,7 @@ impl Failure {
             // RFC 6750 §3.1 and RFC 9470 §3 error codes, as the WWW-Authenticate header says.
             Failure::BearerRefused(_) => "invalid_token",
             Failure::BearerNotAccepted => "bearer_not_accepted",
+            Failure::MethodNotAllowed => "method_not_allowed",
             Failure::BearerStepUp { .. } => "insufficient_user_authentication",
         }
     }
@@ -343,6 +347,7 @@ impl Failure {
             }
             Failure::BearerRefused(e) => format!("Bearer token refused: {}.", e.message()),
             Failure::BearerNotAccepted => "This path takes a session, not a bearer token.".into(),
+            Failure::MethodNotAllowed => "This endpoint takes POST only.".into(),
             Failure::BearerStepUp { .. } => {
                 "The bearer token's login is too weak or too old for this.".into()
             }

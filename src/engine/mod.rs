@@ -19,13 +19,16 @@
 //! [`Engine::on_call_answer`] (a request's own call is an [`OwnCall`]). A new wait for what
 //! arrives for everyone is a [`Wait`] variant with its wake-up rule in [`Wait::wakeup`]. Both are tested natively in `tests.rs` with a fake clock and store.
 
+mod backchannel;
 mod client_token;
 mod host;
 mod metadata;
 mod paused;
+mod store_sync;
 #[cfg(test)]
 mod tests;
 
+pub use backchannel::MAX_BODY;
 pub use host::{Host, Level};
 use metadata::{millis, Fetch, Fetched, Metadata, RETRY_AFTER_FAILURE_MS};
 use paused::{Known, OwnCall, Paused, Wait, Wakeup};
@@ -43,9 +46,10 @@ use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::route::{self, client_of, Decision, RefreshNeeded, Settled, StepUpWatch};
 use crate::session::cache::SessionCache;
+use crate::session::deny;
 use crate::session::Session;
 use crate::store::namespace;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::mem;
 use std::time::Duration;
 
@@ -62,6 +66,8 @@ pub enum Handled {
     Settled(Settled),
     /// Held: it comes back as a [`Resume`].
     Paused,
+    /// Held until the shell hands in the request's body ([`Engine::on_request_body`]).
+    ReadBody,
 }
 
 /// A paused request's end: make `context_id` the current context, then carry out `settled`
@@ -80,6 +86,8 @@ enum Call {
     Stream(u32),
     /// The client-credentials grant for the filter's own token.
     ClientToken,
+    /// A call to the store (etcd).
+    Store(store_sync::StoreCall),
 }
 
 pub struct Engine {
@@ -89,6 +97,8 @@ pub struct Engine {
     meta: Metadata,
     /// Requests waiting for what arrives for everyone, by context id.
     waiting: HashMap<u32, Paused<Wait>>,
+    /// Requests whose body the shell is reading for us.
+    reading: HashSet<u32>,
     /// Requests waiting for their own call's answer, by context id.
     calling: HashMap<u32, Paused<OwnCall>>,
     calls: HashMap<u32, Call>,
@@ -102,8 +112,12 @@ pub struct Engine {
     client_token: Option<ClientToken>,
     /// This VM won the claim to fetch the client token and has not sent the grant yet.
     client_token_due: bool,
-    /// Opened sessions by sealed value: the authenticated path's shortcut.
+    /// Opened sessions by sealed value: the authenticated path's shortcut; and the sessions
+    /// ended before their cookies (the process's deny list, as of `deny_version`).
     sessions: SessionCache,
+    deny_version: Option<u32>,
+    /// When a store failure was last logged (0: never).
+    store_logged_ms: u64,
     resumes: Vec<Resume>,
 }
 
@@ -113,11 +127,13 @@ impl Engine {
         let ns = namespace(&config);
         refresh::prepare(host.store(), &ns);
         client_token_slot::prepare(host.store(), &ns);
+        deny::prepare(host.store(), &ns);
         Engine {
             meta: Metadata::new(&config),
             config,
             ns,
             waiting: HashMap::new(),
+            reading: HashSet::new(),
             calling: HashMap::new(),
             calls: HashMap::new(),
             refreshes_due: Vec::new(),
@@ -125,6 +141,8 @@ impl Engine {
             client_token: None,
             client_token_due: false,
             sessions: SessionCache::new(SESSION_CACHE_SIZE),
+            deny_version: None,
+            store_logged_ms: 0,
             resumes: Vec::new(),
         }
     }
@@ -157,6 +175,10 @@ impl Engine {
             ms => ms,
         } / 1000;
         let decision = self.decide(&headers, now, true, host);
+        if matches!(decision, Decision::ReadBody) {
+            self.reading.insert(context_id);
+            return Handled::ReadBody;
+        }
         match self.carry_out(context_id, headers, decision, false, host) {
             Some(settled) => {
                 count(host, &settled);
@@ -184,6 +206,7 @@ impl Engine {
             Some(Call::Refresh(needed)) => self.refresh_answered(&needed, &answer, host),
             Some(Call::Stream(context_id)) => self.stream_answered(context_id, token, answer, host),
             Some(Call::ClientToken) => self.client_token_answered(&answer, host),
+            Some(Call::Store(what)) => self.store_answered(what, &answer, host),
             None => host.log(
                 Level::Debug,
                 "bff: an IdP answer for a request that is gone",
@@ -204,12 +227,25 @@ impl Engine {
         }
         self.send_refreshes(host);
         self.fetch_if_due(host);
+        self.sync_store(host);
+        self.load_deny_list(host);
         self.wake(None, None, host);
     }
 
-    /// The root context's queue was nudged: send the refreshes requests won.
+    /// Takes the process's deny list when it changed (a logout on another worker).
+    pub(super) fn load_deny_list(&mut self, host: &mut dyn Host) {
+        let now = host.now_ms() / 1000;
+        if let Some((list, version)) = deny::load(host.store(), &self.ns, self.deny_version, now) {
+            self.sessions.denied = list;
+            self.deny_version = Some(version);
+        }
+    }
+
+    /// The root context's queue was nudged: send the refreshes requests won, and write the
+    /// logouts that wait for the store.
     pub fn on_queue_nudged(&mut self, host: &mut dyn Host) {
         self.send_refreshes(host);
+        self.write_pending(host);
     }
 
     /// The API answered a forwarded request 401 with `www_authenticate` (asked for when the
@@ -231,6 +267,7 @@ impl Engine {
     /// Envoy dropped the request (client gone, or done): forget it and its calls.
     pub fn on_stream_gone(&mut self, context_id: u32) {
         self.waiting.remove(&context_id);
+        self.reading.remove(&context_id);
         if let Some(paused) = self.calling.remove(&context_id) {
             self.calls.remove(&paused.wait.token());
         }
@@ -275,6 +312,8 @@ impl Engine {
         };
         match decision {
             Decision::PassThrough => Some(Settled::PassThrough),
+            // Only ever decided on arrival (on_request_headers takes it there).
+            Decision::ReadBody => Some(unavailable(&headers)),
             Decision::Forward(forward) => Some(Settled::Forward(forward)),
             Decision::Reply(reply) => Some(Settled::Reply(reply)),
             Decision::ExchangeCode(exchange) => {
@@ -357,6 +396,25 @@ impl Engine {
             }
             Decision::Logout(plan) => {
                 let plan = *plan;
+                if let Some(entry) = &plan.deny {
+                    // This VM at once; the others at their next tick.
+                    self.sessions.denied.add(entry);
+                    let now = host.now_ms() / 1000;
+                    let entries = [entry.clone()];
+                    // With a store, kept here until it is written there (by the next round).
+                    let queued = self.config.store.is_none()
+                        || deny::queue_for_store(host.store(), &self.ns, &entries, now);
+                    if queued && self.config.store.is_some() {
+                        // Written from the root context (its calls outlive this request).
+                        host.nudge();
+                    }
+                    if !deny::record(host.store(), &self.ns, &entries, now) || !queued {
+                        host.log(
+                            Level::Error,
+                            "bff: could not record a logout in shared data; other workers may accept a copy of its cookie",
+                        );
+                    }
+                }
                 let config = &self.config;
                 let dispatched = plan.revoke.as_ref().and_then(|revoke| {
                     host.dispatch(&config.idp_cluster, revoke, config.idp_timeout)
@@ -439,6 +497,9 @@ impl Engine {
             }
             // RFC 7009 §2.2: the answer says nothing we act on; log out either way.
             OwnCall::Revocation { reply, .. } => Some(Settled::Reply(reply)),
+            OwnCall::Backchannel { step, .. } => {
+                self.backchannel_answered(context_id, step, &answer, host)
+            }
         };
         if let Some(settled) = settled {
             self.resume(context_id, settled, host);

@@ -46,12 +46,19 @@ pub enum OwnCall {
     CodeExchange { token: u32, pending: PendingLogin },
     /// The revocation at logout; then `reply`.
     Revocation { token: u32, reply: Reply },
+    /// A back-channel logout's store call (with a store configured).
+    Backchannel {
+        token: u32,
+        step: super::backchannel::Step,
+    },
 }
 
 impl OwnCall {
     pub fn token(&self) -> u32 {
         match self {
-            OwnCall::CodeExchange { token, .. } | OwnCall::Revocation { token, .. } => *token,
+            OwnCall::CodeExchange { token, .. }
+            | OwnCall::Revocation { token, .. }
+            | OwnCall::Backchannel { token, .. } => *token,
         }
     }
 }

@@ -51,7 +51,7 @@ impl Host for FakeHost {
         request: &IdpRequest,
         _: Duration,
     ) -> Result<u32, String> {
-        assert_eq!(cluster, "idp");
+        assert!(cluster == "idp" || cluster == "etcd", "{cluster}");
         if self.refuse_dispatch {
             return Err("BadArgument".into());
         }
@@ -210,6 +210,7 @@ fn settled(handled: Handled) -> Settled {
     match handled {
         Handled::Settled(s) => s,
         Handled::Paused => panic!("paused"),
+        Handled::ReadBody => panic!("waits for the body"),
     }
 }
 
@@ -235,6 +236,7 @@ fn due_session_cookie() -> String {
         last_seen: T0 - 10,
         id_token: None,
         sid: "sid-1".into(),
+        idp_sid: None,
     };
     let keys = KeyRing::from_base64_list(KEY_A).unwrap();
     let sealed = s
@@ -669,4 +671,417 @@ fn a_refused_client_token_grant_answers_503_and_is_retried_later() {
     assert_eq!(w.request(3, call()), Handled::Paused);
     w.engine.on_queue_nudged(&mut w.host);
     assert_eq!(w.calls_to("/token"), 2);
+}
+
+fn session_cookie_expiring_at(access_expires_at: u64) -> String {
+    let s = Session {
+        access_token: Secret::new("fresh-at"),
+        access_expires_at,
+        refresh_token: Some(Secret::new("rt")),
+        subject: "alice".into(),
+        created: T0 - 100,
+        last_seen: T0 - 10,
+        id_token: None,
+        sid: "sid-logout".into(),
+        idp_sid: None,
+    };
+    let keys = KeyRing::from_base64_list(KEY_A).unwrap();
+    let sealed = s
+        .seal(&keys, "__Host-bff-session", &mut CountingRandom(5))
+        .unwrap();
+    format!("__Host-bff-session={sealed}")
+}
+
+#[test]
+fn a_logout_on_one_worker_ends_every_copy_of_the_cookie_by_the_next_tick() {
+    let world = World::new();
+    let mut a = world.worker(minimal_json());
+    let mut b = world.worker(minimal_json());
+    a.learn_provider();
+    b.tick();
+    let cookie = session_cookie_expiring_at(T0 + 3600);
+    let call = || wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
+    assert_eq!(token_of(&settled(b.request(1, call()))), "Bearer fresh-at");
+    // The user logs out through worker A (no revocation endpoint: answered at once).
+    let logout = header_map::serialize(&[
+        (":method", b"POST".as_slice()),
+        (":path", b"/private/logout"),
+        (":scheme", b"http"),
+        (":authority", b"app.local:8080"),
+        ("sec-fetch-mode", b"cors"),
+        ("x-csrf", b"1"),
+        ("cookie", cookie.as_bytes()),
+    ]);
+    let out = settled(a.request(2, logout));
+    assert_eq!(reply(&out).status, 200, "{:?}", reply(&out).body);
+    // A copy of the cookie: refused by A at once, by B from its next tick on.
+    let r = settled(a.request(3, call()));
+    assert_eq!(reply(&r).status, 401);
+    assert!(reply(&r)
+        .cookies()
+        .any(|c| c.starts_with("__Host-bff-session=;")));
+    world.advance_ms(100);
+    b.tick();
+    let r = settled(b.request(4, call()));
+    assert_eq!(reply(&r).status, 401, "B learnt it from shared data");
+    // Another session is not affected.
+    let other = due_session_cookie();
+    let other_call = wire("/private/api", &[API, CSRF, ("cookie", &other)]);
+    assert_eq!(
+        b.request(5, other_call),
+        Handled::Paused,
+        "refreshing, not refused"
+    );
+}
+
+/// etcd's JSON gateway as far as the deny list uses it: leases, puts, prefix ranges.
+#[derive(Default)]
+struct FakeEtcd {
+    kv: std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+    leases: u64,
+}
+
+impl FakeEtcd {
+    fn answer(&mut self, req: &IdpRequest) -> String {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine as _;
+        let body: serde_json::Value = serde_json::from_str(req.body.as_deref().unwrap()).unwrap();
+        let bytes = |field: &str| STANDARD.decode(body[field].as_str().unwrap_or("")).unwrap();
+        match req.path.as_str() {
+            "/v3/lease/grant" => {
+                self.leases += 1;
+                json!({"header": {}, "ID": self.leases.to_string(), "TTL": body["TTL"].to_string()})
+                    .to_string()
+            }
+            "/v3/kv/put" => {
+                self.kv.insert(bytes("key"), bytes("value"));
+                json!({"header": {}}).to_string()
+            }
+            "/v3/kv/txn" => {
+                let key = STANDARD
+                    .decode(body["compare"][0]["key"].as_str().unwrap())
+                    .unwrap();
+                if let Some(value) = self.kv.get(&key) {
+                    let kv = json!({"key": STANDARD.encode(&key), "value": STANDARD.encode(value)});
+                    return json!({"header": {}, "responses": [{"response_range": {"kvs": [kv]}}]})
+                        .to_string();
+                }
+                for op in body["success"].as_array().unwrap() {
+                    let put = &op["request_put"];
+                    let field = |f: &str| STANDARD.decode(put[f].as_str().unwrap()).unwrap();
+                    self.kv.insert(field("key"), field("value"));
+                }
+                json!({"header": {}, "succeeded": true}).to_string()
+            }
+            "/v3/kv/range" => {
+                let (from, to) = (bytes("key"), bytes("range_end"));
+                let kvs: Vec<_> = self
+                    .kv
+                    .range(from..to)
+                    .map(|(k, v)| json!({"key": STANDARD.encode(k), "value": STANDARD.encode(v)}))
+                    .collect();
+                if kvs.is_empty() {
+                    json!({"header": {}}).to_string()
+                } else {
+                    json!({"header": {}, "kvs": kvs, "count": kvs.len().to_string()}).to_string()
+                }
+            }
+            other => panic!("the fake etcd has no {other}"),
+        }
+    }
+}
+
+impl Worker {
+    /// Answers every store call in flight from `etcd` (or with no answer: `None`).
+    fn store_answers(&mut self, etcd: Option<&mut FakeEtcd>) -> usize {
+        let calls: Vec<(u32, IdpRequest)> = {
+            let (store, rest): (Vec<_>, Vec<_>) = self
+                .host
+                .sent
+                .drain(..)
+                .partition(|(_, r)| r.path.starts_with("/v3/"));
+            self.host.sent = rest;
+            store
+        };
+        let n = calls.len();
+        let mut etcd = etcd;
+        for (token, req) in calls {
+            let answer = match etcd.as_deref_mut() {
+                Some(etcd) => IdpAnswer {
+                    status: Some(200),
+                    body: etcd.answer(&req).into_bytes(),
+                },
+                None => IdpAnswer::none(),
+            };
+            self.engine.on_call_answer(token, answer, &mut self.host);
+        }
+        n
+    }
+
+    /// Sync rounds until no store call is left in flight.
+    fn settle_store(&mut self, etcd: &mut FakeEtcd) {
+        while self.store_answers(Some(etcd)) > 0 {}
+    }
+}
+
+fn with_store() -> serde_json::Value {
+    let mut v = minimal_json();
+    v["store"] = json!({"cluster": "etcd", "prefix": "bff/"});
+    v
+}
+
+fn logout_request(cookie: &str) -> Vec<u8> {
+    header_map::serialize(&[
+        (":method", b"POST".as_slice()),
+        (":path", b"/private/logout"),
+        (":scheme", b"http"),
+        (":authority", b"app.local:8080"),
+        ("sec-fetch-mode", b"cors"),
+        ("x-csrf", b"1"),
+        ("cookie", cookie.as_bytes()),
+    ])
+}
+
+#[test]
+fn a_logout_reaches_other_replicas_through_the_store_and_waits_out_its_failures() {
+    let one = World::new();
+    // Another Envoy process: its own shared data, the same clock and etcd.
+    let two = World {
+        clock: Rc::clone(&one.clock),
+        store: Rc::new(MemoryStore::default()),
+    };
+    let mut etcd = FakeEtcd::default();
+    let mut a = one.worker(with_store());
+    let mut b = two.worker(with_store());
+    a.learn_provider();
+    b.learn_provider();
+    // Their first rounds (at the first tick): nothing in the store yet.
+    a.settle_store(&mut etcd);
+    b.settle_store(&mut etcd);
+    let cookie = session_cookie_expiring_at(T0 + 3600);
+    let call = || wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
+    // The store cannot be reached when the user logs out on replica one.
+    let out = settled(a.request(1, logout_request(&cookie)));
+    assert_eq!(reply(&out).status, 200);
+    assert!(
+        a.host.nudges > 0,
+        "the entry is written at once, from the root context"
+    );
+    a.engine.on_queue_nudged(&mut a.host);
+    assert_eq!(a.store_answers(None), 1, "its lease");
+    assert_eq!(a.store_answers(None), 1, "tried once more at once");
+    assert_eq!(a.store_answers(None), 0);
+    one.advance_ms(1_000);
+    a.tick();
+    while a.store_answers(None) > 0 {}
+    let failures = |w: &Worker| {
+        w.host
+            .counted
+            .iter()
+            .filter(|c| **c == Counter::StoreFailures)
+            .count()
+    };
+    assert_eq!(
+        failures(&a),
+        3,
+        "the lease twice, then the round's lease and range"
+    );
+    let logged = a.host.logs.iter().filter(|l| l.contains("the store"));
+    assert_eq!(logged.count(), 1, "logged once a minute");
+    // Replica two never heard of it; replica one refuses the cookie all the same.
+    two.advance_ms(0);
+    b.tick();
+    b.settle_store(&mut etcd);
+    assert_eq!(token_of(&settled(b.request(2, call()))), "Bearer fresh-at");
+    assert_eq!(reply(&settled(a.request(3, call()))).status, 401);
+    // The store is back: the next round writes the entry, and replica two reads it.
+    one.advance_ms(1_000);
+    a.tick();
+    a.settle_store(&mut etcd);
+    assert_eq!(etcd.kv.len(), 1, "{:?}", etcd.kv.keys());
+    let (key, value) = etcd.kv.iter().next().unwrap();
+    let key = String::from_utf8(key.clone()).unwrap();
+    assert!(
+        key.starts_with("bff/") && key.ends_with("/deny/s/sid-logout"),
+        "{key}"
+    );
+    assert!(
+        !String::from_utf8_lossy(value).contains("fresh-at"),
+        "no token in the store"
+    );
+    b.tick();
+    b.settle_store(&mut etcd);
+    let r = settled(b.request(4, call()));
+    assert_eq!(reply(&r).status, 401, "replica two learnt the logout");
+    // Written once: later rounds only read.
+    one.advance_ms(1_000);
+    a.tick();
+    assert_eq!(a.store_answers(Some(&mut etcd)), 1);
+}
+
+#[test]
+fn a_garbled_store_changes_nothing() {
+    let world = World::new();
+    let mut a = world.worker(with_store());
+    a.learn_provider();
+    let cookie = session_cookie_expiring_at(T0 + 3600);
+    let calls: Vec<(u32, IdpRequest)> = a.host.sent.drain(..).collect();
+    assert_eq!(calls.len(), 1, "the first round's range");
+    for (token, _) in calls {
+        let garbage = IdpAnswer {
+            status: Some(200),
+            body: b"{\"kvs\": [{\"key\": \"!!\", \"value\": 7}]}".to_vec(),
+        };
+        a.engine.on_call_answer(token, garbage, &mut a.host);
+    }
+    assert!(a.host.counted.contains(&Counter::StoreFailures));
+    let call = wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
+    assert_eq!(token_of(&settled(a.request(1, call))), "Bearer fresh-at");
+}
+
+fn logout_token(claims: serde_json::Value) -> String {
+    test_signer::sign(&claims)
+}
+
+fn backchannel(w: &mut Worker, id: u32, body: &str) -> Reply {
+    let headers = header_map::serialize(&[
+        (":method", b"POST".as_slice()),
+        (":path", b"/private/backchannel-logout"),
+        (":scheme", b"http"),
+        (":authority", b"app.local:8080"),
+        ("content-type", b"application/x-www-form-urlencoded"),
+    ]);
+    assert_eq!(w.request(id, headers), Handled::ReadBody);
+    match w.engine.on_request_body(id, body.as_bytes(), &mut w.host) {
+        Handled::Settled(Settled::Reply(r)) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_back_channel_logout_ends_the_sessions_of_that_idp_session_once() {
+    let world = World::new();
+    let mut w = world.worker(minimal_json());
+    w.learn_provider();
+    let s = Session {
+        access_token: Secret::new("fresh-at"),
+        access_expires_at: T0 + 3600,
+        refresh_token: None,
+        subject: "alice".into(),
+        created: T0 - 100,
+        last_seen: T0 - 10,
+        id_token: None,
+        sid: "ours".into(),
+        idp_sid: Some("idp-session-1".into()),
+    };
+    let keys = KeyRing::from_base64_list(KEY_A).unwrap();
+    let cookie = format!(
+        "__Host-bff-session={}",
+        s.seal(&keys, "__Host-bff-session", &mut CountingRandom(5))
+            .unwrap()
+    );
+    let call = || wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
+    assert_eq!(token_of(&settled(w.request(1, call()))), "Bearer fresh-at");
+    let claims = json!({"iss": ISSUER, "aud": "bff", "iat": T0, "exp": T0 + 120, "jti": "j-1",
+                        "sid": "idp-session-1", "sub": "alice",
+                        "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    let body = format!("logout_token={}", logout_token(claims.clone()));
+    let r = backchannel(&mut w, 2, &body);
+    assert_eq!(
+        (r.status, r.header("cache-control")),
+        (200, Some("no-store"))
+    );
+    let r = settled(w.request(3, call()));
+    assert_eq!(
+        reply(&r).status,
+        401,
+        "the session of that IdP session ended"
+    );
+    // The same token again: a replay.
+    let r = backchannel(&mut w, 4, &body);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("already received"), "{}", r.body);
+    // Not a logout token: an ID token (nonce, no events), an empty form.
+    let mut id_token = claims.clone();
+    id_token["jti"] = json!("j-2");
+    id_token["nonce"] = json!("n");
+    let r = backchannel(
+        &mut w,
+        5,
+        &format!("logout_token={}", logout_token(id_token)),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(backchannel(&mut w, 6, "").status, 400);
+    assert_eq!(
+        w.host
+            .counted
+            .iter()
+            .filter(|c| **c == Counter::BackchannelRefused)
+            .count(),
+        3
+    );
+    // Only POST.
+    let get = wire("/private/backchannel-logout", &[]);
+    assert_eq!(reply(&settled(w.request(7, get))).status, 405);
+}
+
+#[test]
+fn with_a_store_a_back_channel_logout_is_recorded_for_every_replica_before_its_200() {
+    let one = World::new();
+    let two = World {
+        clock: Rc::clone(&one.clock),
+        store: Rc::new(MemoryStore::default()),
+    };
+    let mut etcd = FakeEtcd::default();
+    let mut a = one.worker(with_store());
+    let mut b = two.worker(with_store());
+    a.learn_provider();
+    b.learn_provider();
+    a.settle_store(&mut etcd);
+    b.settle_store(&mut etcd);
+    let claims = json!({"iss": ISSUER, "aud": "bff", "iat": T0, "jti": "j-9", "sub": "alice",
+                        "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+    let body = format!("logout_token={}", logout_token(claims));
+    let post = |id: u32, w: &mut Worker| {
+        let headers = header_map::serialize(&[
+            (":method", b"POST".as_slice()),
+            (":path", b"/private/backchannel-logout"),
+            (":scheme", b"http"),
+            (":authority", b"app.local:8080"),
+        ]);
+        assert_eq!(w.request(id, headers), Handled::ReadBody);
+        w.engine.on_request_body(id, body.as_bytes(), &mut w.host)
+    };
+    // The store is down: 503, so that the IdP may try again; nothing recorded.
+    assert_eq!(post(1, &mut a), Handled::Paused);
+    a.store_answers(None);
+    let resumes = a.engine.take_resumes();
+    assert_eq!(reply(&resumes[0].settled).status, 503);
+    // Up again: lease, then one transaction with the jti and the entry; then 200.
+    assert_eq!(post(2, &mut a), Handled::Paused);
+    a.settle_store(&mut etcd);
+    let resumes = a.engine.take_resumes();
+    assert_eq!(reply(&resumes[0].settled).status, 200);
+    let keys: Vec<String> = etcd
+        .kv
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into())
+        .collect();
+    assert!(keys.iter().any(|k| k.ends_with("/jti/j-9")), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.ends_with("/deny/u/alice")),
+        "{keys:?}"
+    );
+    // Replica two: the same token is a replay there too, and its next round ends alice's
+    // sessions from before the token.
+    assert_eq!(post(3, &mut b), Handled::Paused);
+    b.settle_store(&mut etcd);
+    let resumes = b.engine.take_resumes();
+    assert_eq!(reply(&resumes[0].settled).status, 400);
+    two.advance_ms(1_000);
+    b.tick();
+    b.settle_store(&mut etcd);
+    let cookie = session_cookie_expiring_at(T0 + 3600);
+    let r = settled(b.request(4, wire("/private/api", &[API, CSRF, ("cookie", &cookie)])));
+    assert_eq!(reply(&r).status, 401);
 }

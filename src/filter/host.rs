@@ -64,6 +64,14 @@ pub fn request_headers() -> Vec<u8> {
     }
 }
 
+/// The request's body as Envoy buffered it (its first `size` bytes); empty if unreadable.
+pub fn request_body(size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// Sets (`Some`) or removes (`None`) a request header.
 pub fn set_request_header(name: &str, value: Option<&[u8]>) {
     if let Err(status) = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value) {

@@ -3,7 +3,7 @@
 
 use super::host;
 use super::shell::Shell;
-use crate::engine::Handled;
+use crate::engine::{Handled, MAX_BODY};
 use crate::reply::Reply;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -14,6 +14,8 @@ pub struct BffHttp {
     shell: Rc<Shell>,
     /// The engine holds this request (so it must hear when the request goes).
     paused: bool,
+    /// The engine waits for this request's body.
+    reading_body: bool,
 }
 
 impl BffHttp {
@@ -22,12 +24,34 @@ impl BffHttp {
             context_id,
             shell,
             paused: false,
+            reading_body: false,
+        }
+    }
+
+    /// Hands the request's body to the engine and carries out its answer.
+    fn hand_body(&mut self, body: Vec<u8>) -> Action {
+        let id = self.context_id;
+        match self.shell.run(Some(id), |engine, host| {
+            engine.on_request_body(id, &body, host)
+        }) {
+            Some(Handled::Settled(settled)) => {
+                if self.shell.apply(id, settled) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+            Some(Handled::Paused) => Action::Pause,
+            Some(Handled::ReadBody) | None => {
+                host::send_reply(&Reply::engine_busy());
+                Action::Pause
+            }
         }
     }
 }
 
 impl HttpContext for BffHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let headers = host::request_headers();
         let id = self.context_id;
         match self.shell.run(Some(id), |engine, host| {
@@ -44,11 +68,36 @@ impl HttpContext for BffHttp {
                 self.paused = true;
                 Action::Pause
             }
+            Some(Handled::ReadBody) => {
+                // The engine holds the request until its body is handed in.
+                self.paused = true;
+                if end_of_stream {
+                    return self.hand_body(Vec::new());
+                }
+                self.reading_body = true;
+                // Envoy calls a body callback only after the headers went on (a paused
+                // stream's body waits unseen); the body is then held and answered here, and
+                // the router's upstream request for the headers, if any, is reset.
+                Action::Continue
+            }
             None => {
                 host::send_reply(&Reply::engine_busy());
                 Action::Pause
             }
         }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.reading_body {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            // Envoy buffers it (up to its own buffer limit, past which it answers 413).
+            return Action::Pause;
+        }
+        self.reading_body = false;
+        // One byte past the engine's limit is enough for it to refuse a body too large.
+        self.hand_body(host::request_body(body_size.min(MAX_BODY + 1)))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

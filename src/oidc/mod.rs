@@ -9,5 +9,6 @@ pub mod id_token;
 pub mod idp_request;
 pub mod jwks;
 pub mod jws;
+pub mod logout_token;
 pub mod pkce;
 pub mod token;

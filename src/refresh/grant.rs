@@ -57,6 +57,7 @@ pub fn finish_refresh(
         last_seen: ctx.now,
         id_token: session.id_token.clone(),
         sid: session.sid.clone(),
+        idp_sid: session.idp_sid.clone(),
     };
     if let Some(id_token) = &tokens.id_token {
         let checked = id_token::check(
@@ -102,6 +103,7 @@ mod tests {
                 &json!({"sub": "alice", "name": "Alice"}),
             ))),
             sid: "sid-1".into(),
+            idp_sid: None,
         }
     }
 

@@ -44,6 +44,8 @@ pub enum Decision {
     /// Forward with the filter's own client token (`client` and `session_or_client`
     /// prefixes), which the engine keeps: at once, or once it is fetched.
     ClientToken(Box<Forward>),
+    /// The IdP's back-channel logout: the answer needs the request's body.
+    ReadBody,
 }
 
 /// How a request ends once nothing more is awaited: it goes on (with these edits) or is
@@ -162,6 +164,7 @@ pub fn bearer_token<'r>(config: &Config, req: &Request<'r>) -> Option<&'r str> {
         config.login_path.as_str(),
         &config.session_path,
         &config.logout_path,
+        &config.backchannel_logout_path,
         config.callback_path(),
     ];
     if endpoints.contains(&path) {
@@ -215,6 +218,14 @@ pub fn decide(
             return Decision::AwaitProvider;
         };
         return Decision::Reply(login::start(ctx, provider, req, client(), start));
+    }
+    // The IdP's server-to-server call: no cookie, no CSRF header; the logout token in the
+    // form body authenticates it (OIDC Back-Channel Logout 1.0 §2.5).
+    if path == config.backchannel_logout_path {
+        if req.method != "POST" {
+            return Decision::Reply(Reply::failure(Client::Api, &Failure::MethodNotAllowed));
+        }
+        return Decision::ReadBody;
     }
     if let Some(token) = bearer_token(config, req) {
         return bearer_forward(config, req, token, verified_bearer, now).into();

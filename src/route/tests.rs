@@ -67,6 +67,7 @@ pub fn session_cookie(expires_at: u64) -> String {
         last_seen: 900,
         id_token: None,
         sid: "sid-1".into(),
+        idp_sid: None,
     };
     let k = KeyRing::from_base64_list(KEY_A).unwrap();
     format!(
@@ -86,6 +87,7 @@ fn refreshable(expires_at: u64) -> Session {
         last_seen: 900,
         id_token: None,
         sid: "sid-1".into(),
+        idp_sid: None,
     }
 }
 

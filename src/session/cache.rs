@@ -8,6 +8,7 @@
 
 use super::contents::{NoSession, Session};
 use super::cookie::Jar;
+use super::deny::DenyList;
 use super::seal::KeyRing;
 use crate::byte_loops;
 use std::borrow::Borrow;
@@ -106,6 +107,8 @@ impl HeadHasher {
 }
 
 pub struct SessionCache {
+    /// Sessions ended before their cookie: an opened session they name is no session.
+    pub denied: DenyList,
     capacity: usize,
     entries: HashMap<Sealed, Rc<Session>, BuildHasherDefault<HeadHasher>>,
     /// Insertion order, for eviction (oldest first).
@@ -116,6 +119,7 @@ impl SessionCache {
     /// A cache of at most `capacity` sessions; 0 disables it.
     pub fn new(capacity: usize) -> SessionCache {
         SessionCache {
+            denied: DenyList::default(),
             capacity,
             entries: HashMap::default(),
             order: VecDeque::new(),
@@ -130,7 +134,16 @@ impl SessionCache {
         self.entries.is_empty()
     }
 
-    /// The session in the request's cookies, from the cache or opened (and then remembered).
+    fn unless_denied(&self, session: &Rc<Session>) -> Result<Rc<Session>, NoSession> {
+        // One branch on the common path: the list is usually empty.
+        if !self.denied.is_empty() && self.denied.denies(session) {
+            return Err(NoSession::LoggedOut);
+        }
+        Ok(Rc::clone(session))
+    }
+
+    /// The session in the request's cookies, from the cache or opened (and then remembered),
+    /// unless a logout ended it.
     pub fn open(
         &mut self,
         keys: &KeyRing,
@@ -140,9 +153,12 @@ impl SessionCache {
         let sealed = Session::sealed_in(name, jar)?;
         let value: &[u8] = &sealed;
         if let Some(session) = self.entries.get(&value as &dyn SealedValue) {
-            return Ok(Rc::clone(session));
+            return self.unless_denied(session);
         }
         let session = Rc::new(Session::open_sealed(keys, name, value)?);
+        if !self.denied.is_empty() && self.denied.denies(&session) {
+            return Err(NoSession::LoggedOut);
+        }
         if self.capacity > 0 {
             let key = Sealed(Rc::from(value));
             if self.entries.len() >= self.capacity {
@@ -177,6 +193,7 @@ mod tests {
             last_seen: 1000,
             id_token: None,
             sid: "s".into(),
+            idp_sid: None,
         };
         format!(
             "{N}={}",

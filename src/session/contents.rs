@@ -38,6 +38,10 @@ pub struct Session {
     /// cross-site page cannot know it, so it cannot log the user out.
     #[serde(rename = "d", default)]
     pub sid: String,
+    /// The IdP's session id (the ID token's `sid`, OIDC Back-Channel Logout 1.0 §2.1), when it
+    /// sends one: a back-channel logout naming it ends this session.
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    pub idp_sid: Option<String>,
 }
 
 /// Why a request has no usable session. The caller treats all of them alike (log in again);
@@ -52,6 +56,8 @@ pub enum NoSession {
     TooOld,
     /// No request within the inactivity timeout.
     Idle,
+    /// Ended by a logout (this copy of the cookie outlived it) or the IdP's back-channel logout.
+    LoggedOut,
 }
 
 /// What a readable session needs before the request goes on.
@@ -225,6 +231,7 @@ mod tests {
             last_seen: 1000,
             id_token: None,
             sid: "sid-1".into(),
+            idp_sid: None,
         }
     }
 

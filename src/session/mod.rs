@@ -4,6 +4,7 @@ pub mod cache;
 pub mod chunks;
 pub mod contents;
 pub mod cookie;
+pub mod deny;
 pub mod seal;
 pub mod transaction;
 

@@ -7,6 +7,7 @@ demo_api  the demo's API and SPA server (demo/api.py), the browser test's upstre
 forger    the forging OpenID Provider (tests/upstream/forging_idp.py) and a login through it
 envoy     a real Envoy with the filter, and a browser that keeps cookies
 lb        a plain Envoy load balancer in front of several BFF Envoys
+etcd      a real etcd cluster on loopback (the replicas' store), its client, its Envoy cluster
 stack     one deployment: the echo upstream, the IdP and Envoy wired to each other
 jws       compact JWS by hand: decode, JWK -> public key, verify (RS256, PS256, ES256, EdDSA)
 

@@ -131,7 +131,8 @@ def jwt_authn_filter(issuer: str, audiences: list[str], prefixes: list[str],
 
 def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_port: int,
                     config: dict | list[dict], edge: bool = True,
-                    before: list[dict] = (), env_keys=tuple(SECRETS)) -> dict:
+                    before: list[dict] = (), env_keys=tuple(SECRETS),
+                    clusters: list[dict] = ()) -> dict:
     """`config`: the filter's configuration, or a list of them for several filter instances
     (named bff, bff-2, ...). `before`: HTTP filters placed before them (e.g. jwt_authn).
     `edge`: Envoy faces browsers directly, so it sets X-Forwarded-Proto itself
@@ -158,7 +159,8 @@ def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_p
         ],
     }
     return loopback_bootstrap("main", listen_port, admin_port, hcm,
-                              [_cluster("api", upstream_port), _cluster("idp", idp_port)])
+                              [_cluster("api", upstream_port), _cluster("idp", idp_port),
+                               *clusters])
 
 
 def loopback_bootstrap(listener: str, listen_port: int, admin_port: int, hcm: dict,
@@ -226,7 +228,8 @@ def start_envoy(procs: ProcessGroup, config: dict | list[dict], upstream_port: i
                 idp_port: int, client_secret: str = CLIENT_SECRET, cookie_keys: str = KEY_A,
                 concurrency: int = 2, wait: bool = True, timeout: float = 30.0,
                 name: str = "envoy", port: int | None = None, edge: bool = True,
-                before: list[dict] = (), extra_env: dict | None = None) -> Envoy:
+                before: list[dict] = (), extra_env: dict | None = None,
+                clusters: list[dict] = ()) -> Envoy:
     """Start Envoy with the filter; secrets reach the VM through Envoy's own environment
     (`extra_env`: more of them, e.g. a second filter instance's client secret)."""
     if not WASM.exists():
@@ -234,7 +237,8 @@ def start_envoy(procs: ProcessGroup, config: dict | list[dict], upstream_port: i
     listen_port, admin_port = port or free_port(), free_port()
     env = {"BFF_CLIENT_SECRET": client_secret, "BFF_COOKIE_KEYS": cookie_keys, **(extra_env or {})}
     bootstrap = envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config,
-                                edge=edge, before=before, env_keys=tuple(env))
+                                edge=edge, before=before, env_keys=tuple(env),
+                                clusters=clusters)
     return run_envoy(procs, bootstrap, name, concurrency=concurrency, wait=wait, timeout=timeout,
                      env=env,
                      log_args=("--log-level", "info", "--component-log-level", "wasm:debug"))

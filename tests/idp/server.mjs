@@ -27,6 +27,10 @@
 //   IDP_EXTRA_CLIENTS              optional JSON array of more clients' metadata, registered as
 //                                  given (e.g. a client-credentials-only "mobile app" whose
 //                                  tokens a bearer test sends, or a second SPA's client)
+//   IDP_BACKCHANNEL_LOGOUT_URI     optional: the main client's backchannel_logout_uri (with
+//                                  backchannel_logout_session_required, so ID tokens carry
+//                                  `sid`); when the user's session here ends, a logout token
+//                                  is posted there (OIDC Back-Channel Logout 1.0)
 //   IDP_CLIENT_CREDENTIALS_TTL     optional JSON object: client id -> lifetime in seconds of its
 //                                  client-credentials tokens (others: IDP_ACCESS_TOKEN_TTL)
 //   The main client may also use the client-credentials grant (RFC 6749 §4.4); with a
@@ -61,6 +65,7 @@
 //     revocations      POSTs to the revocation endpoint
 //     token_endpoint_calls  every POST to the token endpoint, whatever its grant_type
 //     client_credentials_requests  ... with grant_type=client_credentials
+//     backchannel_ok / backchannel_failed  back-channel logouts posted, answered 200 or not
 //   Failed requests count too: they are counted by a middleware before the provider answers.
 //   IDP_REFRESH_DELAY_MS=N holds every refresh answer N ms after the refresh token was rotated.
 //   POST /test/revoke-all -> {"revoked_grants": N}
@@ -128,6 +133,7 @@ function envJson(name, fallback) {
   }
 }
 const EXTRA_CLIENTS = envJson('IDP_EXTRA_CLIENTS', []);
+const BACKCHANNEL_LOGOUT_URI = env('IDP_BACKCHANNEL_LOGOUT_URI', '');
 const CLIENT_CREDENTIALS_TTL = envJson('IDP_CLIENT_CREDENTIALS_TTL', {});
 const ACR_PWD = 'urn:example:pwd';
 const ACR_MFA = 'urn:example:mfa';
@@ -316,6 +322,9 @@ const configuration = {
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
       id_token_signed_response_alg: ID_TOKEN_ALG,
+      ...(BACKCHANNEL_LOGOUT_URI
+        ? { backchannel_logout_uri: BACKCHANNEL_LOGOUT_URI, backchannel_logout_session_required: true }
+        : {}),
     },
     ...EXTRA_CLIENTS,
   ],
@@ -436,6 +445,7 @@ const configuration = {
     },
     revocation: { enabled: true },
     clientCredentials: { enabled: true },
+    backchannelLogout: { enabled: true },
     userinfo: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
@@ -452,6 +462,14 @@ const configuration = {
   },
 
   clientBasedCORS: () => false,
+
+  // oidc-provider refuses to call special-use addresses (its SSRF protection, a dispatcher it
+  // adds to fetch), loopback included; the tests' back-channel logout endpoints are on
+  // loopback, and this IdP only ever runs on loopback: call without that dispatcher.
+  fetch: (url, options) => {
+    const { dispatcher: _ssrf, ...rest } = options;
+    return globalThis.fetch(url, rest);
+  },
 
   async renderError(ctx, out) {
     ctx.type = 'html';
@@ -471,7 +489,15 @@ const stats = {
   revocations: 0,
   token_endpoint_calls: 0,
   client_credentials_requests: 0,
+  backchannel_ok: 0,
+  backchannel_failed: 0,
 };
+// Back-channel logouts this IdP posted: answered 200/204, or not.
+provider.on('backchannel.success', () => { stats.backchannel_ok += 1; });
+provider.on('backchannel.error', (_ctx, err) => {
+  stats.backchannel_failed += 1;
+  console.error(`backchannel logout failed: ${err.message}`);
+});
 
 const tokenPath = new URL(provider.urlFor('token')).pathname;
 const revocationPath = new URL(provider.urlFor('revocation')).pathname;

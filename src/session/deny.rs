@@ -1,0 +1,459 @@
+//! Sessions ended before their cookie expires: by a logout (a copy of the cookie must stop
+//! working too) or by the IdP's back-channel logout. The cookies are stateless, so what was
+//! ended is remembered instead, until the sessions it covers would have ended anyway.
+//!
+//! Within one Envoy process the list lives in one shared-data entry, changed by
+//! compare-and-swap; each VM keeps a copy ([`DenyList`]) that the request path looks up,
+//! refreshed at its tick when the entry changed.
+
+use super::Session;
+use crate::store::{SharedStore, StoreError};
+use std::collections::{HashMap, HashSet};
+
+const CAS_ATTEMPTS: usize = 16;
+/// Entries kept at most: a flood of logouts cannot grow shared memory without bound (the
+/// oldest-ending go first).
+pub const MAX_ENTRIES: usize = 50_000;
+
+/// What an entry ends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Ended {
+    /// One session, by the filter's own session id.
+    Session(String),
+    /// Every session of this IdP session (its `sid`).
+    IdpSession(String),
+    /// Every session of this user created (logged in) before `before`.
+    Subject { sub: String, before: u64 },
+}
+
+/// An ended thing and how long to remember it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyEntry {
+    pub ended: Ended,
+    /// Unix seconds after which every session it covers has ended on its own.
+    pub until: u64,
+}
+
+impl DenyEntry {
+    /// One line: `<until> <kind> <before> <value>` (the value last: it may hold spaces). Also
+    /// the entry's value in the store.
+    pub fn encode(&self) -> String {
+        let (kind, before, value) = match &self.ended {
+            Ended::Session(v) => ("s", 0, v),
+            Ended::IdpSession(v) => ("i", 0, v),
+            Ended::Subject { sub, before } => ("u", *before, sub),
+        };
+        format!("{} {kind} {before} {value}", self.until)
+    }
+
+    pub fn decode(line: &str) -> Option<DenyEntry> {
+        let mut parts = line.splitn(4, ' ');
+        let until = parts.next()?.parse().ok()?;
+        let kind = parts.next()?;
+        let before = parts.next()?.parse().ok()?;
+        let value = parts.next().filter(|v| !v.is_empty())?.to_string();
+        let ended = match kind {
+            "s" => Ended::Session(value),
+            "i" => Ended::IdpSession(value),
+            "u" => Ended::Subject { sub: value, before },
+            _ => return None,
+        };
+        Some(DenyEntry { ended, until })
+    }
+
+    /// Its key under the store's deny prefix: one key per ended thing.
+    pub fn store_key(&self) -> String {
+        match &self.ended {
+            Ended::Session(v) => format!("s/{v}"),
+            Ended::IdpSession(v) => format!("i/{v}"),
+            Ended::Subject { sub, .. } => format!("u/{sub}"),
+        }
+    }
+
+    /// Values that could not be stored in one line are never entries.
+    pub fn is_storable(&self) -> bool {
+        let value = match &self.ended {
+            Ended::Session(v) | Ended::IdpSession(v) | Ended::Subject { sub: v, .. } => v,
+        };
+        !value.is_empty() && value.len() <= 512 && !value.chars().any(char::is_control)
+    }
+}
+
+/// A VM's copy of the list, as the request path asks it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DenyList {
+    sessions: HashSet<String>,
+    idp_sessions: HashSet<String>,
+    /// User → sessions created before this are ended.
+    subjects: HashMap<String, u64>,
+}
+
+impl DenyList {
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.idp_sessions.is_empty() && self.subjects.is_empty()
+    }
+
+    pub fn add(&mut self, entry: &DenyEntry) {
+        match &entry.ended {
+            Ended::Session(v) => {
+                self.sessions.insert(v.clone());
+            }
+            Ended::IdpSession(v) => {
+                self.idp_sessions.insert(v.clone());
+            }
+            Ended::Subject { sub, before } => {
+                let at = self.subjects.entry(sub.clone()).or_insert(0);
+                *at = (*at).max(*before);
+            }
+        }
+    }
+
+    /// Whether `session` was ended.
+    pub fn denies(&self, session: &Session) -> bool {
+        self.sessions.contains(&session.sid)
+            || session
+                .idp_sid
+                .as_ref()
+                .is_some_and(|s| self.idp_sessions.contains(s))
+            || self
+                .subjects
+                .get(&session.subject)
+                .is_some_and(|before| session.created < *before)
+    }
+
+    fn of(entries: &[DenyEntry]) -> DenyList {
+        let mut list = DenyList::default();
+        for e in entries {
+            list.add(e);
+        }
+        list
+    }
+}
+
+fn key(ns: &str) -> String {
+    format!("{ns}.deny")
+}
+
+/// Entries recorded here and not yet written to the store.
+fn pending_key(ns: &str) -> String {
+    format!("{ns}.deny.pending")
+}
+
+/// When the store was last read, by any worker of this process.
+fn synced_key(ns: &str) -> String {
+    format!("{ns}.deny.synced")
+}
+
+/// Logout tokens' `jti`s seen by this process (without a store), each until it expires.
+fn jti_key(ns: &str) -> String {
+    format!("{ns}.deny.jti")
+}
+
+/// Creates the shared entry if it does not exist yet (when the filter starts).
+pub fn prepare(store: &dyn SharedStore, ns: &str) {
+    for key in [key(ns), pending_key(ns), synced_key(ns), jti_key(ns)] {
+        if store.get(&key).is_none() {
+            // Not empty: some hosts hand an empty value back as no value at all.
+            let _ = store.set(&key, b"#\n", None);
+        }
+    }
+}
+
+fn parse(bytes: &[u8], now: u64) -> Vec<DenyEntry> {
+    std::str::from_utf8(bytes)
+        .unwrap_or("")
+        .lines()
+        .filter_map(DenyEntry::decode)
+        .filter(|e| now < e.until)
+        .collect()
+}
+
+fn serialize(entries: &[DenyEntry]) -> Vec<u8> {
+    let mut out = String::from("#\n");
+    for e in entries {
+        out.push_str(&e.encode());
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// Adds entries to the process's list (dropping the expired ones); false if the host refused.
+pub fn record(store: &dyn SharedStore, ns: &str, new: &[DenyEntry], now: u64) -> bool {
+    merge_into(store, &key(ns), new, now)
+}
+
+/// Keeps entries for the store until [`written`] says they are there.
+pub fn queue_for_store(store: &dyn SharedStore, ns: &str, new: &[DenyEntry], now: u64) -> bool {
+    merge_into(store, &pending_key(ns), new, now)
+}
+
+/// The entries waiting for the store.
+pub fn pending(store: &dyn SharedStore, ns: &str, now: u64) -> Vec<DenyEntry> {
+    store
+        .get(&pending_key(ns))
+        .map(|(bytes, _)| parse(&bytes, now))
+        .unwrap_or_default()
+}
+
+/// The store has `entry`: it no longer waits.
+pub fn written(store: &dyn SharedStore, ns: &str, entry: &DenyEntry, now: u64) {
+    let key = pending_key(ns);
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((bytes, cas)) = store.get(&key) else {
+            return;
+        };
+        let mut entries = parse(&bytes, now);
+        entries.retain(|e| e != entry);
+        match store.set(&key, &serialize(&entries), Some(cas)) {
+            Err(StoreError::CasMismatch) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// The process's list becomes what the store holds plus what waits for it.
+pub fn replace(store: &dyn SharedStore, ns: &str, from_store: &[DenyEntry], now: u64) -> bool {
+    let key = key(ns);
+    let mut entries: Vec<DenyEntry> = Vec::new();
+    for e in from_store.iter().chain(&pending(store, ns, now)) {
+        if e.is_storable() && now < e.until && !entries.contains(e) {
+            entries.push(e.clone());
+        }
+    }
+    if entries.len() > MAX_ENTRIES {
+        entries.sort_by_key(|e| std::cmp::Reverse(e.until));
+        entries.truncate(MAX_ENTRIES);
+    }
+    let bytes = serialize(&entries);
+    // Unchanged: no new version, so no VM parses it again.
+    if store.get(&key).is_some_and(|(old, _)| old == bytes) {
+        return true;
+    }
+    store.set(&key, &bytes, None).is_ok()
+}
+
+/// Claims this round of reading the store for the process: true at most once per
+/// `interval_ms` across its workers.
+pub fn sync_due(store: &dyn SharedStore, ns: &str, now_ms: u64, interval_ms: u64) -> bool {
+    let key = synced_key(ns);
+    let Some((bytes, cas)) = store.get(&key) else {
+        return false;
+    };
+    let last: u64 = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    now_ms >= last.saturating_add(interval_ms)
+        && store
+            .set(&key, now_ms.to_string().as_bytes(), Some(cas))
+            .is_ok()
+}
+
+/// Remembers a logout token's `jti` until `until`: true the first time, false for a replay (or
+/// when the host refused: a token not remembered is not acted on).
+pub fn first_sight(store: &dyn SharedStore, ns: &str, jti: &str, until: u64, now: u64) -> bool {
+    if jti.is_empty() || jti.len() > 256 || jti.chars().any(|c| c.is_control() || c == ' ') {
+        return false;
+    }
+    let key = jti_key(ns);
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((bytes, cas)) = store.get(&key) else {
+            return false;
+        };
+        let text = std::str::from_utf8(&bytes).unwrap_or("");
+        let mut kept = String::from("#\n");
+        for line in text.lines() {
+            let Some((at, seen)) = line.split_once(' ') else {
+                continue;
+            };
+            if at.parse::<u64>().is_ok_and(|at| now < at) {
+                if seen == jti {
+                    return false;
+                }
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        kept.push_str(&format!("{until} {jti}\n"));
+        match store.set(&key, kept.as_bytes(), Some(cas)) {
+            Ok(()) => return true,
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Failed) => return false,
+        }
+    }
+    false
+}
+
+/// Merges entries into the list under `key` (dropping the expired ones).
+fn merge_into(store: &dyn SharedStore, key: &str, new: &[DenyEntry], now: u64) -> bool {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((bytes, cas)) = store.get(key) else {
+            return false;
+        };
+        let mut entries = parse(&bytes, now);
+        for e in new.iter().filter(|e| e.is_storable() && now < e.until) {
+            if !entries
+                .iter()
+                .any(|old| old.ended == e.ended && old.until >= e.until)
+            {
+                entries.retain(|old| old.ended != e.ended);
+                entries.push(e.clone());
+            }
+        }
+        if entries.len() > MAX_ENTRIES {
+            entries.sort_by_key(|e| std::cmp::Reverse(e.until));
+            entries.truncate(MAX_ENTRIES);
+        }
+        match store.set(key, &serialize(&entries), Some(cas)) {
+            Ok(()) => return true,
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Failed) => return false,
+        }
+    }
+    false
+}
+
+/// The process's list as of now, with the entry's version: `None` when it has not changed since
+/// `seen` (the version this VM last read).
+pub fn load(
+    store: &dyn SharedStore,
+    ns: &str,
+    seen: Option<u32>,
+    now: u64,
+) -> Option<(DenyList, u32)> {
+    let (bytes, cas) = store.get(&key(ns))?;
+    if seen == Some(cas) {
+        return None;
+    }
+    Some((DenyList::of(&parse(&bytes, now)), cas))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+    use crate::store::MemoryStore;
+
+    fn session(sid: &str, idp_sid: Option<&str>, sub: &str, created: u64) -> Session {
+        Session {
+            access_token: Secret::new("at"),
+            access_expires_at: 2000,
+            refresh_token: None,
+            subject: sub.into(),
+            created,
+            last_seen: created,
+            id_token: None,
+            sid: sid.into(),
+            idp_sid: idp_sid.map(str::to_string),
+        }
+    }
+
+    fn entry(ended: Ended, until: u64) -> DenyEntry {
+        DenyEntry { ended, until }
+    }
+
+    #[test]
+    fn each_kind_ends_what_it_names() {
+        let store = MemoryStore::default();
+        prepare(&store, "ns");
+        let entries = [
+            entry(Ended::Session("s-1".into()), 2000),
+            entry(Ended::IdpSession("idp-9".into()), 2000),
+            entry(
+                Ended::Subject {
+                    sub: "bob the builder".into(),
+                    before: 1500,
+                },
+                2000,
+            ),
+        ];
+        assert!(record(&store, "ns", &entries, 1000));
+        let (list, version) = load(&store, "ns", None, 1000).unwrap();
+        assert!(list.denies(&session("s-1", None, "alice", 900)));
+        assert!(!list.denies(&session("s-2", None, "alice", 900)));
+        assert!(list.denies(&session("s-3", Some("idp-9"), "carol", 900)));
+        assert!(list.denies(&session("s-4", None, "bob the builder", 1400)));
+        assert!(
+            !list.denies(&session("s-5", None, "bob the builder", 1600)),
+            "a login after the logout stands"
+        );
+        assert_eq!(load(&store, "ns", Some(version), 1000), None, "unchanged");
+        // Expired entries are dropped on the next write and never read back.
+        assert!(record(
+            &store,
+            "ns",
+            &[entry(Ended::Session("s-9".into()), 3000)],
+            2500
+        ));
+        let (list, _) = load(&store, "ns", None, 2500).unwrap();
+        assert!(!list.denies(&session("s-1", None, "alice", 900)));
+        assert!(list.denies(&session("s-9", None, "x", 900)));
+    }
+
+    #[test]
+    fn what_waits_for_the_store_stays_in_the_list_until_the_store_has_it() {
+        let store = MemoryStore::default();
+        prepare(&store, "ns");
+        let local = entry(Ended::Session("s-local".into()), 2000);
+        let remote = entry(Ended::IdpSession("idp-remote".into()), 2000);
+        assert!(queue_for_store(
+            &store,
+            "ns",
+            std::slice::from_ref(&local),
+            1000
+        ));
+        // A sync round: the store has another replica's entry, not ours yet.
+        assert!(replace(&store, "ns", std::slice::from_ref(&remote), 1000));
+        let (list, v1) = load(&store, "ns", None, 1000).unwrap();
+        assert!(list.denies(&session("s-local", None, "a", 900)));
+        assert!(list.denies(&session("x", Some("idp-remote"), "a", 900)));
+        // The same again: no new version for the VMs to parse.
+        assert!(replace(&store, "ns", std::slice::from_ref(&remote), 1000));
+        assert_eq!(load(&store, "ns", Some(v1), 1000), None);
+        // Written: no longer pending, and the store's list has it.
+        written(&store, "ns", &local, 1000);
+        assert!(pending(&store, "ns", 1000).is_empty());
+        assert!(replace(&store, "ns", &[remote, local], 1000));
+        let (list, _) = load(&store, "ns", None, 1000).unwrap();
+        assert!(list.denies(&session("s-local", None, "a", 900)));
+    }
+
+    #[test]
+    fn a_jti_is_taken_once_until_it_expires() {
+        let store = MemoryStore::default();
+        prepare(&store, "ns");
+        assert!(first_sight(&store, "ns", "j-1", 2000, 1000));
+        assert!(!first_sight(&store, "ns", "j-1", 2000, 1500), "a replay");
+        assert!(first_sight(&store, "ns", "j-2", 2000, 1500));
+        assert!(
+            first_sight(&store, "ns", "j-1", 3000, 2000),
+            "forgotten once expired"
+        );
+        assert!(!first_sight(&store, "ns", "bad jti", 3000, 2000));
+    }
+
+    #[test]
+    fn one_worker_reads_the_store_per_interval() {
+        let store = MemoryStore::default();
+        prepare(&store, "ns");
+        assert!(sync_due(&store, "ns", 10_000, 1000));
+        assert!(
+            !sync_due(&store, "ns", 10_500, 1000),
+            "another worker, too early"
+        );
+        assert!(sync_due(&store, "ns", 11_000, 1000));
+    }
+
+    #[test]
+    fn garbage_and_unstorable_values_are_not_entries() {
+        let store = MemoryStore::default();
+        prepare(&store, "ns");
+        let bad = entry(Ended::Session("a\nb".into()), 2000);
+        assert!(record(&store, "ns", &[bad], 1000));
+        let (list, _) = load(&store, "ns", None, 1000).unwrap();
+        assert!(list.is_empty());
+        for garbage in ["", "x", "1 s 0", "9999 q 0 v", "nope s 0 v", "9999 u x v"] {
+            assert_eq!(DenyEntry::decode(garbage), None, "{garbage:?}");
+        }
+    }
+}
