@@ -214,10 +214,7 @@ mod tests {
     use crate::store::MemoryStore;
 
     fn answer(status: u16, body: &str) -> IdpAnswer {
-        IdpAnswer {
-            status: Some(status),
-            body: body.as_bytes().to_vec(),
-        }
+        IdpAnswer::of(status, body)
     }
 
     #[test]

@@ -249,10 +249,7 @@ mod tests {
     use super::*;
 
     fn answer(status: u16, body: &str) -> IdpAnswer {
-        IdpAnswer {
-            status: Some(status),
-            body: body.as_bytes().to_vec(),
-        }
+        IdpAnswer::of(status, body)
     }
 
     fn json_of(req: &IdpRequest) -> serde_json::Value {

@@ -27,7 +27,7 @@ import pytest
 import requests
 import yaml
 
-from harness.envoy import ENVOY_BIN, SECRETS, WASM, run_envoy
+from harness.envoy import ENVOY_BIN, SECRETS, WASM, on_loopback, run_envoy
 from harness.procs import REPO, free_port
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -434,17 +434,8 @@ def runnable_cors_example(listen_port: int, admin_port: int, dead_port: int) -> 
     """The example on loopback: same filters and routes; the API and the IdP point at a port
     where nothing listens (no DNS, no TLS, nothing leaves the machine)."""
     bootstrap, _ = cors_example()
-    bootstrap["admin"]["address"]["socket_address"] = {"address": "127.0.0.1",
-                                                       "port_value": admin_port}
-    (listener,) = bootstrap["static_resources"]["listeners"]
-    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": listen_port}
-    for cluster in bootstrap["static_resources"]["clusters"]:
-        cluster["type"] = "STATIC"
-        cluster.pop("transport_socket", None)
-        cluster.pop("dns_lookup_family", None)
-        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        endpoint["endpoint"]["address"]["socket_address"] = {"address": "127.0.0.1",
-                                                             "port_value": dead_port}
+    names = [c["name"] for c in bootstrap["static_resources"]["clusters"]]
+    on_loopback(bootstrap, listen_port, admin_port, {name: dead_port for name in names})
     for wasm in wasm_configs(bootstrap):
         wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
     return bootstrap

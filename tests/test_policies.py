@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from harness import CLIENT_ID, CLIENT_SECRET
 from harness.envoy import (ENVOY_BIN, SECRETS, WASM, Browser, discovery_only,
-                           jwt_authn_filter, refused, run_envoy, start_envoy)
+                           jwt_authn_filter, on_loopback, refused, run_envoy, start_envoy)
 from harness.idp import basic_auth, jwt_parts, start_idp
 from harness.jws import b64url_encode
 from harness.procs import REPO, free_port
@@ -392,19 +392,8 @@ def test_the_mixed_traffic_example_serves_its_three_callers(procs, idp, echo):
     """The file as shipped but for names and addresses: its IdP is the test IdP, its clusters
     are on loopback without TLS (nothing leaves the machine)."""
     bootstrap, jwt_authn, config = mixed_example()
-    listen_port, admin_port = free_port(), free_port()
-    bootstrap["admin"]["address"]["socket_address"] = {"address": "127.0.0.1",
-                                                       "port_value": admin_port}
+    on_loopback(bootstrap, free_port(), free_port(), {"api": echo, "idp": idp.port})
     (listener,) = bootstrap["static_resources"]["listeners"]
-    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": listen_port}
-    for cluster in bootstrap["static_resources"]["clusters"]:
-        port = {"api": echo, "idp": idp.port}[cluster["name"]]
-        cluster["type"] = "STATIC"
-        cluster.pop("transport_socket", None)
-        cluster.pop("dns_lookup_family", None)
-        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        endpoint["endpoint"]["address"]["socket_address"] = {"address": "127.0.0.1",
-                                                             "port_value": port}
     (provider,) = jwt_authn["providers"].values()
     provider.update(issuer=idp.issuer, audiences=[RESOURCE])
     provider["remote_jwks"]["http_uri"]["uri"] = idp.discovery()["jwks_uri"]

@@ -125,16 +125,15 @@ impl Engine {
         };
         let entries = vec![DenyEntry { ended, until }];
         if self.config.store.is_none() {
-            if !deny::first_sight(
-                host.store(),
-                &self.ns,
-                &order.jti,
-                order.remember_until,
-                now,
-            ) {
+            // Recorded first, so that a host refusing to record leaves the jti unused for the
+            // IdP's retry; recording a replay again changes nothing.
+            let recorded = self.record_here(&entries, host);
+            let ok = matches!(&recorded, Settled::Reply(r) if r.status == 200);
+            let jti = &order.jti;
+            if ok && !deny::first_sight(host.store(), &self.ns, jti, order.remember_until, now) {
                 return Some(refused("this logout token was already received (jti)"));
             }
-            return Some(self.record_here(&entries, host));
+            return Some(recorded);
         }
         let recorded = Box::new(Recorded { order, entries });
         let ttl = until.saturating_sub(now) + 60;

@@ -703,16 +703,7 @@ fn a_logout_on_one_worker_ends_every_copy_of_the_cookie_by_the_next_tick() {
     let call = || wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
     assert_eq!(token_of(&settled(b.request(1, call()))), "Bearer fresh-at");
     // The user logs out through worker A (no revocation endpoint: answered at once).
-    let logout = header_map::serialize(&[
-        (":method", b"POST".as_slice()),
-        (":path", b"/private/logout"),
-        (":scheme", b"http"),
-        (":authority", b"app.local:8080"),
-        ("sec-fetch-mode", b"cors"),
-        ("x-csrf", b"1"),
-        ("cookie", cookie.as_bytes()),
-    ]);
-    let out = settled(a.request(2, logout));
+    let out = settled(a.request(2, logout_request(&cookie)));
     assert_eq!(reply(&out).status, 200, "{:?}", reply(&out).body);
     // A copy of the cookie: refused by A at once, by B from its next tick on.
     let r = settled(a.request(3, call()));
@@ -842,10 +833,10 @@ fn logout_request(cookie: &str) -> Vec<u8> {
     ])
 }
 
-#[test]
-fn a_logout_reaches_other_replicas_through_the_store_and_waits_out_its_failures() {
+/// Two Envoy processes (each its own shared data) with a store, one worker each, the same
+/// clock and etcd; their first rounds done (nothing in the store yet).
+fn two_replicas() -> (World, World, FakeEtcd, Worker, Worker) {
     let one = World::new();
-    // Another Envoy process: its own shared data, the same clock and etcd.
     let two = World {
         clock: Rc::clone(&one.clock),
         store: Rc::new(MemoryStore::default()),
@@ -855,9 +846,14 @@ fn a_logout_reaches_other_replicas_through_the_store_and_waits_out_its_failures(
     let mut b = two.worker(with_store());
     a.learn_provider();
     b.learn_provider();
-    // Their first rounds (at the first tick): nothing in the store yet.
     a.settle_store(&mut etcd);
     b.settle_store(&mut etcd);
+    (one, two, etcd, a, b)
+}
+
+#[test]
+fn a_logout_reaches_other_replicas_through_the_store_and_waits_out_its_failures() {
+    let (one, two, mut etcd, mut a, mut b) = two_replicas();
     let cookie = session_cookie_expiring_at(T0 + 3600);
     let call = || wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
     // The store cannot be reached when the user logs out on replica one.
@@ -1027,18 +1023,7 @@ fn a_back_channel_logout_ends_the_sessions_of_that_idp_session_once() {
 
 #[test]
 fn with_a_store_a_back_channel_logout_is_recorded_for_every_replica_before_its_200() {
-    let one = World::new();
-    let two = World {
-        clock: Rc::clone(&one.clock),
-        store: Rc::new(MemoryStore::default()),
-    };
-    let mut etcd = FakeEtcd::default();
-    let mut a = one.worker(with_store());
-    let mut b = two.worker(with_store());
-    a.learn_provider();
-    b.learn_provider();
-    a.settle_store(&mut etcd);
-    b.settle_store(&mut etcd);
+    let (_one, two, mut etcd, mut a, mut b) = two_replicas();
     let claims = json!({"iss": ISSUER, "aud": "bff", "iat": T0, "jti": "j-9", "sub": "alice",
                         "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
     let body = format!("logout_token={}", logout_token(claims));

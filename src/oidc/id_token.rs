@@ -116,11 +116,23 @@ impl fmt::Display for IdTokenError {
     }
 }
 
+/// `aud`: one string or a list (RFC 7519 §4.1.3).
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Audience {
+pub(super) enum Audience {
     One(String),
     Many(Vec<String>),
+}
+
+impl Audience {
+    /// Every audience named (none when the claim is absent).
+    pub(super) fn list(aud: Option<Audience>) -> Vec<String> {
+        match aud {
+            Some(Audience::One(a)) => vec![a],
+            Some(Audience::Many(list)) => list,
+            None => vec![],
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -134,7 +146,8 @@ struct Claims {
     nonce: Option<String>,
 }
 
-fn as_secs(v: Option<f64>) -> Option<u64> {
+/// A NumericDate claim as whole seconds; `None` if absent, negative or not finite.
+pub(super) fn as_secs(v: Option<f64>) -> Option<u64> {
     v.filter(|n| n.is_finite() && *n >= 0.0).map(|n| n as u64)
 }
 
@@ -160,11 +173,7 @@ pub fn check_claims(payload: &[u8], expect: &Expectations) -> Result<IdTokenClai
     if claims.iss.as_deref() != Some(expect.issuer) {
         return Err(IdTokenError::WrongIssuer);
     }
-    let audiences = match claims.aud {
-        Some(Audience::One(a)) => vec![a],
-        Some(Audience::Many(list)) => list,
-        None => vec![],
-    };
+    let audiences = Audience::list(claims.aud);
     if !audiences.iter().any(|a| a == expect.client_id) {
         return Err(IdTokenError::WrongAudience);
     }

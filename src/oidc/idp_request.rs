@@ -61,6 +61,15 @@ pub struct IdpAnswer {
 }
 
 impl IdpAnswer {
+    /// An answer with this status and body (tests across the crate).
+    #[cfg(test)]
+    pub fn of(status: u16, body: &str) -> IdpAnswer {
+        IdpAnswer {
+            status: Some(status),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
     /// The call never got an answer.
     pub fn none() -> IdpAnswer {
         IdpAnswer {

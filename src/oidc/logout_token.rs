@@ -2,6 +2,7 @@
 //! there ends, validated as §2.6 says. What to end (a session id or a user) is returned; the
 //! caller records it.
 
+use super::id_token::{as_secs, Audience};
 use super::jwks::{Alg, Jwks};
 use super::jws::{self, JwsError};
 use serde::Deserialize;
@@ -83,13 +84,6 @@ impl LogoutTokenError {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Audience {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
 struct Claims {
     iss: Option<String>,
     sub: Option<String>,
@@ -100,10 +94,6 @@ struct Claims {
     jti: Option<String>,
     events: Option<Value>,
     nonce: Option<Value>,
-}
-
-fn as_secs(v: Option<f64>) -> Option<u64> {
-    v.filter(|n| n.is_finite() && *n >= 0.0).map(|n| n as u64)
 }
 
 /// What the token must be, beyond its signature.
@@ -129,11 +119,7 @@ pub fn validate(
     if claims.iss.as_deref() != Some(expect.issuer) {
         return Err(LogoutTokenError::WrongIssuer);
     }
-    let audiences = match claims.aud {
-        Some(Audience::One(a)) => vec![a],
-        Some(Audience::Many(list)) => list,
-        None => vec![],
-    };
+    let audiences = Audience::list(claims.aud);
     if !audiences.iter().any(|a| a == expect.client_id) {
         return Err(LogoutTokenError::WrongAudience);
     }

@@ -182,6 +182,24 @@ def loopback_bootstrap(listener: str, listen_port: int, admin_port: int, hcm: di
     }
 
 
+def on_loopback(bootstrap: dict, listen_port: int, admin_port: int, ports: dict[str, int]) -> dict:
+    """A shipped bootstrap (one listener) on 127.0.0.1: the admin and the listener on these
+    ports, each cluster a plain STATIC endpoint on `ports[name]` (no DNS, no TLS: nothing leaves
+    the machine). Changes `bootstrap` in place and returns it."""
+    bootstrap["admin"]["address"]["socket_address"] = {"address": "127.0.0.1",
+                                                       "port_value": admin_port}
+    (listener,) = bootstrap["static_resources"]["listeners"]
+    listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": listen_port}
+    for cluster in bootstrap["static_resources"]["clusters"]:
+        cluster["type"] = "STATIC"
+        cluster.pop("transport_socket", None)
+        cluster.pop("dns_lookup_family", None)
+        (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        endpoint["endpoint"]["address"]["socket_address"] = {
+            "address": "127.0.0.1", "port_value": ports[cluster["name"]]}
+    return bootstrap
+
+
 @dataclass
 class Envoy:
     port: int
