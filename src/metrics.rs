@@ -8,6 +8,9 @@ pub enum Counter {
     CallbacksFailed,
     RefreshesOk,
     RefreshesFailed,
+    /// Refreshes refused `invalid_grant` while the access token was still valid: another
+    /// replica won the race; the current token goes on.
+    RefreshesSuperseded,
     /// API calls answered 401 for want of a session.
     Unauthenticated,
     CsrfRejected,
@@ -34,12 +37,13 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::LoginsStarted,
         Counter::CallbacksOk,
         Counter::CallbacksFailed,
         Counter::RefreshesOk,
         Counter::RefreshesFailed,
+        Counter::RefreshesSuperseded,
         Counter::Unauthenticated,
         Counter::CsrfRejected,
         Counter::Forbidden,
@@ -63,6 +67,7 @@ impl Counter {
             Counter::CallbacksFailed => "callbacks_failed",
             Counter::RefreshesOk => "refreshes_ok",
             Counter::RefreshesFailed => "refreshes_failed",
+            Counter::RefreshesSuperseded => "refreshes_superseded",
             Counter::Unauthenticated => "unauthenticated",
             Counter::CsrfRejected => "csrf_rejected",
             Counter::Forbidden => "forbidden",

@@ -614,6 +614,7 @@ impl Engine {
         }
         host.count(match outcome {
             Outcome::Renewed(_) => Counter::RefreshesOk,
+            Outcome::Superseded { .. } => Counter::RefreshesSuperseded,
             _ => Counter::RefreshesFailed,
         });
         self.refreshed(&needed.id, outcome, host);

@@ -36,6 +36,15 @@ pub fn finish_refresh(
 ) -> Outcome {
     let tokens = match token::parse_token_response(answer.status, &answer.body) {
         Ok(tokens) => tokens,
+        // invalid_grant while the access token is still good: another replica most likely
+        // rotated the refresh token first. The token goes on until it expires (issue 18).
+        Err(TokenError::Refused { error, .. })
+            if error == "invalid_grant" && ctx.now < session.access_expires_at =>
+        {
+            return Outcome::Superseded {
+                until: session.access_expires_at,
+            }
+        }
         // invalid_grant and its kin: the refresh token is dead, and so is the session.
         Err(TokenError::Refused { .. }) => return Outcome::Ended,
         Err(_) => return Outcome::Unavailable,
@@ -108,13 +117,17 @@ mod tests {
     }
 
     fn run(status: Option<u16>, body: serde_json::Value) -> Outcome {
+        run_at(1000, status, body)
+    }
+
+    fn run_at(now: u64, status: Option<u16>, body: serde_json::Value) -> Outcome {
         let c = config_from(minimal_json());
         let (provider, keys) = (test_provider(), test_signer::jwks());
         let mut ctx = Ctx {
             config: &c,
             provider: Some(&provider),
             keys: Some(&keys),
-            now: 1000,
+            now,
             rng: &mut CountingRandom(1),
         };
         let answer = IdpAnswer {
@@ -179,9 +192,15 @@ mod tests {
 
     #[test]
     fn refusal_ends_the_session_and_faults_do_not() {
+        // The access token (valid until 1030) has expired: the session ends.
+        assert_eq!(
+            run_at(1030, Some(400), json!({"error": "invalid_grant"})),
+            Outcome::Ended
+        );
+        // Still valid: another replica rotated the refresh token first; go on until 1030.
         assert_eq!(
             run(Some(400), json!({"error": "invalid_grant"})),
-            Outcome::Ended
+            Outcome::Superseded { until: 1030 }
         );
         assert_eq!(
             run(Some(401), json!({"error": "invalid_client"})),

@@ -57,6 +57,10 @@ pub enum Outcome {
     Ended,
     /// The IdP could not be reached: go on with the current token while it lasts.
     Unavailable,
+    /// `invalid_grant` while the access token was still valid: another replica rotated the
+    /// refresh token first (a lost race, issue 18). Go on with the current token until `until`
+    /// (its expiry), without touching the cookie; then the session ends.
+    Superseded { until: u64 },
 }
 
 impl Outcome {
@@ -65,12 +69,16 @@ impl Outcome {
             Outcome::Renewed(sealed) => format!("renewed {sealed}"),
             Outcome::Ended => "ended".to_string(),
             Outcome::Unavailable => "unavailable".to_string(),
+            Outcome::Superseded { until } => format!("superseded {until}"),
         }
     }
 
     fn decode(s: &str) -> Option<Outcome> {
         match s.split_once(' ') {
             Some(("renewed", sealed)) => Some(Outcome::Renewed(sealed.to_string())),
+            Some(("superseded", until)) => Some(Outcome::Superseded {
+                until: until.parse().ok()?,
+            }),
             None if s == "ended" => Some(Outcome::Ended),
             None if s == "unavailable" => Some(Outcome::Unavailable),
             _ => None,
@@ -112,7 +120,11 @@ fn read_slot(store: &dyn SharedStore, key: &str, now: u64) -> Option<(String, Ou
     let (at, body) = unstamp(&entry)?;
     let (owner, outcome) = std::str::from_utf8(body).ok()?.split_once('\n')?;
     let outcome = Outcome::decode(outcome)?;
-    let live = now < at.saturating_add(outcome.ttl());
+    let live = match outcome {
+        // Remembered for the rest of the access token's life.
+        Outcome::Superseded { until } => now < until,
+        _ => now < at.saturating_add(outcome.ttl()),
+    };
     Some((owner.to_string(), outcome, live))
 }
 
@@ -226,6 +238,18 @@ fn release(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_race_is_remembered_until_the_access_token_expires() {
+        let store = crate::store::MemoryStore::default();
+        prepare(&store, "ns");
+        let id = RefreshId::of(&Secret::new("rotated-away"));
+        let lost = Outcome::Superseded { until: 1300 };
+        publish(&store, "ns", &id, &lost, 1000);
+        assert_eq!(lookup(&store, "ns", &id, 1299), Some(lost.clone()));
+        assert_eq!(lookup(&store, "ns", &id, 1300), None);
+        assert_eq!(claim(&store, "ns", &id, 1200), Claim::Done(lost));
+    }
     use crate::store::{Cas, MemoryStore};
     use std::cell::Cell;
 

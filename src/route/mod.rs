@@ -431,6 +431,13 @@ pub fn after_refresh(
             }
         }
         Outcome::Ended => no_usable_session(ctx, Some(provider), req, &jar, NoSession::Expired),
+        // Lost the race: the current token, the cookie as it is.
+        Outcome::Superseded { until } if ctx.now < *until => {
+            forward(config, req, &jar, session, Vec::new(), ctx.now).into()
+        }
+        Outcome::Superseded { .. } => {
+            no_usable_session(ctx, Some(provider), req, &jar, NoSession::Expired)
+        }
         // The IdP is down: go on with the current token while it is valid.
         Outcome::Unavailable if ctx.now < session.access_expires_at => {
             forward(config, req, &jar, session, Vec::new(), ctx.now).into()

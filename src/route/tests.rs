@@ -175,6 +175,16 @@ fn what_a_refresh_outcome_means_for_a_request() {
     assert!(r
         .cookies()
         .any(|c| c.starts_with("__Host-bff-session=;") && c.contains("Max-Age=0")));
+    // Another replica won the race: the old token, the cookie untouched, until it expires.
+    let lost = Outcome::Superseded { until: 1030 };
+    let Decision::Forward(f) = after(&lost, 1029) else {
+        panic!()
+    };
+    assert_eq!(f.token_header.as_ref().unwrap().1, "Bearer old-token");
+    assert!(f.set_cookies.is_empty(), "no deletion, no re-seal");
+    let r = reply(after(&lost, 1030));
+    assert_eq!(r.status, 401);
+    assert!(r.cookies().any(|c| c.contains("Max-Age=0")));
 }
 
 #[test]
