@@ -5,7 +5,8 @@
 //! [`Engine::on_request_headers`], [`Engine::on_call_answer`] (an IdP answer with its call
 //! token), [`Engine::on_tick`] (the timer, every [`TICK`]), [`Engine::on_queue_nudged`] (the
 //! root context's queue), [`Engine::on_stream_gone`], [`Engine::on_upstream_challenge`] (the
-//! API's 401 step-up challenge, read only where `upstream_step_up` asked for it).
+//! API's 401 step-up challenge, read only where `upstream_step_up` asked for it),
+//! [`Engine::on_request_body`] (a body the engine asked for with [`Handled::ReadBody`]).
 //!
 //! **Effects out**: the request in hand is answered by the return value ([`Handled`]: go on
 //! upstream with these header edits, answer with this reply, or paused); requests paused
@@ -118,6 +119,8 @@ pub struct Engine {
     deny_version: Option<u32>,
     /// When a store failure was last logged (0: never).
     store_logged_ms: u64,
+    /// This VM does not look for a store round before this time (ms).
+    next_sync_ms: u64,
     resumes: Vec<Resume>,
 }
 
@@ -143,6 +146,7 @@ impl Engine {
             sessions: SessionCache::new(SESSION_CACHE_SIZE),
             deny_version: None,
             store_logged_ms: 0,
+            next_sync_ms: 0,
             resumes: Vec::new(),
         }
     }

@@ -48,13 +48,17 @@ impl Engine {
         let Some(store) = self.config.store.as_ref() else {
             return;
         };
-        if !deny::sync_due(
-            host.store(),
-            &self.ns,
-            host.now_ms(),
-            store.sync_interval_ms,
-        ) {
+        // Shared data is read only when this VM's last look says a round may be due.
+        let now_ms = host.now_ms();
+        if now_ms < self.next_sync_ms {
             return;
+        }
+        match deny::sync_due(host.store(), &self.ns, now_ms, store.sync_interval_ms) {
+            deny::Sync::NotBefore(at) => {
+                self.next_sync_ms = at;
+                return;
+            }
+            deny::Sync::Now => self.next_sync_ms = now_ms + store.sync_interval_ms,
         }
         self.write_pending(host);
         self.store_call(What::Range, false, host);

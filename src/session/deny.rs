@@ -134,6 +134,17 @@ fn key(ns: &str) -> String {
     format!("{ns}.deny")
 }
 
+/// Changed (written) with every change of the list: each VM reads this small entry at its tick,
+/// and the list (up to [`MAX_ENTRIES`] lines) only when it changed.
+fn version_key(ns: &str) -> String {
+    format!("{ns}.deny.version")
+}
+
+/// A new version for the readers (the host's compare-and-swap value moves with every write).
+fn bump(store: &dyn SharedStore, ns: &str) {
+    let _ = store.set(&version_key(ns), b"v", None);
+}
+
 /// Entries recorded here and not yet written to the store.
 fn pending_key(ns: &str) -> String {
     format!("{ns}.deny.pending")
@@ -151,7 +162,13 @@ fn jti_key(ns: &str) -> String {
 
 /// Creates the shared entry if it does not exist yet (when the filter starts).
 pub fn prepare(store: &dyn SharedStore, ns: &str) {
-    for key in [key(ns), pending_key(ns), synced_key(ns), jti_key(ns)] {
+    for key in [
+        key(ns),
+        version_key(ns),
+        pending_key(ns),
+        synced_key(ns),
+        jti_key(ns),
+    ] {
         if store.get(&key).is_none() {
             // Not empty: some hosts hand an empty value back as no value at all.
             let _ = store.set(&key, b"#\n", None);
@@ -179,7 +196,9 @@ fn serialize(entries: &[DenyEntry]) -> Vec<u8> {
 
 /// Adds entries to the process's list (dropping the expired ones); false if the host refused.
 pub fn record(store: &dyn SharedStore, ns: &str, new: &[DenyEntry], now: u64) -> bool {
-    merge_into(store, &key(ns), new, now)
+    let recorded = merge_into(store, &key(ns), new, now);
+    bump(store, ns);
+    recorded
 }
 
 /// Keeps entries for the store until [`written`] says they are there.
@@ -229,24 +248,40 @@ pub fn replace(store: &dyn SharedStore, ns: &str, from_store: &[DenyEntry], now:
     if store.get(&key).is_some_and(|(old, _)| old == bytes) {
         return true;
     }
-    store.set(&key, &bytes, None).is_ok()
+    let written = store.set(&key, &bytes, None).is_ok();
+    bump(store, ns);
+    written
 }
 
-/// Claims this round of reading the store for the process: true at most once per
-/// `interval_ms` across its workers.
-pub fn sync_due(store: &dyn SharedStore, ns: &str, now_ms: u64, interval_ms: u64) -> bool {
+/// Whether this worker reads the store for the process now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Claimed: this worker reads it now.
+    Now,
+    /// Not before this time (ms): another worker did, or is about to.
+    NotBefore(u64),
+}
+
+/// Claims this round of reading the store for the process: at most once per `interval_ms`
+/// across its workers.
+pub fn sync_due(store: &dyn SharedStore, ns: &str, now_ms: u64, interval_ms: u64) -> Sync {
     let key = synced_key(ns);
+    let later = Sync::NotBefore(now_ms.saturating_add(interval_ms));
     let Some((bytes, cas)) = store.get(&key) else {
-        return false;
+        return later;
     };
     let last: u64 = std::str::from_utf8(&bytes)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
-    now_ms >= last.saturating_add(interval_ms)
-        && store
-            .set(&key, now_ms.to_string().as_bytes(), Some(cas))
-            .is_ok()
+    let due = last.saturating_add(interval_ms);
+    if now_ms < due {
+        return Sync::NotBefore(due);
+    }
+    match store.set(&key, now_ms.to_string().as_bytes(), Some(cas)) {
+        Ok(()) => Sync::Now,
+        Err(_) => later,
+    }
 }
 
 /// Remembers a logout token's `jti` until `until`: true the first time, false for a replay (or
@@ -321,11 +356,12 @@ pub fn load(
     seen: Option<u32>,
     now: u64,
 ) -> Option<(DenyList, u32)> {
-    let (bytes, cas) = store.get(&key(ns))?;
-    if seen == Some(cas) {
+    let (_, version) = store.get(&version_key(ns))?;
+    if seen == Some(version) {
         return None;
     }
-    Some((DenyList::of(&parse(&bytes, now)), cas))
+    let (bytes, _) = store.get(&key(ns))?;
+    Some((DenyList::of(&parse(&bytes, now)), version))
 }
 
 #[cfg(test)]
@@ -436,12 +472,13 @@ mod tests {
     fn one_worker_reads_the_store_per_interval() {
         let store = MemoryStore::default();
         prepare(&store, "ns");
-        assert!(sync_due(&store, "ns", 10_000, 1000));
-        assert!(
-            !sync_due(&store, "ns", 10_500, 1000),
-            "another worker, too early"
+        assert_eq!(sync_due(&store, "ns", 10_000, 1000), Sync::Now);
+        assert_eq!(
+            sync_due(&store, "ns", 10_500, 1000),
+            Sync::NotBefore(11_000),
+            "another worker, too early: it looks again when the round is due"
         );
-        assert!(sync_due(&store, "ns", 11_000, 1000));
+        assert_eq!(sync_due(&store, "ns", 11_000, 1000), Sync::Now);
     }
 
     #[test]
