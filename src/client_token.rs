@@ -11,14 +11,13 @@ use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::oidc::token::{self, TokenError, DEFAULT_ACCESS_TOKEN_LIFETIME_S};
 use crate::secret::Secret;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{self, SharedStore};
 
 /// A fetch older than this is abandoned (its worker died or its answer was lost); Envoy's
 /// call timeout ends a real one sooner.
 const FETCH_TTL_S: u64 = 30;
 /// After a failed fetch, requests get 503 for this long before the next try.
 const FAILED_TTL_S: u64 = 5;
-const CAS_ATTEMPTS: usize = 16;
 
 /// The client-credentials request (client authentication as for every token call).
 pub fn request(config: &Config, provider: &Provider) -> IdpRequest {
@@ -143,9 +142,7 @@ fn key(ns: &str) -> String {
 
 /// Creates the shared entry if it does not exist yet (when the filter starts).
 pub fn prepare(store: &dyn SharedStore, ns: &str) {
-    if store.get(&key(ns)).is_none() {
-        let _ = store.set(&key(ns), &Slot::default().encode(), None);
-    }
+    store::create_if_missing(store, &key(ns), &Slot::default().encode());
 }
 
 /// The shared entry as it is now.
@@ -167,7 +164,6 @@ pub fn claim(store: &dyn SharedStore, ns: &str, now: u64) -> bool {
         slot.fetching_since = Some(now);
         Some(())
     })
-    .is_some()
 }
 
 /// Publishes a fetch's result for every worker: the new token, or a failure (the old token
@@ -187,23 +183,12 @@ pub fn publish(store: &dyn SharedStore, ns: &str, result: Option<&ClientToken>, 
 }
 
 /// Applies `change` to the entry by compare-and-swap; `None` from `change` leaves it.
-fn update(
-    store: &dyn SharedStore,
-    ns: &str,
-    change: impl Fn(&mut Slot) -> Option<()>,
-) -> Option<()> {
-    let key = key(ns);
-    for _ in 0..CAS_ATTEMPTS {
-        let (bytes, cas) = store.get(&key)?;
-        let mut slot = Slot::decode(&bytes);
+fn update(store: &dyn SharedStore, ns: &str, change: impl Fn(&mut Slot) -> Option<()>) -> bool {
+    store::update(store, &key(ns), |bytes| {
+        let mut slot = Slot::decode(bytes);
         change(&mut slot)?;
-        match store.set(&key, &slot.encode(), Some(cas)) {
-            Ok(()) => return Some(()),
-            Err(StoreError::CasMismatch) => continue,
-            Err(StoreError::Failed) => return None,
-        }
-    }
-    None
+        Some(slot.encode())
+    })
 }
 
 #[cfg(test)]

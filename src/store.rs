@@ -41,6 +41,42 @@ pub fn namespace(config: &Config) -> String {
     )
 }
 
+/// Creates `key` with `initial` unless it exists (when the filter starts): compare-and-swap
+/// protects only entries that already exist, since the host writes a missing key
+/// unconditionally. `initial` must not be empty: some hosts hand an empty value back as none.
+pub fn create_if_missing(store: &dyn SharedStore, key: &str, initial: &[u8]) {
+    if store.get(key).is_none() {
+        let _ = store.set(key, initial, None);
+    }
+}
+
+/// How often a compare-and-swap is tried again when another worker wrote in between.
+const CAS_ATTEMPTS: usize = 16;
+
+/// Read-modify-write of an existing entry by compare-and-swap, tried again while other workers
+/// write in between: `change` gets the current value and returns the new one, or `None` to
+/// leave it. True when written.
+pub fn update(
+    store: &dyn SharedStore,
+    key: &str,
+    mut change: impl FnMut(&[u8]) -> Option<Vec<u8>>,
+) -> bool {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((bytes, cas)) = store.get(key) else {
+            return false;
+        };
+        let Some(new) = change(&bytes) else {
+            return false;
+        };
+        match store.set(key, &new, Some(cas)) {
+            Ok(()) => return true,
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Failed) => return false,
+        }
+    }
+    false
+}
+
 /// An entry with the time it was written: `<unix seconds>\n<body>`.
 pub fn stamped(at: u64, body: &[u8]) -> Vec<u8> {
     let mut out = format!("{at}\n").into_bytes();

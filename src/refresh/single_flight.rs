@@ -12,7 +12,7 @@
 //! - the others poll the slot until the outcome appears or their wait runs out.
 
 use crate::secret::Secret;
-use crate::store::{stamped, unstamp, SharedStore, StoreError};
+use crate::store::{self, stamped, unstamp, SharedStore, StoreError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -131,10 +131,8 @@ fn read_slot(store: &dyn SharedStore, key: &str, now: u64) -> Option<(String, Ou
 /// Creates the claim list if it does not exist yet. Called when the filter starts (Envoy
 /// configures the main thread's VM before any worker takes traffic).
 pub fn prepare(store: &dyn SharedStore, ns: &str) {
-    if store.get(&claims_key(ns)).is_none() {
-        // Not empty: some hosts hand an empty value back as no value at all.
-        let _ = store.set(&claims_key(ns), b"#\n", None);
-    }
+    // Not empty: some hosts hand an empty value back as no value at all.
+    store::create_if_missing(store, &claims_key(ns), b"#\n");
 }
 
 /// The outcome published for `id`, if it is recent enough to act on.

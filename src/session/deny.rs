@@ -7,10 +7,9 @@
 //! refreshed at its tick when the entry changed.
 
 use super::Session;
-use crate::store::{SharedStore, StoreError};
+use crate::store::{self, SharedStore};
 use std::collections::{HashMap, HashSet};
 
-const CAS_ATTEMPTS: usize = 16;
 /// Entries kept at most: a flood of logouts cannot grow shared memory without bound (the
 /// oldest-ending go first).
 pub const MAX_ENTRIES: usize = 50_000;
@@ -169,10 +168,8 @@ pub fn prepare(store: &dyn SharedStore, ns: &str) {
         synced_key(ns),
         jti_key(ns),
     ] {
-        if store.get(&key).is_none() {
-            // Not empty: some hosts hand an empty value back as no value at all.
-            let _ = store.set(&key, b"#\n", None);
-        }
+        // Not empty: some hosts hand an empty value back as no value at all.
+        store::create_if_missing(store, &key, b"#\n");
     }
 }
 
@@ -216,18 +213,11 @@ pub fn pending(store: &dyn SharedStore, ns: &str, now: u64) -> Vec<DenyEntry> {
 
 /// The store has `entry`: it no longer waits.
 pub fn written(store: &dyn SharedStore, ns: &str, entry: &DenyEntry, now: u64) {
-    let key = pending_key(ns);
-    for _ in 0..CAS_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(&key) else {
-            return;
-        };
-        let mut entries = parse(&bytes, now);
+    store::update(store, &pending_key(ns), |bytes| {
+        let mut entries = parse(bytes, now);
         entries.retain(|e| e != entry);
-        match store.set(&key, &serialize(&entries), Some(cas)) {
-            Err(StoreError::CasMismatch) => continue,
-            _ => return,
-        }
-    }
+        Some(serialize(&entries))
+    });
 }
 
 /// The process's list becomes what the store holds plus what waits for it.
@@ -290,42 +280,29 @@ pub fn first_sight(store: &dyn SharedStore, ns: &str, jti: &str, until: u64, now
     if jti.is_empty() || jti.len() > 256 || jti.chars().any(|c| c.is_control() || c == ' ') {
         return false;
     }
-    let key = jti_key(ns);
-    for _ in 0..CAS_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(&key) else {
-            return false;
-        };
-        let text = std::str::from_utf8(&bytes).unwrap_or("");
+    store::update(store, &jti_key(ns), |bytes| {
         let mut kept = String::from("#\n");
-        for line in text.lines() {
+        for line in std::str::from_utf8(bytes).unwrap_or("").lines() {
             let Some((at, seen)) = line.split_once(' ') else {
                 continue;
             };
             if at.parse::<u64>().is_ok_and(|at| now < at) {
                 if seen == jti {
-                    return false;
+                    return None;
                 }
                 kept.push_str(line);
                 kept.push('\n');
             }
         }
         kept.push_str(&format!("{until} {jti}\n"));
-        match store.set(&key, kept.as_bytes(), Some(cas)) {
-            Ok(()) => return true,
-            Err(StoreError::CasMismatch) => continue,
-            Err(StoreError::Failed) => return false,
-        }
-    }
-    false
+        Some(kept.into_bytes())
+    })
 }
 
 /// Merges entries into the list under `key` (dropping the expired ones).
 fn merge_into(store: &dyn SharedStore, key: &str, new: &[DenyEntry], now: u64) -> bool {
-    for _ in 0..CAS_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(key) else {
-            return false;
-        };
-        let mut entries = parse(&bytes, now);
+    store::update(store, key, |bytes| {
+        let mut entries = parse(bytes, now);
         for e in new.iter().filter(|e| e.is_storable() && now < e.until) {
             if !entries
                 .iter()
@@ -339,13 +316,8 @@ fn merge_into(store: &dyn SharedStore, key: &str, new: &[DenyEntry], now: u64) -
             entries.sort_by_key(|e| std::cmp::Reverse(e.until));
             entries.truncate(MAX_ENTRIES);
         }
-        match store.set(key, &serialize(&entries), Some(cas)) {
-            Ok(()) => return true,
-            Err(StoreError::CasMismatch) => continue,
-            Err(StoreError::Failed) => return false,
-        }
-    }
-    false
+        Some(serialize(&entries))
+    })
 }
 
 /// The process's list as of now, with the entry's version: `None` when it has not changed since
