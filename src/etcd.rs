@@ -27,6 +27,16 @@ pub enum StoreError {
     Garbled,
 }
 
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreError::Unavailable => "unavailable or slow (no answer, or no quorum)",
+            StoreError::LeaseNotFound => "a lease ran out before its key was written",
+            StoreError::Garbled => "an answer that is not etcd's (or too large)",
+        })
+    }
+}
+
 fn post(path: &str, body: serde_json::Value) -> IdpRequest {
     IdpRequest {
         method: "POST",
@@ -103,6 +113,11 @@ pub fn create_all_if_absent(
             "failure": [{"request_range": {"key": k}}],
         }),
     )
+}
+
+/// One key, with its value (none when it does not exist).
+pub fn get(key: &str) -> IdpRequest {
+    post("/v3/kv/range", json!({"key": b64(key.as_bytes())}))
 }
 
 /// Every key under `prefix`, with its value.
@@ -272,6 +287,7 @@ mod tests {
             json!({"key":"YmZmL3Av","range_end":"YmZmL3Aw"})
         );
         assert_eq!(json_of(&lease_grant(10)), json!({"TTL": 10}));
+        assert_eq!(json_of(&get("bff/k1")), json!({"key":"YmZmL2sx"}));
         assert_eq!(
             json_of(&put("bff/p/a", b"A", 0)),
             json!({"key":"YmZmL3AvYQ==","value":"QQ=="})

@@ -25,6 +25,7 @@ mod client_token;
 mod host;
 mod metadata;
 mod paused;
+mod refresh_claim;
 mod store_sync;
 #[cfg(test)]
 mod tests;
@@ -81,14 +82,22 @@ pub struct Resume {
 
 /// Who an IdP call in flight belongs to (the VM's metadata fetches are in [`Metadata`]).
 enum Call {
-    /// A refresh this VM sends for any request of the session.
-    Refresh(Box<RefreshNeeded>),
+    /// A refresh this VM sends for any request of the session; `in_store`: claimed in the
+    /// store too, so its outcome goes there.
+    Refresh {
+        needed: Box<RefreshNeeded>,
+        in_store: bool,
+    },
     /// A paused request's own call.
     Stream(u32),
     /// The client-credentials grant for the filter's own token.
     ClientToken,
-    /// A call to the store (etcd).
+    /// A call to the store (etcd) for the deny list.
     Store(store_sync::StoreCall),
+    /// A refresh's claim in the store.
+    StoreClaim(Box<refresh_claim::Claiming>),
+    /// A refresh's outcome on its way into the store.
+    StorePublish(Box<refresh_claim::Publishing>),
 }
 
 pub struct Engine {
@@ -107,6 +116,8 @@ pub struct Engine {
     /// calls outlive any request: the IdP rotates the refresh token when it answers, so an
     /// answer lost with a request that left would leave the session with a spent token.
     refreshes_due: Vec<RefreshNeeded>,
+    /// Refreshes another replica claimed in the store, read again at their time.
+    claims_read_later: Vec<refresh_claim::Claiming>,
     /// The clock as the last tick read it (0 before the first): what a request decides by.
     tick_ms: u64,
     /// This VM's copy of the client token (the shared entry is the truth).
@@ -140,6 +151,7 @@ impl Engine {
             calling: HashMap::new(),
             calls: HashMap::new(),
             refreshes_due: Vec::new(),
+            claims_read_later: Vec::new(),
             tick_ms: 0,
             client_token: None,
             client_token_due: false,
@@ -207,10 +219,16 @@ impl Engine {
             return;
         }
         match self.calls.remove(&token) {
-            Some(Call::Refresh(needed)) => self.refresh_answered(&needed, &answer, host),
+            Some(Call::Refresh { needed, in_store }) => {
+                self.refresh_answered(&needed, in_store, &answer, host)
+            }
             Some(Call::Stream(context_id)) => self.stream_answered(context_id, token, answer, host),
             Some(Call::ClientToken) => self.client_token_answered(&answer, host),
             Some(Call::Store(what)) => self.store_answered(what, &answer, host),
+            Some(Call::StoreClaim(claiming)) => self.claim_answered(*claiming, &answer, host),
+            Some(Call::StorePublish(publishing)) => {
+                self.publish_answered(*publishing, &answer, host)
+            }
             None => host.log(
                 Level::Debug,
                 "bff: an IdP answer for a request that is gone",
@@ -230,6 +248,7 @@ impl Engine {
             self.meta.sync(&self.config, &self.ns, host);
         }
         self.send_refreshes(host);
+        self.read_claims(host);
         self.fetch_if_due(host);
         self.sync_store(host);
         self.load_deny_list(host);
@@ -456,11 +475,13 @@ impl Engine {
     }
 
     /// How long a request waits for the provider, keys or a refresh: long enough for one
-    /// retry after a failed fetch, then one more call.
+    /// retry after a failed fetch, then one more call (with a store, and for another
+    /// replica's refresh claim).
     fn wait_bound(&self, host: &dyn Host) -> u64 {
         host.now_ms()
             .saturating_add(millis(self.config.idp_timeout))
             .saturating_add(RETRY_AFTER_FAILURE_MS + 1_000)
+            .saturating_add(self.store_wait_ms())
     }
 
     fn fetch_if_due(&mut self, host: &mut dyn Host) {
@@ -573,23 +594,29 @@ impl Engine {
         }
     }
 
-    /// Sends the refreshes requests won and the client-token grant (from the root context, so
-    /// the answers come to it).
+    /// Sends the refreshes requests won (through the store's claim when there is one) and the
+    /// client-token grant, from the root context, so the answers come to it.
     fn send_refreshes(&mut self, host: &mut dyn Host) {
         self.send_client_token_grant(host);
         for needed in mem::take(&mut self.refreshes_due) {
-            let config = &self.config;
-            match host.dispatch(&config.idp_cluster, &needed.request, config.idp_timeout) {
-                Ok(token) => {
-                    self.calls.insert(token, Call::Refresh(Box::new(needed)));
-                }
-                Err(why) => {
-                    host.log(
-                        Level::Error,
-                        &format!("bff: cannot call the token endpoint to refresh: {why}"),
-                    );
-                    self.refreshed(&needed.id, Outcome::Unavailable, host);
-                }
+            self.start_refresh(needed, host);
+        }
+    }
+
+    /// Sends a refresh to the IdP; `in_store`: it was claimed in the store.
+    fn send_refresh(&mut self, needed: RefreshNeeded, in_store: bool, host: &mut dyn Host) {
+        let config = &self.config;
+        match host.dispatch(&config.idp_cluster, &needed.request, config.idp_timeout) {
+            Ok(token) => {
+                let needed = Box::new(needed);
+                self.calls.insert(token, Call::Refresh { needed, in_store });
+            }
+            Err(why) => {
+                host.log(
+                    Level::Error,
+                    &format!("bff: cannot call the token endpoint to refresh: {why}"),
+                );
+                self.refreshed_by_us(&needed.id, in_store, Outcome::Unavailable, host);
             }
         }
     }
@@ -598,6 +625,7 @@ impl Engine {
     fn refresh_answered(
         &mut self,
         needed: &RefreshNeeded,
+        in_store: bool,
         answer: &IdpAnswer,
         host: &mut dyn Host,
     ) {
@@ -621,7 +649,22 @@ impl Engine {
             Outcome::Superseded { .. } => Counter::RefreshesSuperseded,
             _ => Counter::RefreshesFailed,
         });
-        self.refreshed(&needed.id, outcome, host);
+        self.refreshed_by_us(&needed.id, in_store, outcome, host);
+    }
+
+    /// The outcome of a refresh this VM sent: for the other replicas too when it claimed it
+    /// in the store.
+    fn refreshed_by_us(
+        &mut self,
+        id: &RefreshId,
+        in_store: bool,
+        outcome: Outcome,
+        host: &mut dyn Host,
+    ) {
+        if in_store {
+            self.publish_in_store(id, &outcome, host);
+        }
+        self.refreshed(id, outcome, host);
     }
 
     /// Publishes a refresh's outcome to every worker and hands it to this VM's waiters.

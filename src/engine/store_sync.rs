@@ -14,6 +14,9 @@ use crate::session::deny::{self, DenyEntry};
 const WRITES_PER_ROUND: usize = 64;
 /// A store failure is logged at most this often (it is counted every time).
 const LOG_EVERY_MS: u64 = 60_000;
+/// What holds while the deny list's store calls fail: what waits for the store is written
+/// when it answers again.
+const DENY_LIST_HOLDS: &str = "the last deny list holds, logouts wait to be written";
 /// Leases outlive the sessions they cover by this much (clock differences between replicas).
 const LEASE_MARGIN_S: u64 = 60;
 
@@ -108,7 +111,7 @@ impl Engine {
             }
             Err(why) => {
                 let why = format!("cannot call cluster {}: {why}", store.cluster);
-                self.store_failed(&why, host);
+                self.store_failed(&why, DENY_LIST_HOLDS, host);
             }
         }
     }
@@ -156,27 +159,16 @@ impl Engine {
             self.store_call(what, true, host);
             return;
         }
-        let why = match e {
-            StoreError::Unavailable => "unavailable or slow (no answer, or no quorum)",
-            StoreError::LeaseNotFound => "a lease ran out before its key was written",
-            StoreError::Garbled => "an answer that is not etcd's (or too large)",
-        };
-        self.store_failed(why, host);
+        self.store_failed(&e.to_string(), DENY_LIST_HOLDS, host);
     }
 
-    /// Counted every time, logged at most once a minute: the last list holds meanwhile, and
-    /// what waits for the store is written when it answers again.
-    fn store_failed(&mut self, why: &str, host: &mut dyn Host) {
+    /// Counted every time, logged at most once a minute, with what holds `meanwhile`.
+    pub(super) fn store_failed(&mut self, why: &str, meanwhile: &str, host: &mut dyn Host) {
         host.count(Counter::StoreFailures);
         let now_ms = host.now_ms();
         if self.store_logged_ms == 0 || now_ms >= self.store_logged_ms + LOG_EVERY_MS {
             self.store_logged_ms = now_ms;
-            host.log(
-                Level::Warn,
-                &format!(
-                    "bff: the store: {why}; the last deny list holds, logouts wait to be written"
-                ),
-            );
+            host.log(Level::Warn, &format!("bff: the store: {why}; {meanwhile}"));
         }
     }
 }

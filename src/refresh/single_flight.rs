@@ -32,6 +32,11 @@ const CAS_ATTEMPTS: usize = 16;
 pub struct RefreshId(String);
 
 impl RefreshId {
+    /// The digest as text (URL-safe base64): safe in a shared-data or store key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn of(refresh_token: &Secret) -> RefreshId {
         let digest = Sha256::new()
             .chain_update(b"envoy-bff refresh\0")
@@ -64,7 +69,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn encode(&self) -> String {
+    /// One line of text (the sealed session is URL-safe base64 and dots).
+    pub fn encode(&self) -> String {
         match self {
             Outcome::Renewed(sealed) => format!("renewed {sealed}"),
             Outcome::Ended => "ended".to_string(),
@@ -73,7 +79,7 @@ impl Outcome {
         }
     }
 
-    fn decode(s: &str) -> Option<Outcome> {
+    pub fn decode(s: &str) -> Option<Outcome> {
         match s.split_once(' ') {
             Some(("renewed", sealed)) => Some(Outcome::Renewed(sealed.to_string())),
             Some(("superseded", until)) => Some(Outcome::Superseded {
@@ -89,6 +95,14 @@ impl Outcome {
         match self {
             Outcome::Unavailable => UNAVAILABLE_TTL_S,
             _ => RESULT_TTL_S,
+        }
+    }
+
+    /// How long, from `now`, the outcome is to be acted on (at least a second).
+    pub fn lifetime(&self, now: u64) -> u64 {
+        match self {
+            Outcome::Superseded { until } => until.saturating_sub(now).max(1),
+            _ => self.ttl(),
         }
     }
 }
