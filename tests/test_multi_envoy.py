@@ -21,21 +21,18 @@ refresh-race tests below.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 
 import pytest
 import requests
 
 from harness import SESSION
-from harness.envoy import KEY_A, KEY_B, Envoy, discovery_only, query_of, set_cookies, start_envoy
+from harness.envoy import (KEY_A, KEY_B, Envoy, deleted, discovery_only, query_of, renewed_cookie,
+                           set_cookies, start_envoy)
 from harness.idp import Idp, login_at_idp, start_idp
-from harness.lb import INTERNAL_HOST, LoadBalancer, SteeredBrowser, start_lb
+from harness.lb import INTERNAL_HOST, LoadBalancer, SteeredBrowser, api_call, start_lb, wait_until_due
 from harness.procs import ProcessGroup, free_port
 from harness.upstream import start_echo
-
-LEEWAY_S = 60  # the filter's default session.refresh_leeway_s
-
 
 @dataclass
 class Deployment:
@@ -114,24 +111,8 @@ def token(r: requests.Response) -> str:
     return auth
 
 
-def raw_call(d: Deployment, cookie: str, backend: str) -> requests.Response:
-    """An API call with exactly this Cookie header, outside any browser's jar."""
-    return requests.get(d.lb.url("/private/api/me"), timeout=20, headers={
-        "Cookie": cookie, "Accept": "application/json", "X-CSRF": "1", "Sec-Fetch-Mode": "cors",
-        "x-backend": backend})
-
-
 def refreshes(d: Deployment) -> int:
     return d.idp.stats()["refresh_requests"]
-
-
-def wait_until_due(b: SteeredBrowser) -> None:
-    """Sleep until the session's access token is within the leeway of expiry (whole seconds,
-    hence the extra second). The session endpoint only reports: it never refreshes."""
-    info = b.on("a").get("/private/session", navigate=False)
-    assert info.status_code == 200, info.text
-    due = info.json()["access_token_expires_at"] - LEEWAY_S
-    time.sleep(max(0.0, due - time.time()) + 1.1)
 
 
 def key_id(sealed: str) -> str:
@@ -139,16 +120,6 @@ def key_id(sealed: str) -> str:
     version, kid, _ = sealed.split(".", 2)
     assert version == "v1", sealed
     return kid
-
-
-def renewed_cookie(r: requests.Response) -> str | None:
-    c = set_cookies(r).get(SESSION)
-    return None if c is None or c["attrs"].get("max-age") == "0" else c["value"]
-
-
-def deleted(r: requests.Response) -> bool:
-    c = set_cookies(r).get(SESSION)
-    return c is not None and c["attrs"].get("max-age") == "0"
 
 
 # --- any Envoy serves any session ------------------------------------------------------------
@@ -265,7 +236,7 @@ def test_concurrent_requests_of_one_session_on_two_envoys_both_refresh(pair):
 
     def call(backend):
         barrier.wait()
-        results[backend] = raw_call(d, cookie, backend)
+        results[backend] = api_call(d.lb, cookie, backend)
 
     threads = [threading.Thread(target=call, args=(n,)) for n in "ab"]
     for t in threads:
@@ -281,7 +252,7 @@ def test_concurrent_requests_of_one_session_on_two_envoys_both_refresh(pair):
     assert superseded == 1
     # The old cookie goes on (with its token, while it lasts) on both, without a new grant.
     for backend in "ab":
-        assert raw_call(d, cookie, backend).status_code == 200
+        assert api_call(d.lb, cookie, backend).status_code == 200
     assert refreshes(d) == before + 2
     d.assert_healthy()
 
@@ -301,16 +272,16 @@ def test_an_old_cookie_reaching_the_other_envoy_after_a_refresh_goes_on(pair):
     new_token = token(renewed)
     assert renewed_cookie(renewed)
     # Within one process the old cookie is answered from the stored outcome: no refresh.
-    again = raw_call(d, old_cookie, "a")
+    again = api_call(d.lb, old_cookie, "a")
     assert again.status_code == 200 and token(again) == new_token
     assert refreshes(d) == before + 1
     # On the other process it is a second use of the rotated refresh token: refused, but the
     # old token is still good, and the cookie is left alone.
-    stale = raw_call(d, old_cookie, "b")
+    stale = api_call(d.lb, old_cookie, "b")
     assert stale.status_code == 200 and not deleted(stale) and not renewed_cookie(stale)
     assert refreshes(d) == before + 2
     # Remembered: no third grant for the same refresh token.
-    assert raw_call(d, old_cookie, "b").status_code == 200
+    assert api_call(d.lb, old_cookie, "b").status_code == 200
     assert refreshes(d) == before + 2
     assert token(api(b, "b")) == new_token
     d.assert_healthy()
@@ -339,7 +310,7 @@ def test_a_burst_of_one_due_session_over_three_envoys_logs_nobody_out(procs):
 
     def call(i):
         barrier.wait()
-        r = raw_call(d, cookie, "abc"[i % 3])
+        r = api_call(d.lb, cookie, "abc"[i % 3])
         with lock:
             answers.append(r)
 
@@ -358,7 +329,7 @@ def test_a_burst_of_one_due_session_over_three_envoys_logs_nobody_out(procs):
     for value in {kept[-1], None}:
         jar = f"{SESSION}={value}" if value else cookie
         for backend in "abc":
-            assert raw_call(d, jar, backend).status_code == 200, (value is None, backend)
+            assert api_call(d.lb, jar, backend).status_code == 200, (value is None, backend)
     assert refreshes(d) - before == grants, "no grant after the burst"
     d.assert_healthy()
 
@@ -403,7 +374,7 @@ def test_a_key_rotation_new_key_first_has_a_relogin_window(procs):
     assert refreshes(d) == before + 1
 
     # The window: A still has only KEY_A and cannot open it.
-    probe = raw_call(d, b.cookie_header(), "a")
+    probe = api_call(d.lb, b.cookie_header(), "a")
     assert probe.status_code == 401 and probe.json()["error"] == "unauthenticated", probe.text
     assert deleted(probe), "a browser that reached A now has no session: it logs in again"
     assert refreshes(d) == before + 1, "A did not touch the IdP"

@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from harness import SESSION
 from harness.envoy import Browser, Envoy, discovery_only, start_envoy
-from harness.etcd import envoy_cluster, start_etcd, unb64
+from harness.etcd import envoy_cluster, start_etcd
 from harness.idp import logout_at_idp, start_idp
-from harness.lb import SteeredBrowser, start_lb
+from harness.lb import SteeredBrowser, api_call, start_lb
 from harness.procs import free_port
 from harness.upstream import start_echo
 
@@ -77,12 +77,6 @@ def signed_in(lb) -> SteeredBrowser:
     return b
 
 
-def call(lb, cookie: str, backend: str) -> requests.Response:
-    return requests.get(lb.url("/private/api/me"), timeout=20, headers={
-        "Cookie": cookie, "Accept": "application/json", "X-CSRF": "1", "Sec-Fetch-Mode": "cors",
-        "x-backend": backend})
-
-
 def deny_keys(etcd) -> dict[str, str]:
     return {k: v for k, v in etcd.get_prefix(STORE_PREFIX).items() if "/deny/" in k}
 
@@ -101,18 +95,18 @@ def test_a_logout_on_one_replica_ends_the_cookies_copies_on_the_others_within_2_
     b = signed_in(lb)
     copy = b.cookie_header()
     for name in REPLICAS:
-        assert call(lb, copy, name).status_code == 200, name
+        assert api_call(lb, copy, name).status_code == 200, name
     sid = logout(b, "a")
     started = time.monotonic()
     refused = set()
     while time.monotonic() - started < 2.0 and refused != {"b", "c"}:
         for name in ("b", "c"):
-            if call(lb, copy, name).status_code == 401:
+            if api_call(lb, copy, name).status_code == 401:
                 refused.add(name)
         time.sleep(0.05)
     assert refused == {"b", "c"}, f"still accepted by {set('bc') - refused} after 2 s"
     for name in REPLICAS:
-        r = call(lb, copy, name)
+        r = api_call(lb, copy, name)
         assert r.status_code == 401 and r.json()["error"] == "unauthenticated", (name, r.text)
     keys = deny_keys(etcd)
     assert len(keys) == 1, keys
@@ -128,7 +122,7 @@ def test_a_logout_on_one_replica_ends_the_cookies_copies_on_the_others_within_2_
 def refused_everywhere_within(lb, cookie: str, seconds: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < seconds:
-        if all(call(lb, cookie, name).status_code == 401 for name in REPLICAS):
+        if all(api_call(lb, cookie, name).status_code == 401 for name in REPLICAS):
             return time.monotonic() - started
         time.sleep(0.05)
     raise AssertionError(f"a copy of the cookie still works after {seconds} s")
@@ -166,7 +160,7 @@ def test_one_etcd_member_down_changes_nothing(replicas, etcd):
 def timed_calls(lb, cookie: str, n: int = 30) -> list[float]:
     out = []
     for i in range(n):
-        r = call(lb, cookie, REPLICAS[i % 3])
+        r = api_call(lb, cookie, REPLICAS[i % 3])
         assert r.status_code == 200, r.text
         out.append(r.elapsed.total_seconds())
     return out
@@ -185,7 +179,7 @@ def test_without_etcd_requests_go_on_at_the_same_speed_and_logouts_wait_for_it(r
         copy = b.cookie_header()
         sid = logout(b, "c")
         # Replica c refuses the copy at once; the others cannot know yet.
-        assert call(lb, copy, "c").status_code == 401
+        assert api_call(lb, copy, "c").status_code == 401
         failures = sum(e.counters().get("store_failures", 0) for e in bffs.values())
         time.sleep(1.5)
         assert sum(e.counters()["store_failures"] for e in bffs.values()) > failures
@@ -195,10 +189,10 @@ def test_without_etcd_requests_go_on_at_the_same_speed_and_logouts_wait_for_it(r
     # The pending entry is written, and every replica refuses the copy.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(
-            call(lb, copy, name).status_code != 401 for name in REPLICAS):
+            api_call(lb, copy, name).status_code != 401 for name in REPLICAS):
         time.sleep(0.2)
     for name in REPLICAS:
-        assert call(lb, copy, name).status_code == 401, name
+        assert api_call(lb, copy, name).status_code == 401, name
     assert any(k.endswith(f"/deny/s/{sid}") for k in deny_keys(etcd)), "written after the outage"
     for envoy in bffs.values():
         assert envoy.alive()
@@ -233,7 +227,7 @@ def test_ending_the_idp_session_ends_the_session_on_every_replica(replicas):
     b = signed_in(lb)
     copy = b.cookie_header()
     for name in REPLICAS:
-        assert call(lb, copy, name).status_code == 200
+        assert api_call(lb, copy, name).status_code == 200
     posted = idp.stats()["backchannel_ok"]
     # The user signs out at the IdP itself (another app's logout, say): not through the BFF.
     logout_at_idp(b.idp, idp.discovery()["end_session_endpoint"])
@@ -241,7 +235,7 @@ def test_ending_the_idp_session_ends_the_session_on_every_replica(replicas):
     # Recorded in the store before the 200: every replica refuses it from its next round.
     refused_everywhere_within(lb, copy, 2.0)
     other = signed_in(lb)
-    assert call(lb, other.cookie_header(), "b").status_code == 200, "a new login is fine"
+    assert api_call(lb, other.cookie_header(), "b").status_code == 200, "a new login is fine"
 
 
 def b64url(data: bytes) -> str:
@@ -296,7 +290,7 @@ def test_bad_logout_tokens_get_400_and_change_nothing(replicas, idp_keys):
     assert replay.status_code == 400 and "already received" in replay.text, replay.text
     time.sleep(1.5)
     for name in REPLICAS:
-        assert call(lb, b.cookie_header(), name).status_code == 200, name
+        assert api_call(lb, b.cookie_header(), name).status_code == 200, name
     refused = sum(e.counters()["backchannel_refused"] for e in bffs.values())
     assert refused == len(cases) + 1
     assert requests.get(lb.url("/private/backchannel-logout"), timeout=10).status_code == 405

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 
@@ -316,6 +314,18 @@ def set_cookies(response: requests.Response) -> dict[str, dict]:
             attrs[k.lower()] = v if v else True
         out[name] = {"value": value, "attrs": attrs, "raw": header}
     return out
+
+
+def renewed_cookie(r: requests.Response) -> str | None:
+    """The new session cookie value a response sets, if it sets one (not a deletion)."""
+    c = set_cookies(r).get(SESSION)
+    return None if c is None or c["attrs"].get("max-age") == "0" else c["value"]
+
+
+def deleted(r: requests.Response) -> bool:
+    """Whether the response deletes the session cookie."""
+    c = set_cookies(r).get(SESSION)
+    return c is not None and c["attrs"].get("max-age") == "0"
 
 
 class Browser:

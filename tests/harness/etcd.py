@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import atexit
 import base64
-import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
@@ -148,14 +146,8 @@ class EtcdCluster:
     def kill(self, i: int) -> None:
         """SIGKILL member i by its PID and reap it: a crash, not a clean shutdown."""
         m = self.members[i]
-        if m.running():
-            try:
-                os.kill(m.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            m.process.popen.wait(timeout=10)
         if m.process is not None:
-            m.process.stop()  # closes its log; the PID is already gone
+            m.process.kill()
 
     def restart(self, i: int, wait: bool = True, timeout: float = 30.0) -> None:
         """Start member i again (killed first if running) on its data dir and ports; with

@@ -69,6 +69,13 @@ class Idp(Provider):
         r.raise_for_status()
         return r.json()
 
+    def hold_token_requests(self, count: int = 1, ms: int = 10_000) -> None:
+        """Test hook: the next `count` token-endpoint POSTs wait up to `ms` before the provider
+        sees them; one whose client went away meanwhile is dropped unseen
+        (stats()["token_requests_dropped"])."""
+        r = requests.post(self.url(f"/test/hold-token-requests?count={count}&ms={ms}"), timeout=10)
+        r.raise_for_status()
+
     def revoke_all(self) -> int:
         """Test hook POST /test/revoke-all: every grant so far loses its codes, access and
         refresh tokens (the next refresh is invalid_grant). Returns how many grants."""

@@ -16,6 +16,7 @@ Every answer carries `x-served-by: 127.0.0.1:<port>` (the backend that answered)
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import requests
@@ -127,3 +128,24 @@ class SteeredBrowser(Browser):
         """Steer the next requests to `backend`; returns self, for b.on("a").get(...)."""
         self.backend = backend
         return self
+
+
+# The filter's default session.refresh_leeway_s: a session falls due that long before expiry.
+LEEWAY_S = 60
+
+
+def api_call(lb: LoadBalancer, cookie: str, backend: str) -> requests.Response:
+    """An API call to /private/api/me with exactly this Cookie header (outside any browser's
+    jar), steered to `backend`."""
+    return requests.get(lb.url("/private/api/me"), timeout=20, headers={
+        "Cookie": cookie, "Accept": "application/json", "X-CSRF": "1", "Sec-Fetch-Mode": "cors",
+        STEER_HEADER: backend})
+
+
+def wait_until_due(b: SteeredBrowser) -> None:
+    """Sleep until the session's access token is within the leeway of expiry (whole seconds,
+    hence the extra second). The session endpoint only reports: it never refreshes."""
+    info = b.on("a").get("/private/session", navigate=False)
+    assert info.status_code == 200, info.text
+    due = info.json()["access_token_expires_at"] - LEEWAY_S
+    time.sleep(max(0.0, due - time.time()) + 1.1)

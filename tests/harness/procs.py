@@ -95,6 +95,16 @@ class Process:
         for t in self._threads:
             t.join(timeout=2)
 
+    def kill(self) -> None:
+        """SIGKILL this PID and reap it: a crash, not a clean shutdown."""
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(timeout=10)
+        self.stop()  # closes the log; the PID is already gone
+
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM this PID, wait up to `grace` seconds, then SIGKILL. Idempotent."""
         if self.popen.poll() is None:

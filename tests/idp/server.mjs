@@ -68,6 +68,10 @@
 //     backchannel_ok / backchannel_failed  back-channel logouts posted, answered 200 or not
 //   Failed requests count too: they are counted by a middleware before the provider answers.
 //   IDP_REFRESH_DELAY_MS=N holds every refresh answer N ms after the refresh token was rotated.
+//   POST /test/hold-token-requests?count=N&ms=M -> {"held": N}
+//     the next N POSTs to the token endpoint wait up to M ms before the provider sees them;
+//     one whose client went away meanwhile (its Envoy was killed) is dropped unseen, as if it
+//     had never arrived (counted as token_requests_dropped, in no grant's count).
 //   POST /test/revoke-all -> {"revoked_grants": N}
 //     revokes every grant issued so far with all its codes, access and refresh tokens, so the
 //     next refresh of any of them is invalid_grant. IdP login sessions are kept (a new
@@ -491,7 +495,20 @@ const stats = {
   client_credentials_requests: 0,
   backchannel_ok: 0,
   backchannel_failed: 0,
+  token_requests_dropped: 0,
 };
+// The test hook's hold on the next token-endpoint POSTs.
+const hold = { count: 0, ms: 0 };
+
+// Waits up to `ms` for the request's client to go away; true if it did.
+function clientLeftWithin(req, ms) {
+  const socket = req.socket;
+  if (socket.destroyed) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(socket.destroyed), ms);
+    socket.once('close', () => { clearTimeout(timer); resolve(true); });
+  });
+}
 // Back-channel logouts this IdP posted: answered 200/204, or not.
 provider.on('backchannel.success', () => { stats.backchannel_ok += 1; });
 provider.on('backchannel.error', (_ctx, err) => {
@@ -516,6 +533,14 @@ provider.use(async (ctx, next) => {
           error: 'invalid_request',
           error_description: 'Authorization: Basic credentials must be standard, padded base64 (RFC 7617, RFC 4648 section 4)',
         };
+        return;
+      }
+    }
+    if (isToken && hold.count > 0) {
+      hold.count -= 1;
+      if (await clientLeftWithin(ctx.req, hold.ms)) {
+        stats.token_requests_dropped += 1;
+        ctx.respond = false;
         return;
       }
     }
@@ -670,6 +695,15 @@ const server = http.createServer({ maxHeaderSize: 64 * 1024 }, async (req, res) 
       const body = JSON.stringify(stats);
       res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
       res.end(body);
+      return;
+    }
+    if (req.method === 'POST' && pathname === '/test/hold-token-requests') {
+      req.resume(); // any body is ignored
+      const query = new URL(req.url, 'http://idp.invalid').searchParams;
+      hold.count = Number(query.get('count') ?? '1');
+      hold.ms = Number(query.get('ms') ?? '10000');
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(JSON.stringify({ held: hold.count }));
       return;
     }
     if (req.method === 'POST' && pathname === '/test/revoke-all') {
