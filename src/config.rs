@@ -16,6 +16,8 @@ use std::time::Duration;
 pub const DEFAULT_PREFIX: &str = "/private";
 pub const DEFAULT_COOKIE_NAME: &str = "__Host-bff-session";
 pub const DEFAULT_CLIENT_SECRET_ENV: &str = "BFF_CLIENT_SECRET";
+/// Where the store user's password is read from, unless `store.password` says otherwise.
+pub const DEFAULT_STORE_PASSWORD_ENV: &str = "BFF_STORE_PASSWORD";
 pub const DEFAULT_COOKIE_KEYS_ENV: &str = "BFF_COOKIE_KEYS";
 /// Envoy's `jwt_authn` `payload_in_metadata` name the filter reads by default.
 pub const DEFAULT_JWT_PAYLOAD: &str = "jwt_payload";
@@ -106,6 +108,8 @@ struct RawStore {
     prefix: Option<String>,
     timeout_ms: Option<u64>,
     sync_interval_ms: Option<u64>,
+    username: Option<String>,
+    password: Option<RawSecret>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,6 +360,15 @@ pub struct Store {
     pub timeout: Duration,
     /// How often each Envoy process reads the deny list.
     pub sync_interval_ms: u64,
+    /// etcd's own authentication (user and password), when the cluster's client certificate
+    /// is not the credential.
+    pub auth: Option<StoreAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreAuth {
+    pub username: String,
+    pub password: Secret,
 }
 
 /// One problem with one field.
@@ -601,7 +614,7 @@ impl Config {
             raw.client_credentials.unwrap_or_default(),
             &resources,
         );
-        let store = raw.store.map(|r| r.check(&mut p));
+        let store = raw.store.map(|r| r.check(&mut p, env));
         let metrics_prefix = check_metrics_prefix(&mut p, raw.metrics_prefix);
         let upstream_token = raw.upstream_token.unwrap_or_default().check(&mut p);
         let session = raw.session.unwrap_or_default().check(&mut p);
@@ -1174,7 +1187,7 @@ fn check_jwt_authn(p: &mut Problems, raw: RawJwtAuthn) -> String {
 }
 
 impl RawStore {
-    fn check(self, p: &mut Problems) -> Store {
+    fn check(self, p: &mut Problems, env: &dyn Fn(&str) -> Option<String>) -> Store {
         let cluster = p.required("store.cluster", self.cluster);
         let prefix = self.prefix.unwrap_or_else(|| "envoy-bff/".to_string());
         if prefix.is_empty() || prefix.chars().any(|c| c.is_control()) {
@@ -1191,11 +1204,27 @@ impl RawStore {
             1000,
             100..=1000,
         );
+        let auth = match (self.username, self.password) {
+            (Some(username), password) => {
+                if username.is_empty() || username.chars().any(|c| c.is_control()) {
+                    p.add("store.username", "must be an etcd user name");
+                }
+                let password =
+                    p.secret("store.password", password, DEFAULT_STORE_PASSWORD_ENV, env);
+                password.map(|password| StoreAuth { username, password })
+            }
+            (None, Some(_)) => {
+                p.add("store.password", "needs store.username");
+                None
+            }
+            (None, None) => None,
+        };
         Store {
             cluster,
             prefix,
             timeout: Duration::from_millis(timeout),
             sync_interval_ms,
+            auth,
         }
     }
 }
@@ -1392,6 +1421,36 @@ pub(crate) mod tests {
         let text = errs.to_string();
         assert!(text.contains("client_secret: environment variable BFF_CLIENT_SECRET is not set"));
         assert!(text.contains("cookie_keys: environment variable BFF_COOKIE_KEYS is not set"));
+    }
+
+    #[test]
+    fn a_store_user_takes_its_password_from_the_environment() {
+        let mut v = minimal_json();
+        v["store"] = serde_json::json!({"cluster": "etcd", "username": "bff"});
+        let env = |name: &str| (name == "BFF_STORE_PASSWORD").then(|| "pw".to_string());
+        let c = Config::parse(v.to_string().as_bytes(), &env).unwrap();
+        let auth = c.store.unwrap().auth.unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.expose()),
+            ("bff", "pw")
+        );
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("store.password: environment variable BFF_STORE_PASSWORD is not set"),
+            "{text}"
+        );
+        v["store"] = serde_json::json!({"cluster": "etcd", "password": {"env": "X"}});
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("store.password: needs store.username"),
+            "{text}"
+        );
+        v["store"] = serde_json::json!({"cluster": "etcd"});
+        assert_eq!(config_from(v).store.unwrap().auth, None);
     }
 
     #[test]

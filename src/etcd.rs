@@ -23,6 +23,10 @@ pub enum StoreError {
     Unavailable,
     /// The lease named is gone (404, gRPC code 5).
     LeaseNotFound,
+    /// The sign-in token is missing, expired or revoked (401, gRPC code 16): sign in again.
+    Unauthenticated,
+    /// The user may not do this (403), or the user name or password is wrong.
+    Refused,
     /// An answer that is not the gateway's, or too large.
     Garbled,
 }
@@ -32,6 +36,11 @@ impl std::fmt::Display for StoreError {
         f.write_str(match self {
             StoreError::Unavailable => "unavailable or slow (no answer, or no quorum)",
             StoreError::LeaseNotFound => "a lease ran out before its key was written",
+            StoreError::Unauthenticated => "its sign-in token ran out (signing in again)",
+            StoreError::Refused => {
+                "refused: a wrong store.username or password, etcd's authentication on without \
+                 store.username, or a user without read-write permission on store.prefix"
+            }
             StoreError::Garbled => "an answer that is not etcd's (or too large)",
         })
     }
@@ -62,6 +71,21 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     }
     // All 0xff (or empty): every key from there on.
     vec![0]
+}
+
+/// Signs in as an etcd user: the answer's token goes in the `Authorization` header of the
+/// calls that follow.
+pub fn authenticate(username: &str, password: &str) -> IdpRequest {
+    post(
+        "/v3/auth/authenticate",
+        json!({"name": username, "password": password}),
+    )
+}
+
+/// The header a signed-in call carries.
+pub fn signed_in(mut request: IdpRequest, token: &str) -> IdpRequest {
+    request.headers.push(("authorization", token.to_string()));
+    request
 }
 
 /// A lease of `ttl_s` seconds, for keys that must vanish on their own.
@@ -160,6 +184,11 @@ struct TxnResponse {
 }
 
 #[derive(Deserialize)]
+struct Authenticated {
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct GatewayError {
     code: Option<i64>,
 }
@@ -169,16 +198,18 @@ fn body(answer: &IdpAnswer) -> Result<&[u8], StoreError> {
     if answer.body.len() > MAX_ANSWER {
         return Err(StoreError::Garbled);
     }
+    let code = || {
+        serde_json::from_slice::<GatewayError>(&answer.body)
+            .ok()
+            .and_then(|e| e.code)
+    };
     match answer.status {
         Some(200) => Ok(&answer.body),
-        Some(404)
-            if serde_json::from_slice::<GatewayError>(&answer.body)
-                .ok()
-                .and_then(|e| e.code)
-                == Some(5) =>
-        {
-            Err(StoreError::LeaseNotFound)
-        }
+        Some(404) if code() == Some(5) => Err(StoreError::LeaseNotFound),
+        // A wrong user name or password, or no user name where etcd wants one.
+        Some(400) if code() == Some(3) => Err(StoreError::Refused),
+        Some(401) => Err(StoreError::Unauthenticated),
+        Some(403) => Err(StoreError::Refused),
         None | Some(500..=599) => Err(StoreError::Unavailable),
         Some(_) => Err(StoreError::Garbled),
     }
@@ -210,6 +241,16 @@ pub fn read_lease(answer: &IdpAnswer) -> Result<u64, StoreError> {
         _ => None,
     };
     id.filter(|id| *id != 0).ok_or(StoreError::Garbled)
+}
+
+/// A sign-in's token.
+pub fn read_token(answer: &IdpAnswer) -> Result<String, StoreError> {
+    let signed: Authenticated = parse(body(answer)?)?;
+    // Sent back in a header: a token Envoy could not send as one is no token.
+    signed
+        .token
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or(StoreError::Garbled)
 }
 
 /// A put's (or delete's) answer: done or not.
@@ -328,6 +369,47 @@ mod tests {
         // No results: neither kvs nor count.
         assert_eq!(read_range(&answer(200, r#"{"header":{}}"#)), Ok(vec![]));
         assert_eq!(read_done(&answer(200, r#"{"header":{}}"#)), Ok(()));
+        // As etcd 3.4's gateway answers a sign-in, a wrong password, and a stale token.
+        let signed = answer(
+            200,
+            r#"{"header":{"cluster_id":"1","revision":"5"},"token":"hvNbnLdYrRrUnvPn.17"}"#,
+        );
+        assert_eq!(read_token(&signed), Ok("hvNbnLdYrRrUnvPn.17".to_string()));
+        let wrong = answer(
+            400,
+            r#"{"error":"etcdserver: authentication failed, invalid user ID or password","code":3,"message":"etcdserver: authentication failed, invalid user ID or password"}"#,
+        );
+        assert_eq!(read_token(&wrong), Err(StoreError::Refused));
+        let stale = answer(
+            401,
+            r#"{"error":"etcdserver: invalid auth token","code":16}"#,
+        );
+        assert_eq!(read_range(&stale), Err(StoreError::Unauthenticated));
+        assert_eq!(
+            read_done(&answer(
+                403,
+                r#"{"error":"etcdserver: permission denied","code":7}"#
+            )),
+            Err(StoreError::Refused)
+        );
+        for garbage in [
+            r#"{"header":{}}"#,
+            r#"{"header":{},"token":"a\nb"}"#,
+            r#"{"token":"x"}"#,
+        ] {
+            assert_eq!(
+                read_token(&answer(200, garbage)),
+                Err(StoreError::Garbled),
+                "{garbage}"
+            );
+        }
+        let sign_in = authenticate("bff", "pw");
+        assert_eq!(json_of(&sign_in), json!({"name": "bff", "password": "pw"}));
+        assert_eq!(sign_in.path, "/v3/auth/authenticate");
+        let get = signed_in(get("k"), "tok.1");
+        assert!(get
+            .headers
+            .contains(&("authorization", "tok.1".to_string())));
     }
 
     #[test]

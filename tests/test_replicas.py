@@ -38,8 +38,9 @@ def etcd(procs):
     return start_etcd(procs, members=3)
 
 
-# A lone Envoy whose store cluster answers garbage (the last test); the IdP knows its callback.
+# Lone Envoys (a store answering garbage; etcd with authentication): the IdP knows their callbacks.
 GARBAGE_PORT = free_port()
+AUTH_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,8 @@ def idp_keys(tmp_path_factory) -> Path:
 def replicas(procs, etcd, idp_keys):
     lb_port = free_port()
     idp = start_idp(procs, [f"http://127.0.0.1:{lb_port}/private/callback",
-                            f"http://127.0.0.1:{GARBAGE_PORT}/private/callback"],
+                            f"http://127.0.0.1:{GARBAGE_PORT}/private/callback",
+                            f"http://127.0.0.1:{AUTH_PORT}/private/callback"],
                     post_logout_redirect_uris=[f"http://127.0.0.1:{lb_port}/"],
                     env_overrides={
                         "IDP_BACKCHANNEL_LOGOUT_URI":
@@ -218,6 +220,53 @@ def test_a_store_answering_garbage_kills_no_vm(procs, replicas):
     assert b.get("/private/api/me", navigate=False).status_code == 200
     assert envoy.counters()["store_failures"] >= 2
     envoy.assert_vm_healthy()
+
+
+def test_with_etcd_authentication_the_filter_signs_in_and_a_wrong_password_is_named(procs, replicas):
+    """etcd with its own authentication on (a user with read-write on the prefix): the filter
+    signs in with store.username and the password from BFF_STORE_PASSWORD, and a logout's entry
+    is written; with a wrong password the log names the setting (not the password) and sessions
+    go on."""
+    idp, _, _ = replicas
+    store = start_etcd(procs, members=1)
+    try:
+        store.enable_auth("bff", "bff-store-pw", STORE_PREFIX)
+        echo = start_echo(procs)
+        config = discovery_only(idp.issuer, store={"cluster": "etcd", "prefix": STORE_PREFIX,
+                                                   "username": "bff"})
+
+        def start(password: str) -> Envoy:
+            return start_envoy(procs, config, echo, idp.port, name="envoy-etcd-auth",
+                               port=AUTH_PORT, clusters=[envoy_cluster(store)],
+                               extra_env={"BFF_STORE_PASSWORD": password})
+
+        envoy = start("bff-store-pw")
+        b = Browser(envoy)
+        assert b.login().status_code == 302
+        logout_url = b.get("/private/session", navigate=False).json()["logout_url"]
+        assert b.get(logout_url).status_code == 302
+        sid = logout_url.split("sid=", 1)[1]
+        deadline = time.monotonic() + 3
+        while not any(k.endswith(f"/deny/s/{sid}") for k in store.get_prefix(STORE_PREFIX)):
+            assert time.monotonic() < deadline, "the logout's entry never reached etcd"
+            time.sleep(0.1)
+        assert envoy.counters().get("store_failures", 0) == 0
+        envoy.assert_vm_healthy()
+        envoy.process.stop()
+
+        envoy = start("not-the-password-42")
+        b = Browser(envoy)
+        assert b.login().status_code == 302
+        assert b.get("/private/api/me", navigate=False).status_code == 200
+        deadline = time.monotonic() + 5
+        while "wrong store.username or password" not in envoy.log():
+            assert time.monotonic() < deadline, envoy.log()[-2000:]
+            time.sleep(0.1)
+        assert "not-the-password-42" not in envoy.log()
+        assert envoy.counters()["store_failures"] >= 1
+        envoy.assert_vm_healthy()
+    finally:
+        store.stop()
 
 
 # --- back-channel logout -----------------------------------------------------------------------

@@ -164,8 +164,7 @@ impl Engine {
         step: Step,
         host: &mut dyn Host,
     ) -> Option<Settled> {
-        let store = self.config.store.as_ref()?;
-        match host.dispatch(&store.cluster, &request, store.timeout) {
+        match self.dispatch_store(request, host) {
             Ok(token) => {
                 self.calls.insert(token, super::Call::Stream(context_id));
                 self.calling.insert(

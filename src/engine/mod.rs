@@ -26,6 +26,7 @@ mod host;
 mod metadata;
 mod paused;
 mod refresh_claim;
+mod store_sign_in;
 mod store_sync;
 #[cfg(test)]
 mod tests;
@@ -98,6 +99,8 @@ enum Call {
     StoreClaim(Box<refresh_claim::Claiming>),
     /// A refresh's outcome on its way into the store.
     StorePublish(Box<refresh_claim::Publishing>),
+    /// Signing in to the store (etcd's authentication).
+    StoreSignIn,
 }
 
 pub struct Engine {
@@ -132,6 +135,7 @@ pub struct Engine {
     store_logged_ms: u64,
     /// This VM does not look for a store round before this time (ms).
     next_sync_ms: u64,
+    sign_in: store_sign_in::SignIn,
     resumes: Vec<Resume>,
 }
 
@@ -159,6 +163,7 @@ impl Engine {
             deny_version: None,
             store_logged_ms: 0,
             next_sync_ms: 0,
+            sign_in: Default::default(),
             resumes: Vec::new(),
         }
     }
@@ -218,7 +223,11 @@ impl Engine {
             self.after_fetch(fetched, host);
             return;
         }
-        match self.calls.remove(&token) {
+        let call = self.calls.remove(&token);
+        if answer.status == Some(401) && self.is_store_call(call.as_ref()) {
+            self.signed_out();
+        }
+        match call {
             Some(Call::Refresh { needed, in_store }) => {
                 self.refresh_answered(&needed, in_store, &answer, host)
             }
@@ -229,10 +238,23 @@ impl Engine {
             Some(Call::StorePublish(publishing)) => {
                 self.publish_answered(*publishing, &answer, host)
             }
+            Some(Call::StoreSignIn) => self.sign_in_answered(&answer, host),
             None => host.log(
                 Level::Debug,
                 "bff: an IdP answer for a request that is gone",
             ),
+        }
+    }
+
+    /// Whether `call` went to the store (a back-channel logout's own calls do).
+    fn is_store_call(&self, call: Option<&Call>) -> bool {
+        match call {
+            Some(Call::Store(_) | Call::StoreClaim(_) | Call::StorePublish(_)) => true,
+            Some(Call::Stream(context_id)) => self
+                .calling
+                .get(context_id)
+                .is_some_and(|p| matches!(p.wait, OwnCall::Backchannel { .. })),
+            _ => false,
         }
     }
 
@@ -247,6 +269,7 @@ impl Engine {
         {
             self.meta.sync(&self.config, &self.ns, host);
         }
+        self.sign_in(host);
         self.send_refreshes(host);
         self.read_claims(host);
         self.fetch_if_due(host);

@@ -109,23 +109,16 @@ impl Engine {
     }
 
     fn claim_call(&mut self, claiming: Claiming, host: &mut dyn Host) {
-        let Some(store) = self.config.store.as_ref() else {
-            return self.send_refresh(*claiming.needed, false, host);
-        };
-        let (cluster, timeout) = (store.cluster.clone(), store.timeout);
         let Some(request) = self.claim_request(&claiming, host) else {
-            // No random bytes to seal the claim with.
+            // No store, or no random bytes to seal the claim with.
             return self.send_refresh(*claiming.needed, false, host);
         };
-        match host.dispatch(&cluster, &request, timeout) {
+        match self.dispatch_store(request, host) {
             Ok(token) => {
                 self.calls
                     .insert(token, Call::StoreClaim(Box::new(claiming)));
             }
-            Err(why) => {
-                let why = format!("cannot call cluster {cluster}: {why}");
-                self.claim_failed(claiming, &why, host);
-            }
+            Err(why) => self.claim_failed(claiming, &why, host),
         }
     }
 
@@ -262,24 +255,16 @@ impl Engine {
     }
 
     fn publish_call(&mut self, publishing: Publishing, host: &mut dyn Host) {
-        let Some(store) = self.config.store.as_ref() else {
-            return;
-        };
         let request = match publishing.lease {
             None => etcd::lease_grant(publishing.ttl_s),
             Some(lease) => etcd::put(&publishing.key, &publishing.value, lease),
         };
-        let cluster = store.cluster.clone();
-        match host.dispatch(&cluster, &request, store.timeout) {
+        match self.dispatch_store(request, host) {
             Ok(token) => {
                 self.calls
                     .insert(token, Call::StorePublish(Box::new(publishing)));
             }
-            Err(why) => self.store_failed(
-                &format!("cannot call cluster {cluster}: {why}"),
-                UNPUBLISHED,
-                host,
-            ),
+            Err(why) => self.store_failed(&why, UNPUBLISHED, host),
         }
     }
 

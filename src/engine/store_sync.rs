@@ -51,6 +51,10 @@ impl Engine {
         let Some(store) = self.config.store.as_ref() else {
             return;
         };
+        // Nothing to do until signed in (the tick signs in; what waits is kept).
+        if !self.store_signed_in() {
+            return;
+        }
         // Shared data is read only when this VM's last look says a round may be due.
         let now_ms = host.now_ms();
         if now_ms < self.next_sync_ms {
@@ -70,7 +74,7 @@ impl Engine {
     /// Writes what waits for the store: at a round, and at once after a logout (so that the
     /// other replicas' next rounds find it).
     pub(super) fn write_pending(&mut self, host: &mut dyn Host) {
-        if self.config.store.is_none() {
+        if self.config.store.is_none() || !self.store_signed_in() {
             return;
         }
         let now = host.now_ms() / 1000;
@@ -98,21 +102,15 @@ impl Engine {
     }
 
     fn store_call(&mut self, what: What, retried: bool, host: &mut dyn Host) {
-        let Some(store) = self.config.store.as_ref() else {
-            return;
-        };
         let Some(request) = self.request(&what, host.now_ms() / 1000) else {
             return;
         };
-        match host.dispatch(&store.cluster, &request, store.timeout) {
+        match self.dispatch_store(request, host) {
             Ok(token) => {
                 self.calls
                     .insert(token, Call::Store(StoreCall { what, retried }));
             }
-            Err(why) => {
-                let why = format!("cannot call cluster {}: {why}", store.cluster);
-                self.store_failed(&why, DENY_LIST_HOLDS, host);
-            }
+            Err(why) => self.store_failed(&why, DENY_LIST_HOLDS, host),
         }
     }
 

@@ -244,6 +244,21 @@ class EtcdCluster:
             return r.json()
         raise last  # type: ignore[misc]
 
+    def enable_auth(self, user: str, password: str, prefix: str, root_password: str = "root-pw") -> None:
+        """Turn etcd's authentication on: `user` may read and write keys under `prefix` (and
+        grant leases); this client signs in as root for what the tests read afterwards."""
+        self.post("/v3/auth/user/add", {"name": "root", "password": root_password})
+        self.post("/v3/auth/role/add", {"name": "root"})
+        self.post("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        self.post("/v3/auth/role/add", {"name": user})
+        self.post("/v3/auth/role/grant", {"name": user, "perm": {
+            "permType": "READWRITE", "key": b64(prefix), "range_end": b64(prefix_end(prefix))}})
+        self.post("/v3/auth/user/add", {"name": user, "password": password})
+        self.post("/v3/auth/user/grant", {"user": user, "role": user})
+        self.post("/v3/auth/enable", {})
+        token = self.post("/v3/auth/authenticate", {"name": "root", "password": root_password})["token"]
+        self._http.headers["Authorization"] = token
+
     def grant(self, ttl: int, member: int | None = None) -> int:
         """A new lease of `ttl` seconds; its ID."""
         return int(self.post("/v3/lease/grant", {"TTL": ttl}, member)["ID"])

@@ -13,13 +13,38 @@ struct FakeEtcd {
     /// The lease each key was written under (0: none).
     lease_of: HashMap<Vec<u8>, u64>,
     leases: u64,
+    /// With etcd's authentication on: the password, and the token it last gave.
+    auth: Option<(String, Option<String>)>,
 }
 
 impl FakeEtcd {
-    fn answer(&mut self, req: &IdpRequest) -> String {
+    /// Status and body, as etcd's gateway would answer (with authentication on, a call needs the
+    /// last token given: 401 otherwise).
+    fn answer(&mut self, req: &IdpRequest) -> (u16, String) {
+        let body: serde_json::Value = serde_json::from_str(req.body.as_deref().unwrap()).unwrap();
+        if let Some((password, token)) = &mut self.auth {
+            if req.path == "/v3/auth/authenticate" {
+                if body["password"] != json!(password) {
+                    return (400, json!({"error": "etcdserver: authentication failed, invalid user ID or password", "code": 3}).to_string());
+                }
+                let given = format!("tok.{}", self.leases + 100);
+                *token = Some(given.clone());
+                return (200, json!({"header": {}, "token": given}).to_string());
+            }
+            let sent = req.headers.iter().find(|(n, _)| *n == "authorization");
+            if sent.map(|(_, v)| v) != token.as_ref() {
+                return (
+                    401,
+                    json!({"error": "etcdserver: invalid auth token", "code": 16}).to_string(),
+                );
+            }
+        }
+        (200, self.answer_signed_in(req, &body))
+    }
+
+    fn answer_signed_in(&mut self, req: &IdpRequest, body: &serde_json::Value) -> String {
         use base64::engine::general_purpose::STANDARD;
         use base64::Engine as _;
-        let body: serde_json::Value = serde_json::from_str(req.body.as_deref().unwrap()).unwrap();
         let b64 = |v: &serde_json::Value| STANDARD.decode(v.as_str().unwrap_or("")).unwrap();
         let lease = |v: &serde_json::Value| v["lease"].as_str().map_or(0, |l| l.parse().unwrap());
         match req.path.as_str() {
@@ -29,7 +54,7 @@ impl FakeEtcd {
                     .to_string()
             }
             "/v3/kv/put" => {
-                self.put(b64(&body["key"]), b64(&body["value"]), lease(&body));
+                self.put(b64(&body["key"]), b64(&body["value"]), lease(body));
                 json!({"header": {}}).to_string()
             }
             "/v3/kv/txn" => {
@@ -112,10 +137,10 @@ impl Worker {
         let mut etcd = etcd;
         for (token, req) in calls {
             let answer = match etcd.as_deref_mut() {
-                Some(etcd) => IdpAnswer {
-                    status: Some(200),
-                    body: etcd.answer(&req).into_bytes(),
-                },
+                Some(etcd) => {
+                    let (status, body) = etcd.answer(&req);
+                    IdpAnswer::of(status, &body)
+                }
                 None => IdpAnswer::none(),
             };
             self.engine.on_call_answer(token, answer, &mut self.host);
@@ -535,4 +560,79 @@ fn a_replica_waiting_for_a_claim_that_never_ends_goes_on_with_the_current_token(
     let waited = one.clock.get() - T0 * 1000;
     assert!(waited <= b.engine.store_wait_ms() + 200, "{waited} ms");
     assert_eq!(b.calls_to("/token"), 0, "never a second grant");
+}
+
+#[test]
+fn with_etcd_authentication_each_vm_signs_in_and_again_when_its_token_runs_out() {
+    let world = World::new();
+    let mut config = with_store();
+    config["store"]["username"] = json!("bff");
+    config["store"]["password"] = json!({"value": "right"});
+    let mut etcd = FakeEtcd {
+        auth: Some(("right".into(), None)),
+        ..FakeEtcd::default()
+    };
+    let mut a = world.worker(config.clone());
+    a.learn_provider();
+    assert_eq!(
+        a.calls_to("/v3/auth/authenticate"),
+        1,
+        "signed in at the first tick"
+    );
+    a.settle_store(&mut etcd);
+    // A logout's entry goes out signed in, and is written.
+    let cookie = session_cookie_expiring_at(T0 + 3600);
+    assert_eq!(
+        reply(&settled(a.request(1, logout_request(&cookie)))).status,
+        200
+    );
+    a.engine.on_queue_nudged(&mut a.host);
+    a.settle_store(&mut etcd);
+    assert_eq!(etcd.kv.len(), 1);
+    // etcd forgets the token (it ran out): the next round's call is refused, the VM signs in
+    // again at its next tick, and the round after that goes through.
+    etcd.auth = Some(("right".into(), Some("tok.other".into())));
+    world.advance_ms(1_000);
+    a.tick();
+    a.settle_store(&mut etcd);
+    assert_eq!(a.calls_to("/v3/auth/authenticate"), 1);
+    world.advance_ms(100);
+    a.tick();
+    assert_eq!(a.calls_to("/v3/auth/authenticate"), 2);
+    a.settle_store(&mut etcd);
+    let refused_before = a.host.counted.len();
+    world.advance_ms(1_000);
+    a.tick();
+    a.settle_store(&mut etcd);
+    assert_eq!(
+        a.host.counted.len(),
+        refused_before,
+        "no failure once signed in again"
+    );
+
+    // A wrong password: refused, said in the log, tried again only after a while; the request
+    // path never waits for it.
+    let mut config = with_store();
+    config["store"]["username"] = json!("bff");
+    config["store"]["password"] = json!({"value": "wrong"});
+    let mut b = World::new().worker(config);
+    b.learn_provider();
+    b.settle_store(&mut etcd);
+    assert!(
+        b.host
+            .logs
+            .iter()
+            .any(|l| l.contains("wrong store.username or password")),
+        "{:?}",
+        b.host.logs
+    );
+    assert!(b
+        .host
+        .logs
+        .iter()
+        .all(|l| !l.contains("wrong\"") && !l.contains("right")));
+    b.tick();
+    assert_eq!(b.calls_to("/v3/auth/authenticate"), 1, "not again at once");
+    let call = wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
+    assert_eq!(token_of(&settled(b.request(2, call))), "Bearer fresh-at");
 }
