@@ -31,8 +31,6 @@ pub fn request(config: &Config, provider: &Provider) -> IdpRequest {
     IdpRequest::client_post(
         &provider.token_endpoint,
         config.idp_authority_for(&provider.token_endpoint),
-        &config.client_id,
-        &config.client_secret,
         body.finish(),
     )
 }
@@ -213,10 +211,10 @@ mod tests {
             body,
             "grant_type=client_credentials&scope=api%3Aread+api%3Awrite&resource=https%3A%2F%2Fapi.example%2F"
         );
-        assert!(req
-            .headers
-            .iter()
-            .any(|(n, v)| *n == "authorization" && v.starts_with("Basic ")));
+        assert!(
+            req.authenticate,
+            "the client's credentials go with it when sent"
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! name of its field, all at once, so one Envoy restart shows them all.
 
 use crate::oidc::auth_params;
+use crate::oidc::client_auth::{Audience, ClientAuth};
+use crate::oidc::signing_key::SigningKey;
 use crate::policy::{PathPolicy, Policies, Policy};
 use crate::secret::Secret;
 use crate::session::KeyRing;
@@ -11,11 +13,15 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::RangeInclusive;
+use std::rc::Rc;
 use std::time::Duration;
 
 pub const DEFAULT_PREFIX: &str = "/private";
 pub const DEFAULT_COOKIE_NAME: &str = "__Host-bff-session";
 pub const DEFAULT_CLIENT_SECRET_ENV: &str = "BFF_CLIENT_SECRET";
+/// Where the filter's private key is read from (`private_key_jwt`), unless `client_key` says
+/// otherwise.
+pub const DEFAULT_CLIENT_KEY_ENV: &str = "BFF_CLIENT_KEY";
 /// Where the store user's password is read from, unless `store.password` says otherwise.
 pub const DEFAULT_STORE_PASSWORD_ENV: &str = "BFF_STORE_PASSWORD";
 pub const DEFAULT_COOKIE_KEYS_ENV: &str = "BFF_COOKIE_KEYS";
@@ -72,6 +78,11 @@ struct RawConfig {
     idp_timeout_ms: Option<u64>,
     client_id: Option<String>,
     client_secret: Option<RawSecret>,
+    client_auth: Option<String>,
+    client_key: Option<RawSecret>,
+    client_key_id: Option<String>,
+    client_assertion_audience: Option<String>,
+    jwks_path: Option<String>,
     redirect_uri: Option<String>,
     trust_forwarded_headers: Option<bool>,
     scopes: Option<Vec<String>>,
@@ -297,7 +308,8 @@ pub struct Config {
     pub idp_authority: Option<String>,
     pub idp_timeout: Duration,
     pub client_id: String,
-    pub client_secret: Secret,
+    /// How the filter authenticates at the token and revocation endpoints.
+    pub client_auth: ClientAuth,
     pub redirect_uri: RedirectUri,
     /// Take scheme and host from X-Forwarded-Proto/-Host (behind a load balancer).
     pub trust_forwarded: bool,
@@ -322,6 +334,8 @@ pub struct Config {
     pub logout_path: String,
     /// Where the IdP posts logout tokens (OIDC Back-Channel Logout 1.0).
     pub backchannel_logout_path: String,
+    /// Where the filter's public key is served as a JWK Set (with `private_key_jwt` only).
+    pub jwks_path: Option<String>,
     /// Where the browser lands after logout (relative: made absolute like the redirect URI).
     pub post_logout_url: String,
     pub csrf: Csrf,
@@ -587,6 +601,25 @@ impl Config {
                 .unwrap_or_else(|| format!("{prefix}/backchannel-logout")),
         );
         p.under_prefix("backchannel_logout_path", &backchannel_logout_path, &prefix);
+        let jwks_path = match &idp.client_auth {
+            Some(ClientAuth::PrivateKeyJwt { .. }) => {
+                let path = p.path(
+                    "jwks_path",
+                    raw.jwks_path.unwrap_or_else(|| format!("{prefix}/jwks")),
+                );
+                p.under_prefix("jwks_path", &path, &prefix);
+                Some(path)
+            }
+            _ => {
+                if raw.jwks_path.is_some() {
+                    p.add(
+                        "jwks_path",
+                        "is served only with client_auth \"private_key_jwt\"",
+                    );
+                }
+                None
+            }
+        };
         let post_logout_url = check_landing_url(&mut p, "post_logout_url", raw.post_logout_url);
         let csrf = raw.csrf.unwrap_or_default().check(&mut p);
         let rules = check_rules(&mut p, raw.rules, &prefix, &login_params);
@@ -600,13 +633,16 @@ impl Config {
             }
         }
         let claim_headers = check_claim_headers(&mut p, raw.claim_headers);
-        let own_paths = [
+        let mut own_paths = vec![
             ("login_path", login_path.as_str()),
             ("session_path", &session_path),
             ("logout_path", &logout_path),
             ("backchannel_logout_path", &backchannel_logout_path),
             ("redirect_uri", redirect_uri.path()),
         ];
+        if let Some(path) = &jwks_path {
+            own_paths.push(("jwks_path", path));
+        }
         let policies = check_policies(&mut p, raw.bypass, raw.policies, &prefix, &own_paths);
         let jwt_payload = check_jwt_authn(&mut p, raw.jwt_authn.unwrap_or_default());
         let client_credentials = check_client_credentials(
@@ -619,8 +655,8 @@ impl Config {
         let upstream_token = raw.upstream_token.unwrap_or_default().check(&mut p);
         let session = raw.session.unwrap_or_default().check(&mut p);
 
-        match (idp.client_secret, keys) {
-            (Some(client_secret), Some(keys)) if p.0.is_empty() => Ok(Config {
+        match (idp.client_auth, keys) {
+            (Some(client_auth), Some(keys)) if p.0.is_empty() => Ok(Config {
                 issuer: idp.issuer,
                 discovery: idp.discovery,
                 metadata_refresh: idp.metadata_refresh,
@@ -630,7 +666,7 @@ impl Config {
                 idp_authority: idp.authority,
                 idp_timeout: idp.timeout,
                 client_id: idp.client_id,
-                client_secret,
+                client_auth,
                 redirect_uri,
                 trust_forwarded,
                 scope,
@@ -647,6 +683,7 @@ impl Config {
                 session_path,
                 logout_path,
                 backchannel_logout_path,
+                jwks_path,
                 post_logout_url,
                 csrf,
                 rules,
@@ -684,7 +721,7 @@ struct Idp {
     authority: Option<String>,
     timeout: Duration,
     client_id: String,
-    client_secret: Option<Secret>,
+    client_auth: Option<ClientAuth>,
 }
 
 impl RawConfig {
@@ -708,12 +745,7 @@ impl RawConfig {
         let cluster = p.required("idp_cluster", self.idp_cluster.take());
         let timeout_ms = p.between("idp_timeout_ms", self.idp_timeout_ms, 5000, 100..=60_000);
         let client_id = p.required("client_id", self.client_id.take());
-        let client_secret = p.secret(
-            "client_secret",
-            self.client_secret.take(),
-            DEFAULT_CLIENT_SECRET_ENV,
-            env,
-        );
+        let client_auth = self.client_auth(p, env);
         Idp {
             issuer,
             discovery,
@@ -724,7 +756,68 @@ impl RawConfig {
             authority: self.idp_authority.take(),
             timeout: Duration::from_millis(timeout_ms),
             client_id,
-            client_secret,
+            client_auth,
+        }
+    }
+
+    /// `client_auth` and the credential it takes: the client secret, or the filter's key.
+    fn client_auth(
+        &mut self,
+        p: &mut Problems,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<ClientAuth> {
+        let audience = match self.client_assertion_audience.take().as_deref() {
+            None | Some("issuer") => Audience::Issuer,
+            Some("token_endpoint") => Audience::TokenEndpoint,
+            Some(other) => {
+                p.add(
+                    "client_assertion_audience",
+                    format!("{other:?} is not \"issuer\" or \"token_endpoint\""),
+                );
+                Audience::Issuer
+            }
+        };
+        match self.client_auth.take().as_deref() {
+            None | Some("client_secret_basic") => {
+                for (field, given) in [
+                    ("client_key", self.client_key.is_some()),
+                    ("client_key_id", self.client_key_id.is_some()),
+                ] {
+                    if given {
+                        p.add(field, "is used only with client_auth \"private_key_jwt\"");
+                    }
+                }
+                let secret = self.client_secret.take();
+                p.secret("client_secret", secret, DEFAULT_CLIENT_SECRET_ENV, env)
+                    .map(ClientAuth::SecretBasic)
+            }
+            Some("private_key_jwt") => {
+                if self.client_secret.is_some() {
+                    p.add(
+                        "client_secret",
+                        "is not used with client_auth \"private_key_jwt\" (remove it)",
+                    );
+                }
+                let key = self.client_key.take();
+                let text = p.secret("client_key", key, DEFAULT_CLIENT_KEY_ENV, env)?;
+                match SigningKey::parse(text.expose(), self.client_key_id.as_deref()) {
+                    Ok(key) => Some(ClientAuth::PrivateKeyJwt {
+                        key: Rc::new(key),
+                        audience,
+                    }),
+                    Err(e) => {
+                        p.add("client_key", e.to_string());
+                        None
+                    }
+                }
+            }
+            Some(other) => {
+                p.add(
+                    "client_auth",
+                    format!("{other:?} is not \"client_secret_basic\" or \"private_key_jwt\""),
+                );
+                None
+            }
         }
     }
 
@@ -1414,13 +1507,84 @@ pub(crate) mod tests {
             _ => None,
         };
         let c = Config::parse(v.to_string().as_bytes(), &env).unwrap();
-        assert_eq!(c.client_secret.expose(), "from-env");
+        assert_eq!(
+            c.client_auth,
+            ClientAuth::SecretBasic(Secret::new("from-env"))
+        );
         assert_eq!(c.keys.len(), 2);
 
         let errs = Config::parse(v.to_string().as_bytes(), &no_env).unwrap_err();
         let text = errs.to_string();
         assert!(text.contains("client_secret: environment variable BFF_CLIENT_SECRET is not set"));
         assert!(text.contains("cookie_keys: environment variable BFF_COOKIE_KEYS is not set"));
+    }
+
+    pub fn private_key_jwt_json() -> serde_json::Value {
+        let mut v = minimal_json();
+        let o = v.as_object_mut().unwrap();
+        o.remove("client_secret");
+        o.insert("client_auth".into(), serde_json::json!("private_key_jwt"));
+        let pem = include_str!("../tests/fixtures/keys/ec-p256.pem");
+        o.insert("client_key".into(), serde_json::json!({ "value": pem }));
+        o.insert("client_key_id".into(), serde_json::json!("bff-1"));
+        v
+    }
+
+    #[test]
+    fn private_key_jwt_takes_a_key_and_serves_it() {
+        let c = config_from(private_key_jwt_json());
+        let ClientAuth::PrivateKeyJwt { key, audience } = &c.client_auth else {
+            panic!("{:?}", c.client_auth)
+        };
+        assert_eq!(
+            (key.alg(), key.kid(), *audience),
+            ("ES256", "bff-1", Audience::Issuer)
+        );
+        assert_eq!(c.jwks_path.as_deref(), Some("/private/jwks"));
+        assert_eq!(config_from(minimal_json()).jwks_path, None);
+        // From the environment by default; problems named by field, never quoting the key.
+        let mut v = private_key_jwt_json();
+        v.as_object_mut().unwrap().remove("client_key");
+        v["client_secret"] = serde_json::json!({"value": "s"});
+        v["client_assertion_audience"] = serde_json::json!("everyone");
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "client_key: environment variable BFF_CLIENT_KEY is not set",
+            "client_secret: is not used with client_auth \"private_key_jwt\"",
+            "client_assertion_audience: \"everyone\" is not",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        let mut v = private_key_jwt_json();
+        v["client_key"] = serde_json::json!({"value": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----"});
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("client_key: is a PEM private key") && !text.contains("MIIB"),
+            "{text}"
+        );
+        let mut v = minimal_json();
+        v["client_auth"] = serde_json::json!("client_secret_jwt");
+        v["jwks_path"] = serde_json::json!("/private/keys");
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("client_auth: \"client_secret_jwt\" is not"),
+            "{text}"
+        );
+        let mut v = minimal_json();
+        v["jwks_path"] = serde_json::json!("/private/keys");
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("jwks_path: is served only with client_auth"),
+            "{text}"
+        );
     }
 
     #[test]

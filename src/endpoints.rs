@@ -2,6 +2,7 @@
 
 use crate::config::Config;
 use crate::metrics::Counter;
+use crate::oidc::client_auth::ClientAuth;
 use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::IdpRequest;
 use crate::reply::{Client, Failure, Reply};
@@ -11,6 +12,28 @@ use crate::session::{NoSession, Session};
 use crate::url::query_of;
 use serde_json::json;
 use subtle::ConstantTimeEq;
+
+/// `GET {jwks_path}`: the filter's public key as a JWK Set (RFC 7517 §5), for IdPs that read
+/// the client's `jwks_uri`. Public by nature; cached a few minutes, so a rotated key is picked
+/// up soon after the filter restarts with it.
+pub fn client_jwks(config: &Config, method: &str) -> Reply {
+    if method != "GET" && method != "HEAD" {
+        return Reply::failure(Client::Api, &Failure::MethodNotAllowed);
+    }
+    let keys: Vec<serde_json::Value> = match &config.client_auth {
+        ClientAuth::PrivateKeyJwt { key, .. } => vec![key.published_jwk()],
+        ClientAuth::SecretBasic(_) => Vec::new(),
+    };
+    Reply {
+        status: 200,
+        headers: vec![
+            ("content-type".into(), "application/jwk-set+json".into()),
+            ("cache-control".into(), "public, max-age=300".into()),
+        ],
+        body: json!({ "keys": keys }).to_string(),
+        counter: None,
+    }
+}
 
 /// `GET {session_path}`: the user's claims and the session's times, never a token.
 pub fn session_info(config: &Config, session: Result<Session, NoSession>) -> Reply {
@@ -96,8 +119,6 @@ pub fn logout(
         Some(IdpRequest::client_post(
             endpoint,
             config.idp_authority_for(endpoint),
-            &config.client_id,
-            &config.client_secret,
             form,
         ))
     });

@@ -53,6 +53,7 @@ fn post(path: &str, body: serde_json::Value) -> IdpRequest {
         authority: "etcd".to_string(),
         headers: vec![("content-type", "application/json".to_string())],
         body: Some(body.to_string()),
+        authenticate: false,
     }
 }
 

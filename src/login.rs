@@ -202,8 +202,6 @@ pub fn callback(
             let request = IdpRequest::client_post(
                 &provider.token_endpoint,
                 config.idp_authority_for(&provider.token_endpoint),
-                &config.client_id,
-                &config.client_secret,
                 token::authorization_code_body(
                     &code,
                     &tx.redirect_uri,
@@ -449,11 +447,7 @@ mod tests {
         assert_eq!(exchange.request.path, "/token");
         assert_eq!(exchange.request.authority, "127.0.0.1:9000");
         assert!(exchange.request.body.as_deref().unwrap_or("").starts_with("grant_type=authorization_code&code=the-code&redirect_uri=http%3A%2F%2Fapp.local%3A8080%2Fprivate%2Fcallback&code_verifier="));
-        assert!(exchange
-            .request
-            .headers
-            .iter()
-            .any(|(n, v)| *n == "authorization" && v.starts_with("Basic ")));
+        assert!(exchange.request.authenticate);
 
         let body = json!({"access_token": "AT", "token_type": "Bearer", "expires_in": 300, "id_token": id_token(&nonce)});
         let (r, failure) = finish_with(

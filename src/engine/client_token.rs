@@ -92,8 +92,7 @@ impl Engine {
         };
         self.client_token_due = false;
         let request = client_token::request(&self.config, provider);
-        let config = &self.config;
-        match host.dispatch(&config.idp_cluster, &request, config.idp_timeout) {
+        match self.dispatch_idp(&request, host) {
             Ok(token) => {
                 self.calls.insert(token, Call::ClientToken);
             }

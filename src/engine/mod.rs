@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::header_map;
 use crate::login::{self, Finish, PendingLogin};
 use crate::metrics::Counter;
-use crate::oidc::idp_request::IdpAnswer;
+use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::refresh::single_flight::{self as refresh, Claim};
 use crate::refresh::{grant, Outcome, RefreshId};
 
@@ -362,35 +362,32 @@ impl Engine {
             Decision::ReadBody => Some(unavailable(&headers)),
             Decision::Forward(forward) => Some(Settled::Forward(forward)),
             Decision::Reply(reply) => Some(Settled::Reply(reply)),
-            Decision::ExchangeCode(exchange) => {
-                let config = &self.config;
-                match host.dispatch(&config.idp_cluster, &exchange.request, config.idp_timeout) {
-                    Ok(token) => {
-                        self.own_call(
-                            context_id,
-                            headers,
-                            OwnCall::CodeExchange {
-                                token,
-                                pending: exchange.pending,
-                            },
-                        );
-                        None
-                    }
-                    Err(why) => {
-                        host.log(
-                            Level::Error,
-                            &format!(
-                                "bff: cannot call the token endpoint through cluster {}: {why}",
-                                config.idp_cluster
-                            ),
-                        );
-                        Some(Settled::Reply(Reply::failure(
-                            exchange.pending.client(),
-                            &Failure::IdpUnavailable,
-                        )))
-                    }
+            Decision::ExchangeCode(exchange) => match self.dispatch_idp(&exchange.request, host) {
+                Ok(token) => {
+                    self.own_call(
+                        context_id,
+                        headers,
+                        OwnCall::CodeExchange {
+                            token,
+                            pending: exchange.pending,
+                        },
+                    );
+                    None
                 }
-            }
+                Err(why) => {
+                    host.log(
+                        Level::Error,
+                        &format!(
+                            "bff: cannot call the token endpoint through cluster {}: {why}",
+                            self.config.idp_cluster
+                        ),
+                    );
+                    Some(Settled::Reply(Reply::failure(
+                        exchange.pending.client(),
+                        &Failure::IdpUnavailable,
+                    )))
+                }
+            },
             Decision::AwaitProvider => {
                 if provider_awaited {
                     // Woken as ready, yet still none: give up rather than loop.
@@ -461,11 +458,10 @@ impl Engine {
                         );
                     }
                 }
-                let config = &self.config;
-                let dispatched = plan.revoke.as_ref().and_then(|revoke| {
-                    host.dispatch(&config.idp_cluster, revoke, config.idp_timeout)
-                        .ok()
-                });
+                let dispatched = match &plan.revoke {
+                    Some(revoke) => self.dispatch_idp(revoke, host).ok(),
+                    None => None,
+                };
                 match dispatched {
                     Some(token) => {
                         self.own_call(
@@ -483,6 +479,33 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Sends a call to the IdP, with the client's credentials when it takes them (signed now:
+    /// an assertion must be fresh).
+    fn dispatch_idp(&self, request: &IdpRequest, host: &mut dyn Host) -> Result<u32, String> {
+        let config = &self.config;
+        if !request.authenticate {
+            return host.dispatch(&config.idp_cluster, request, config.idp_timeout);
+        }
+        let token_endpoint = match &self.meta.provider {
+            Some(provider) => provider.token_endpoint.to_string(),
+            None => String::new(),
+        };
+        let mut signed = request.clone();
+        let now = host.now_ms() / 1000;
+        config
+            .client_auth
+            .authenticate(
+                &mut signed,
+                &config.client_id,
+                &config.issuer,
+                &token_endpoint,
+                now,
+                host.rng(),
+            )
+            .map_err(|_| "cannot sign the client assertion (no random bytes)".to_string())?;
+        host.dispatch(&config.idp_cluster, &signed, config.idp_timeout)
     }
 
     /// Pauses a request on a call of its own.
@@ -628,8 +651,7 @@ impl Engine {
 
     /// Sends a refresh to the IdP; `in_store`: it was claimed in the store.
     fn send_refresh(&mut self, needed: RefreshNeeded, in_store: bool, host: &mut dyn Host) {
-        let config = &self.config;
-        match host.dispatch(&config.idp_cluster, &needed.request, config.idp_timeout) {
+        match self.dispatch_idp(&needed.request, host) {
             Ok(token) => {
                 let needed = Box::new(needed);
                 self.calls.insert(token, Call::Refresh { needed, in_store });

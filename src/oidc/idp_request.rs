@@ -1,11 +1,9 @@
 //! A request to the IdP, built by the protocol code and sent by the shell.
 
-use super::token::client_secret_basic;
-use crate::secret::Secret;
 use crate::url::AbsoluteUrl;
 
 /// An HTTP request to the IdP, ready for `dispatch_http_call`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IdpRequest {
     pub method: &'static str,
     pub path: String,
@@ -13,6 +11,9 @@ pub struct IdpRequest {
     /// Regular headers; the shell adds the pseudo-headers.
     pub headers: Vec<(&'static str, String)>,
     pub body: Option<String>,
+    /// The client's credentials go with it, added when it is sent
+    /// ([`super::client_auth::ClientAuth::authenticate`]): token and revocation endpoints.
+    pub authenticate: bool,
 }
 
 impl IdpRequest {
@@ -24,17 +25,12 @@ impl IdpRequest {
             authority: authority.to_string(),
             headers: vec![("accept", "application/json".to_string())],
             body: None,
+            authenticate: false,
         }
     }
 
-    /// A form `POST` authenticated with `client_secret_basic` (token, revocation endpoints).
-    pub fn client_post(
-        url: &AbsoluteUrl,
-        authority: &str,
-        client_id: &str,
-        secret: &Secret,
-        form: String,
-    ) -> IdpRequest {
+    /// A form `POST` with the client's credentials (token, revocation endpoints).
+    pub fn client_post(url: &AbsoluteUrl, authority: &str, form: String) -> IdpRequest {
         IdpRequest {
             method: "POST",
             path: url.path_and_query.clone(),
@@ -45,9 +41,9 @@ impl IdpRequest {
                     "application/x-www-form-urlencoded".to_string(),
                 ),
                 ("accept", "application/json".to_string()),
-                ("authorization", client_secret_basic(client_id, secret)),
             ],
             body: Some(form),
+            authenticate: true,
         }
     }
 }

@@ -21,8 +21,6 @@ pub fn refresh_request(
     Some(IdpRequest::client_post(
         &provider.token_endpoint,
         config.idp_authority_for(&provider.token_endpoint),
-        &config.client_id,
-        &config.client_secret,
         token::refresh_token_body(refresh_token, &config.resources),
     ))
 }

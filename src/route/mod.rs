@@ -167,7 +167,7 @@ pub fn bearer_token<'r>(config: &Config, req: &Request<'r>) -> Option<&'r str> {
         &config.backchannel_logout_path,
         config.callback_path(),
     ];
-    if endpoints.contains(&path) {
+    if endpoints.contains(&path) || config.jwks_path.as_deref() == Some(path) {
         return None;
     }
     let token = bearer::token_of(req.header("authorization")?)?;
@@ -226,6 +226,10 @@ pub fn decide(
             return Decision::Reply(Reply::failure(Client::Api, &Failure::MethodNotAllowed));
         }
         return Decision::ReadBody;
+    }
+    // The filter's public key, for IdPs that read the client's `jwks_uri` (private_key_jwt).
+    if config.jwks_path.as_deref() == Some(path) {
+        return Decision::Reply(endpoints::client_jwks(config, req.method));
     }
     if let Some(token) = bearer_token(config, req) {
         return bearer_forward(config, req, token, verified_bearer, now).into();

@@ -31,6 +31,11 @@
 //                                  backchannel_logout_session_required, so ID tokens carry
 //                                  `sid`); when the user's session here ends, a logout token
 //                                  is posted there (OIDC Back-Channel Logout 1.0)
+//   IDP_CLIENT_AUTH                the main client's token_endpoint_auth_method: client_secret_basic
+//                                  (default) or private_key_jwt (RFC 7523: the client signs an
+//                                  assertion with its own key, found at IDP_CLIENT_JWKS_URI)
+//   IDP_CLIENT_JWKS_URI            with private_key_jwt: where the client's public keys are
+//                                  (the filter serves them at its jwks_path), read when needed
 //   IDP_CLIENT_CREDENTIALS_TTL     optional JSON object: client id -> lifetime in seconds of its
 //                                  client-credentials tokens (others: IDP_ACCESS_TOKEN_TTL)
 //   The main client may also use the client-credentials grant (RFC 6749 §4.4); with a
@@ -137,6 +142,12 @@ function envJson(name, fallback) {
   }
 }
 const EXTRA_CLIENTS = envJson('IDP_EXTRA_CLIENTS', []);
+const CLIENT_AUTH = env('IDP_CLIENT_AUTH', 'client_secret_basic');
+if (!['client_secret_basic', 'private_key_jwt'].includes(CLIENT_AUTH)) {
+  fail('IDP_CLIENT_AUTH must be client_secret_basic or private_key_jwt');
+}
+const CLIENT_JWKS_URI = env('IDP_CLIENT_JWKS_URI', '');
+if (CLIENT_AUTH === 'private_key_jwt' && !CLIENT_JWKS_URI) fail('private_key_jwt needs IDP_CLIENT_JWKS_URI');
 const BACKCHANNEL_LOGOUT_URI = env('IDP_BACKCHANNEL_LOGOUT_URI', '');
 const CLIENT_CREDENTIALS_TTL = envJson('IDP_CLIENT_CREDENTIALS_TTL', {});
 const ACR_PWD = 'urn:example:pwd';
@@ -318,13 +329,15 @@ const configuration = {
   clients: [
     {
       client_id: CLIENT_ID,
-      client_secret: CLIENT_SECRET,
+      ...(CLIENT_AUTH === 'client_secret_basic'
+        ? { client_secret: CLIENT_SECRET }
+        : { jwks_uri: CLIENT_JWKS_URI }),
       client_name: `${CLIENT_ID} (BFF test client)`,
       redirect_uris: REDIRECT_URIS,
       post_logout_redirect_uris: POST_LOGOUT_REDIRECT_URIS,
       grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
       response_types: ['code'],
-      token_endpoint_auth_method: 'client_secret_basic',
+      token_endpoint_auth_method: CLIENT_AUTH,
       id_token_signed_response_alg: ID_TOKEN_ALG,
       ...(BACKCHANNEL_LOGOUT_URI
         ? { backchannel_logout_uri: BACKCHANNEL_LOGOUT_URI, backchannel_logout_session_required: true }

@@ -59,16 +59,7 @@ impl Host for FakeHost {
         }
         self.next_token += 1;
         self.history.push(request.path.clone());
-        self.sent.push((
-            self.next_token,
-            IdpRequest {
-                method: request.method,
-                path: request.path.clone(),
-                authority: request.authority.clone(),
-                headers: request.headers.clone(),
-                body: request.body.clone(),
-            },
-        ));
+        self.sent.push((self.next_token, request.clone()));
         Ok(self.next_token)
     }
     fn count(&mut self, counter: Counter) {
@@ -737,4 +728,54 @@ fn logout_request(cookie: &str) -> Vec<u8> {
         ("x-csrf", b"1"),
         ("cookie", cookie.as_bytes()),
     ])
+}
+
+#[test]
+fn calls_to_the_token_endpoint_carry_the_clients_credentials_made_when_sent() {
+    let cookie = due_session_cookie();
+    let call = || wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
+    // The client secret, in the Basic header.
+    let world = World::new();
+    let mut w = world.worker(minimal_json());
+    w.learn_provider();
+    assert_eq!(w.request(1, call()), Handled::Paused);
+    w.engine.on_queue_nudged(&mut w.host);
+    let (_, sent) = w.call_to("/token");
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "authorization" && v.starts_with("Basic ")));
+    // A key: an assertion in the form, signed at the time the call leaves.
+    let world = World::new();
+    let mut w = world.worker(crate::config::tests::private_key_jwt_json());
+    w.learn_provider();
+    assert_eq!(w.request(1, call()), Handled::Paused);
+    world.advance_ms(7_000);
+    w.engine.on_queue_nudged(&mut w.host);
+    let (_, sent) = w.call_to("/token");
+    assert!(sent.headers.iter().all(|(n, _)| *n != "authorization"));
+    let form: HashMap<String, String> =
+        form_urlencoded::parse(sent.body.as_deref().unwrap().as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(form["grant_type"], "refresh_token");
+    assert_eq!(form["client_id"], "bff");
+    let payload = form["client_assertion"].split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["iat"],
+        json!(T0 + 7),
+        "made when sent, not when decided"
+    );
+    assert_eq!(claims["aud"], json!(ISSUER));
+    // Its public key is served for the IdP to read.
+    let jwks = reply(&settled(w.request(2, wire("/private/jwks", &[])))).clone();
+    assert_eq!(jwks.status, 200);
+    let keys: serde_json::Value = serde_json::from_str(&jwks.body).unwrap();
+    assert_eq!(keys["keys"][0]["kid"], "bff-1");
+    assert!(keys["keys"][0].get("d").is_none(), "never the private part");
 }

@@ -1,0 +1,82 @@
+"""The filter authenticating with a key of its own (issue 15): `client_auth: "private_key_jwt"`
+(RFC 7523 §2.2, OIDC Core §9) against the bundled IdP, which knows the client only by the JWK
+Set the filter serves at its `jwks_path` (read through Envoy, as an IdP reads a client's
+`jwks_uri`). Logins, refreshes and revocations work with ES256, PS256 and EdDSA keys; a key the
+IdP does not know gets the documented error and the VM lives on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import SESSION
+from harness.envoy import Browser, discovery_only, start_envoy
+from harness.idp import start_idp
+from harness.procs import free_port
+from harness.upstream import start_echo
+
+KEYS = Path(__file__).parent / "fixtures" / "keys"
+
+
+def start_pair(procs, key_file: str, ttl: int = 3600):
+    """The IdP with a private_key_jwt client whose jwks_uri is the Envoy's jwks_path, and the
+    Envoy signing with `key_file` (taken from its environment, BFF_CLIENT_KEY)."""
+    port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"],
+                    post_logout_redirect_uris=[f"http://127.0.0.1:{port}/"],
+                    env_overrides={"IDP_CLIENT_AUTH": "private_key_jwt",
+                                   "IDP_CLIENT_JWKS_URI": f"http://127.0.0.1:{port}/private/jwks",
+                                   "IDP_ACCESS_TOKEN_TTL": str(ttl)})
+    config = discovery_only(idp.issuer, client_auth="private_key_jwt", client_key_id="bff-key")
+    envoy = start_envoy(procs, config, start_echo(procs), idp.port, port=port,
+                        extra_env={"BFF_CLIENT_KEY": (KEYS / key_file).read_text()})
+    return idp, envoy
+
+
+@pytest.mark.parametrize("key_file,alg", [("ec-p256.pem", "ES256"), ("rsa-2048.pem", "PS256"),
+                                          ("ed25519.pem", "EdDSA")])
+def test_a_login_a_refresh_and_a_logout_authenticate_with_the_key(procs, key_file, alg):
+    idp, envoy = start_pair(procs, key_file, ttl=65)
+    jwks = Browser(envoy).get("/private/jwks", navigate=False)
+    assert jwks.status_code == 200 and jwks.headers["content-type"] == "application/jwk-set+json"
+    (key,) = jwks.json()["keys"]
+    assert (key["kid"], key["alg"], key["use"]) == ("bff-key", alg, "sig") and "d" not in key
+    b = Browser(envoy)
+    r = b.login()
+    assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
+    before = idp.stats()
+    assert before["token_requests"] == 1
+    # Due 5 s after the login (65 s tokens, 60 s leeway): the refresh authenticates too.
+    time.sleep(6.2)
+    r = b.get("/private/api/me", navigate=False)
+    assert r.status_code == 200, r.text
+    assert idp.stats()["refresh_requests"] == before["refresh_requests"] + 1
+    assert envoy.counters()["refreshes_ok"] == 1
+    # The logout revokes the refresh token, authenticated the same way.
+    logout_url = b.get("/private/session", navigate=False).json()["logout_url"]
+    assert b.get(logout_url).status_code == 302
+    assert idp.stats()["revocations"] == before["revocations"] + 1
+    envoy.assert_vm_healthy()
+
+
+def test_a_key_the_idp_does_not_know_gets_the_documented_error(procs):
+    """The IdP reads the served JWK Set of another key than the one signing (a key rotated on
+    one side only): the token endpoint refuses with invalid_client, the callback answers 502
+    token_exchange_failed, and the VM serves on."""
+    port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"],
+                    env_overrides={"IDP_CLIENT_AUTH": "private_key_jwt",
+                                   # Where nothing is served: the IdP has no key for the client.
+                                   "IDP_CLIENT_JWKS_URI": f"http://127.0.0.1:{port}/private/no-keys"})
+    config = discovery_only(idp.issuer, client_auth="private_key_jwt")
+    envoy = start_envoy(procs, config, start_echo(procs), idp.port, port=port,
+                        extra_env={"BFF_CLIENT_KEY": (KEYS / "ec-p256.pem").read_text()})
+    b = Browser(envoy)
+    r = b.login()
+    assert r.status_code == 502, (r.status_code, r.text)
+    assert "token_exchange_failed" in r.text and "invalid_client" in r.text, r.text
+    assert "BEGIN" not in envoy.log() and "client_assertion=" not in envoy.log()
+    assert b.get("/private/jwks", navigate=False).status_code == 200
+    envoy.assert_vm_healthy()
