@@ -72,6 +72,8 @@ struct RawConfig {
     jwks_uri: Option<String>,
     end_session_endpoint: Option<String>,
     revocation_endpoint: Option<String>,
+    pushed_authorization_request_endpoint: Option<String>,
+    pushed_authorization_requests: Option<bool>,
     id_token_signing_algs: Option<Vec<String>>,
     idp_cluster: Option<String>,
     idp_authority: Option<String>,
@@ -279,6 +281,8 @@ pub struct Endpoints {
     pub jwks: Option<AbsoluteUrl>,
     pub end_session: Option<AbsoluteUrl>,
     pub revocation: Option<AbsoluteUrl>,
+    /// RFC 9126's pushed authorization request endpoint.
+    pub par: Option<AbsoluteUrl>,
     pub signing_algs: Option<Vec<String>>,
 }
 
@@ -322,6 +326,8 @@ pub struct Config {
     /// RFC 8707 resource indicators: on the authorization request, the code exchange and
     /// every refresh.
     pub resources: Vec<String>,
+    /// RFC 9126: push every authorization request (otherwise only when the IdP requires it).
+    pub pushed_authorization_requests: bool,
     pub prefix: String,
     pub login_path: String,
     pub post_login_url: String,
@@ -673,6 +679,7 @@ impl Config {
                 auth_params,
                 login_params,
                 resources,
+                pushed_authorization_requests: raw.pushed_authorization_requests.unwrap_or(false),
                 prefix,
                 login_path,
                 post_login_url,
@@ -841,6 +848,11 @@ impl RawConfig {
             revocation: p.endpoint(
                 "revocation_endpoint",
                 self.revocation_endpoint.take(),
+                false,
+            ),
+            par: p.endpoint(
+                "pushed_authorization_request_endpoint",
+                self.pushed_authorization_request_endpoint.take(),
                 false,
             ),
             signing_algs: self.id_token_signing_algs.take(),

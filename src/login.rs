@@ -5,19 +5,20 @@ use crate::config::{Config, RedirectUri};
 use crate::ctx::Ctx;
 use crate::metrics::Counter;
 use crate::oidc::auth_params;
-use crate::oidc::authorize::authorization_url;
+use crate::oidc::authorize::{authorization_params, authorization_url};
 use crate::oidc::callback::{self, AuthorizationResponse};
 use crate::oidc::discovery::Provider;
 use crate::oidc::id_token::{self, Binding, IdTokenError};
 use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::oidc::jws::JwsError;
+use crate::oidc::par;
 use crate::oidc::token;
 use crate::random;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::session::cookie::{self, Jar};
 use crate::session::{LoginTransaction, Session, TransactionError};
-use crate::url::query_of;
+use crate::url::{query_of, AbsoluteUrl};
 
 /// What a login is started with: where the browser returns afterwards, and the parameters the
 /// SPA forwarded through the login endpoint (none for a login a page load started).
@@ -50,6 +51,68 @@ impl PendingLogin {
     }
 }
 
+/// A started login: the redirect to the IdP at once, or first its authorization request pushed.
+#[derive(Debug)]
+pub enum Started {
+    Redirect(Reply),
+    Push(Box<PushedLogin>),
+}
+
+impl Started {
+    /// Adds a `Set-Cookie` to the browser's answer (a dead session's deletion).
+    pub fn with_cookie(self, set_cookie: String) -> Started {
+        match self {
+            Started::Redirect(reply) => Started::Redirect(reply.with_cookie(set_cookie)),
+            Started::Push(mut pushed) => {
+                pushed.cookies.push(set_cookie);
+                Started::Push(pushed)
+            }
+        }
+    }
+}
+
+/// A login whose authorization request is pushed first (RFC 9126): the call, and what the
+/// browser gets once the IdP answers with a `request_uri` ([`pushed`]).
+#[derive(Debug)]
+pub struct PushedLogin {
+    pub request: IdpRequest,
+    authorization_endpoint: AbsoluteUrl,
+    /// `Set-Cookie` values for the browser's answer: the transaction cookie first.
+    cookies: Vec<String>,
+    client: Client,
+}
+
+impl PushedLogin {
+    pub fn client(&self) -> Client {
+        self.client
+    }
+}
+
+/// The browser's answer once the pushed request was answered: to the authorization endpoint
+/// with `client_id` and `request_uri` only, or the failure (also returned for the log; the
+/// transaction cookie is not set).
+pub fn pushed(config: &Config, login: PushedLogin, answer: &IdpAnswer) -> (Reply, Option<Failure>) {
+    match par::parse_response(answer) {
+        Ok(request_uri) => {
+            let location = par::authorization_url(
+                &login.authorization_endpoint,
+                &config.client_id,
+                &request_uri,
+            );
+            let reply = login
+                .cookies
+                .into_iter()
+                .fold(Reply::redirect(&location), Reply::with_cookie)
+                .counting(Counter::LoginsStarted);
+            (reply, None)
+        }
+        Err(e) => {
+            let failure = Failure::PushedRequest(e);
+            (Reply::failure(login.client, &failure), Some(failure))
+        }
+    }
+}
+
 /// How a login ends once the token endpoint has answered.
 #[derive(Debug)]
 pub enum Finish {
@@ -59,17 +122,18 @@ pub enum Finish {
     UnknownKey,
 }
 
-/// Starts the authorization-code flow: a new transaction cookie and a redirect to the IdP.
+/// Starts the authorization-code flow: a new transaction cookie and a redirect to the IdP, its
+/// authorization request pushed first when the IdP requires it or the configuration says so.
 pub fn start(
     ctx: &mut Ctx,
     provider: &Provider,
     req: &Request,
     client: Client,
     start: LoginStart,
-) -> Reply {
-    match try_start(ctx, provider, req, start) {
-        Ok(reply) => reply,
-        Err(failure) => Reply::failure(client, &failure),
+) -> Started {
+    match try_start(ctx, provider, req, client, start) {
+        Ok(started) => started,
+        Err(failure) => Started::Redirect(Reply::failure(client, &failure)),
     }
 }
 
@@ -77,9 +141,16 @@ fn try_start(
     ctx: &mut Ctx,
     provider: &Provider,
     req: &Request,
+    client: Client,
     start: LoginStart,
-) -> Result<Reply, Failure> {
+) -> Result<Started, Failure> {
     let (config, now, rng) = (ctx.config, ctx.now, &mut *ctx.rng);
+    let push = config.pushed_authorization_requests || provider.par_required;
+    let par_endpoint = match (push, &provider.par_endpoint) {
+        (false, _) => None,
+        (true, Some(endpoint)) => Some(endpoint),
+        (true, None) => return Err(Failure::PushedRequest(par::ParError::NoEndpoint)),
+    };
     let redirect_uri = redirect_uri(config, req)?;
     let mut tx = LoginTransaction::begin(rng, start.return_to, redirect_uri, now)
         .map_err(|_| Failure::Internal("no randomness for the login"))?;
@@ -95,21 +166,34 @@ fn try_start(
     let (name, value) = tx
         .seal(&config.keys, &config.cookie.name, rng)
         .map_err(|_| Failure::Internal("could not seal the login transaction"))?;
+    let extra = auth_params::extra(&config.auth_params, &start.forwarded, &config.resources);
+    let tx_cookie = cookie::set_cookie(
+        &config.cookie,
+        &name,
+        &value,
+        Some(config.cookie.transaction_max_age),
+    );
+    if let Some(endpoint) = par_endpoint {
+        let form = authorization_params(&config.client_id, &config.scope, &tx, &extra);
+        return Ok(Started::Push(Box::new(PushedLogin {
+            request: par::request(endpoint, config.idp_authority_for(endpoint), form),
+            authorization_endpoint: provider.authorization_endpoint.clone(),
+            cookies: vec![tx_cookie],
+            client,
+        })));
+    }
     let location = authorization_url(
         &provider.authorization_endpoint,
         &config.client_id,
         &config.scope,
         &tx,
-        &auth_params::extra(&config.auth_params, &start.forwarded, &config.resources),
+        &extra,
     );
-    Ok(Reply::redirect(&location)
-        .counting(Counter::LoginsStarted)
-        .with_cookie(cookie::set_cookie(
-            &config.cookie,
-            &name,
-            &value,
-            Some(config.cookie.transaction_max_age),
-        )))
+    Ok(Started::Redirect(
+        Reply::redirect(&location)
+            .counting(Counter::LoginsStarted)
+            .with_cookie(tx_cookie),
+    ))
 }
 
 /// The absolute redirect URI for this request.

@@ -6,6 +6,7 @@ use crate::metrics::Counter;
 use crate::oidc::auth_params::BadForward;
 use crate::oidc::callback::CallbackError;
 use crate::oidc::id_token::IdTokenError;
+use crate::oidc::par::ParError;
 use crate::oidc::token::TokenError;
 use serde_json::json;
 
@@ -191,6 +192,8 @@ pub enum Failure {
         description: Option<String>,
     },
     TokenExchange(TokenError),
+    /// The pushed authorization request (RFC 9126) gave no `request_uri`.
+    PushedRequest(ParError),
     NoIdToken,
     IdToken(IdTokenError),
     /// The login asked for `acr_values` and the ID token's `acr` is none of them.
@@ -259,8 +262,9 @@ impl Failure {
             | Failure::LoginExpired
             | Failure::StateMismatch
             | Failure::IssuerMismatch => 400,
-            Failure::TokenExchange(TokenError::Unreachable) => 504,
-            Failure::TokenExchange(_) | Failure::NoIdToken => 502,
+            Failure::TokenExchange(TokenError::Unreachable)
+            | Failure::PushedRequest(ParError::Unreachable) => 504,
+            Failure::TokenExchange(_) | Failure::NoIdToken | Failure::PushedRequest(_) => 502,
             Failure::IdpUnavailable => 503,
             Failure::Internal(_) => 500,
             Failure::Csrf | Failure::Forbidden | Failure::LogoutForbidden | Failure::AcrNotMet => {
@@ -282,7 +286,9 @@ impl Failure {
             Failure::StateMismatch => "state_mismatch",
             Failure::IssuerMismatch => "issuer_mismatch",
             Failure::IdpRefused { .. } => "login_refused",
-            Failure::TokenExchange(TokenError::Unreachable) => "idp_timeout",
+            Failure::TokenExchange(TokenError::Unreachable)
+            | Failure::PushedRequest(ParError::Unreachable) => "idp_timeout",
+            Failure::PushedRequest(_) => "par_failed",
             Failure::TokenExchange(_) | Failure::NoIdToken => "token_exchange_failed",
             Failure::IdToken(_) => "id_token_invalid",
             Failure::AcrNotMet => "insufficient_authentication",
@@ -327,6 +333,7 @@ impl Failure {
                 _ => format!("The identity provider refused the login: {error}."),
             },
             Failure::TokenExchange(e) => format!("Login could not be completed: {e}."),
+            Failure::PushedRequest(e) => format!("Login could not be started: {e}."),
             Failure::NoIdToken => {
                 "Login could not be completed: the token endpoint sent no ID token.".into()
             }

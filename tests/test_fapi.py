@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import SESSION
-from harness.envoy import Browser, discovery_only, start_envoy
+from harness.envoy import Browser, discovery_only, query_of, start_envoy
 from harness.idp import start_idp
 from harness.procs import free_port
 from harness.upstream import start_echo
@@ -79,4 +79,38 @@ def test_a_key_the_idp_does_not_know_gets_the_documented_error(procs):
     assert "token_exchange_failed" in r.text and "invalid_client" in r.text, r.text
     assert "BEGIN" not in envoy.log() and "client_assertion=" not in envoy.log()
     assert b.get("/private/jwks", navigate=False).status_code == 200
+    envoy.assert_vm_healthy()
+
+
+def test_an_idp_requiring_pushed_requests_gets_them_and_the_browser_only_a_request_uri(procs):
+    port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"],
+                    env_overrides={"IDP_PAR": "required", "IDP_CLIENT_AUTH": "private_key_jwt",
+                                   "IDP_CLIENT_JWKS_URI": f"http://127.0.0.1:{port}/private/jwks"})
+    assert idp.discovery()["require_pushed_authorization_requests"] is True
+    config = discovery_only(idp.issuer, client_auth="private_key_jwt")
+    envoy = start_envoy(procs, config, start_echo(procs), idp.port, port=port,
+                        extra_env={"BFF_CLIENT_KEY": (KEYS / "ed25519.pem").read_text()})
+    b = Browser(envoy)
+    start = b.get("/private/login?return_to=/app")
+    assert start.status_code == 302, start.text
+    location = start.headers["location"]
+    assert location.startswith(idp.discovery()["authorization_endpoint"] + "?")
+    assert sorted(query_of(location)) == ["client_id", "request_uri"], location
+    assert query_of(location)["request_uri"].startswith("urn:ietf:params:oauth:request_uri:")
+    r = b.login()
+    assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
+    assert b.get("/private/api/me", navigate=False).status_code == 200
+    envoy.assert_vm_healthy()
+
+
+def test_pushing_to_an_idp_without_a_par_endpoint_gets_the_documented_error(procs):
+    port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"],
+                    env_overrides={"IDP_PAR": "off"})
+    assert "pushed_authorization_request_endpoint" not in idp.discovery()
+    config = discovery_only(idp.issuer, pushed_authorization_requests=True)
+    envoy = start_envoy(procs, config, start_echo(procs), idp.port, port=port)
+    r = Browser(envoy).get("/private/login")
+    assert r.status_code == 502 and "pushed_authorization_request_endpoint" in r.text, r.text
     envoy.assert_vm_healthy()

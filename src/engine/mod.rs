@@ -388,6 +388,22 @@ impl Engine {
                     )))
                 }
             },
+            Decision::PushAuthorization(login) => match self.dispatch_idp(&login.request, host) {
+                Ok(token) => {
+                    self.own_call(context_id, headers, OwnCall::Push { token, login });
+                    None
+                }
+                Err(why) => {
+                    host.log(
+                        Level::Error,
+                        &format!("bff: cannot push the authorization request: {why}"),
+                    );
+                    Some(Settled::Reply(Reply::failure(
+                        login.client(),
+                        &Failure::IdpUnavailable,
+                    )))
+                }
+            },
             Decision::AwaitProvider => {
                 if provider_awaited {
                     // Woken as ready, yet still none: give up rather than loop.
@@ -568,6 +584,13 @@ impl Engine {
             }
             // RFC 7009 §2.2: the answer says nothing we act on; log out either way.
             OwnCall::Revocation { reply, .. } => Some(Settled::Reply(reply)),
+            OwnCall::Push { login, .. } => {
+                let (reply, failure) = login::pushed(&self.config, *login, &answer);
+                if let Some(failure) = failure {
+                    log_login_failure(host, &failure);
+                }
+                Some(Settled::Reply(reply))
+            }
             OwnCall::Backchannel { step, .. } => {
                 self.backchannel_answered(context_id, step, &answer, host)
             }

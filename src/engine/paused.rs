@@ -46,6 +46,11 @@ pub enum OwnCall {
     CodeExchange { token: u32, pending: PendingLogin },
     /// The revocation at logout; then `reply`.
     Revocation { token: u32, reply: Reply },
+    /// A login's pushed authorization request (RFC 9126).
+    Push {
+        token: u32,
+        login: Box<crate::login::PushedLogin>,
+    },
     /// A back-channel logout's store call (with a store configured).
     Backchannel {
         token: u32,
@@ -58,6 +63,7 @@ impl OwnCall {
         match self {
             OwnCall::CodeExchange { token, .. }
             | OwnCall::Revocation { token, .. }
+            | OwnCall::Push { token, .. }
             | OwnCall::Backchannel { token, .. } => *token,
         }
     }

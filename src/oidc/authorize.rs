@@ -12,6 +12,24 @@ pub fn authorization_url(
     tx: &LoginTransaction,
     extra: &[(&str, &str)],
 ) -> String {
+    let query = authorization_params(client_id, scope, tx, extra);
+    // An endpoint may carry its own query (e.g. a tenant or policy parameter): keep it.
+    let joiner = if endpoint.path_and_query.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    format!("{endpoint}{joiner}{query}")
+}
+
+/// The authorization request's parameters, form-encoded: the browser's query, or the body
+/// of a pushed authorization request (RFC 9126 §2.1).
+pub fn authorization_params(
+    client_id: &str,
+    scope: &str,
+    tx: &LoginTransaction,
+    extra: &[(&str, &str)],
+) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     query
         .append_pair("response_type", "code")
@@ -23,14 +41,7 @@ pub fn authorization_url(
         .append_pair("code_challenge", &tx.verifier.challenge())
         .append_pair("code_challenge_method", "S256")
         .extend_pairs(extra);
-    let query = query.finish();
-    // An endpoint may carry its own query (e.g. a tenant or policy parameter): keep it.
-    let joiner = if endpoint.path_and_query.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    format!("{endpoint}{joiner}{query}")
+    query.finish()
 }
 
 #[cfg(test)]

@@ -69,9 +69,15 @@ impl ClientAuth {
                 };
                 let jwt = assertion(key, client_id, aud, now, rng)?;
                 let body = request.body.get_or_insert_with(String::new);
+                // A pushed authorization request carries it already (as a parameter must
+                // appear once).
+                let has_client_id =
+                    form_urlencoded::parse(body.as_bytes()).any(|(k, _)| k == "client_id");
                 let mut form = form_urlencoded::Serializer::for_suffix(std::mem::take(body), 0);
-                form.append_pair("client_id", client_id)
-                    .append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE)
+                if !has_client_id {
+                    form.append_pair("client_id", client_id);
+                }
+                form.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE)
                     .append_pair("client_assertion", &jwt);
                 *body = form.finish();
             }
@@ -222,5 +228,19 @@ mod tests {
                 .unwrap();
         assert_eq!(claims["aud"], "https://idp.example/token");
         assert_ne!(claims["jti"], json!(jti));
+        // A form that names the client already keeps one client_id.
+        let mut pushed = form_post("response_type=code&client_id=bff&state=s");
+        auth.authenticate(
+            &mut pushed,
+            "bff",
+            "https://idp.example",
+            "https://idp.example/token",
+            1_800_000_000,
+            &mut rng,
+        )
+        .unwrap();
+        let body = pushed.body.unwrap();
+        let ids = form_urlencoded::parse(body.as_bytes()).filter(|(k, _)| k == "client_id");
+        assert_eq!(ids.count(), 1);
     }
 }

@@ -27,6 +27,9 @@ pub struct Provider {
     pub signing_algs: Vec<String>,
     /// RFC 9207 §3: when announced, every authorization response must carry `iss`.
     pub iss_parameter_supported: bool,
+    /// RFC 9126: where authorization requests are pushed, and whether the IdP takes no other.
+    pub par_endpoint: Option<AbsoluteUrl>,
+    pub par_required: bool,
 }
 
 #[derive(Deserialize)]
@@ -39,6 +42,8 @@ struct RawMetadata {
     revocation_endpoint: Option<String>,
     id_token_signing_alg_values_supported: Option<Vec<String>>,
     authorization_response_iss_parameter_supported: Option<bool>,
+    pushed_authorization_request_endpoint: Option<String>,
+    require_pushed_authorization_requests: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +99,8 @@ impl Provider {
                 .clone()
                 .unwrap_or_else(|| vec!["RS256".to_string()]),
             iss_parameter_supported: false,
+            par_endpoint: e.par.clone(),
+            par_required: false,
         })
     }
 
@@ -148,6 +155,12 @@ impl Provider {
             iss_parameter_supported: raw
                 .authorization_response_iss_parameter_supported
                 .unwrap_or(false),
+            par_endpoint: pick(
+                &e.par,
+                "pushed_authorization_request_endpoint",
+                raw.pushed_authorization_request_endpoint,
+            )?,
+            par_required: raw.require_pushed_authorization_requests.unwrap_or(false),
         })
     }
 }
@@ -164,6 +177,8 @@ pub fn test_provider() -> Provider {
         revocation_endpoint: None,
         signing_algs: vec!["RS256".into()],
         iss_parameter_supported: true,
+        par_endpoint: Some(u("http://127.0.0.1:9000/request")),
+        par_required: false,
     }
 }
 

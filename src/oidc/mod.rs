@@ -11,6 +11,7 @@ pub mod idp_request;
 pub mod jwks;
 pub mod jws;
 pub mod logout_token;
+pub mod par;
 pub mod pkce;
 pub mod signing_key;
 pub mod token;

@@ -35,6 +35,8 @@ pub enum Decision {
     Reply(Reply),
     /// Pause the request and exchange the code at the token endpoint.
     ExchangeCode(Box<CodeExchange>),
+    /// Pause the request and push its login's authorization request (RFC 9126) first.
+    PushAuthorization(Box<login::PushedLogin>),
     /// The provider's metadata is needed and not known yet: pause until it is (bounded).
     AwaitProvider,
     /// The access token is due: refresh it first (once per session across workers).
@@ -217,7 +219,7 @@ pub fn decide(
         let Some(provider) = provider else {
             return Decision::AwaitProvider;
         };
-        return Decision::Reply(login::start(ctx, provider, req, client(), start));
+        return login::start(ctx, provider, req, client(), start).into();
     }
     // The IdP's server-to-server call: no cookie, no CSRF header; the logout token in the
     // form body authenticates it (OIDC Back-Channel Logout 1.0 §2.5).
@@ -318,7 +320,7 @@ fn no_usable_session(
         };
     }
     match provider {
-        Some(provider) => unauthenticated(ctx, provider, req, jar, reason).into(),
+        Some(provider) => unauthenticated(ctx, provider, req, jar, reason),
         // Only a login needs the metadata; an API call gets its 401 at once.
         None if logs_in(req) => Decision::AwaitProvider,
         None => Decision::Reply(no_session(config, req, jar, reason)),
@@ -405,6 +407,15 @@ fn claim_header_edits(
         .iter()
         .map(|(claim, header)| (header.clone(), claims.get(claim).and_then(header_value)))
         .collect()
+}
+
+impl From<login::Started> for Decision {
+    fn from(started: login::Started) -> Decision {
+        match started {
+            login::Started::Redirect(reply) => Decision::Reply(reply),
+            login::Started::Push(pushed) => Decision::PushAuthorization(pushed),
+        }
+    }
 }
 
 impl From<Settled> for Decision {
@@ -598,10 +609,10 @@ fn unauthenticated(
     req: &Request,
     jar: &Jar,
     reason: NoSession,
-) -> Settled {
+) -> Decision {
     let config = ctx.config;
     if !logs_in(req) {
-        return Settled::Reply(no_session(config, req, jar, reason));
+        return Decision::Reply(no_session(config, req, jar, reason));
     }
     // Come back to this very page after login, if it is a path we can safely return to.
     let return_to = safe_return_to(req.path)
@@ -611,8 +622,15 @@ fn unauthenticated(
         return_to,
         forwarded: Vec::new(),
     };
-    let reply = login::start(ctx, provider, req, Client::Navigation, start);
-    Settled::Reply(dead_cookies_cleared(config, jar, reason, reply))
+    let started = login::start(ctx, provider, req, Client::Navigation, start);
+    let cleared = match reason {
+        NoSession::Absent => Vec::new(),
+        _ => Session::clear(&config.cookie, jar),
+    };
+    cleared
+        .into_iter()
+        .fold(started, login::Started::with_cookie)
+        .into()
 }
 
 /// The API's 401 without a session (saying so to a bearer client the prefix does not take).

@@ -36,6 +36,9 @@
 //                                  assertion with its own key, found at IDP_CLIENT_JWKS_URI)
 //   IDP_CLIENT_JWKS_URI            with private_key_jwt: where the client's public keys are
 //                                  (the filter serves them at its jwks_path), read when needed
+//   IDP_PAR                        pushed authorization requests (RFC 9126): "on" (default: the
+//                                  endpoint is announced, its use optional), "required" (every
+//                                  authorization request must be pushed), or "off" (no endpoint)
 //   IDP_CLIENT_CREDENTIALS_TTL     optional JSON object: client id -> lifetime in seconds of its
 //                                  client-credentials tokens (others: IDP_ACCESS_TOKEN_TTL)
 //   The main client may also use the client-credentials grant (RFC 6749 §4.4); with a
@@ -142,6 +145,8 @@ function envJson(name, fallback) {
   }
 }
 const EXTRA_CLIENTS = envJson('IDP_EXTRA_CLIENTS', []);
+const PAR = env('IDP_PAR', 'on');
+if (!['on', 'required', 'off'].includes(PAR)) fail('IDP_PAR must be on, required or off');
 const CLIENT_AUTH = env('IDP_CLIENT_AUTH', 'client_secret_basic');
 if (!['client_secret_basic', 'private_key_jwt'].includes(CLIENT_AUTH)) {
   fail('IDP_CLIENT_AUTH must be client_secret_basic or private_key_jwt');
@@ -461,6 +466,10 @@ const configuration = {
       },
     },
     revocation: { enabled: true },
+    pushedAuthorizationRequests: {
+      enabled: PAR !== 'off',
+      requirePushedAuthorizationRequests: PAR === 'required',
+    },
     clientCredentials: { enabled: true },
     backchannelLogout: { enabled: true },
     userinfo: { enabled: true },
@@ -520,6 +529,14 @@ function clientLeftWithin(req, ms) {
   return new Promise((resolve) => {
     const timer = setTimeout(() => resolve(socket.destroyed), ms);
     socket.once('close', () => { clearTimeout(timer); resolve(true); });
+  });
+}
+// Why a token, PAR or revocation request was refused, in the log (what a test failing on an
+// invalid_request needs to see).
+for (const event of ['grant.error', 'pushed_authorization_request.error', 'revocation.error',
+  'authorization.error']) {
+  provider.on(event, (_ctx, err) => {
+    console.error(`${event}: ${err.error ?? err.name}: ${err.error_description ?? err.message}`);
   });
 }
 // Back-channel logouts this IdP posted: answered 200/204, or not.

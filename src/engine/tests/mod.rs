@@ -779,3 +779,70 @@ fn calls_to_the_token_endpoint_carry_the_clients_credentials_made_when_sent() {
     assert_eq!(keys["keys"][0]["kid"], "bff-1");
     assert!(keys["keys"][0].get("d").is_none(), "never the private part");
 }
+
+#[test]
+fn an_idp_that_requires_pushed_requests_gets_them_and_the_browser_only_a_request_uri() {
+    let world = World::new();
+    let mut w = world.worker(minimal_json());
+    w.tick();
+    let mut doc: serde_json::Value = serde_json::from_str(&discovery()).unwrap();
+    doc["pushed_authorization_request_endpoint"] = json!(format!("{ISSUER}/request"));
+    doc["require_pushed_authorization_requests"] = json!(true);
+    w.answer(
+        "/.well-known/openid-configuration",
+        Some(200),
+        &doc.to_string(),
+    );
+    w.answer("/jwks", Some(200), &test_signer::jwks_json());
+    let login = || wire("/private/login?return_to=/app", &[NAV]);
+    assert_eq!(w.request(1, login()), Handled::Paused);
+    let (token, pushed) = w.call_to("/request");
+    assert!(pushed
+        .headers
+        .iter()
+        .any(|(n, v)| *n == "authorization" && v.starts_with("Basic ")));
+    let form: HashMap<String, String> =
+        form_urlencoded::parse(pushed.body.as_deref().unwrap().as_bytes())
+            .into_owned()
+            .collect();
+    for name in [
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+    ] {
+        assert!(form.contains_key(name), "{name} is pushed");
+    }
+    w.host.sent.push((token, pushed));
+    let resumes = w.answer(
+        "/request",
+        Some(201),
+        r#"{"request_uri":"urn:ietf:params:oauth:request_uri:abc","expires_in":60}"#,
+    );
+    let r = reply(&resumes[0].settled);
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some("http://127.0.0.1:9000/auth?client_id=bff&request_uri=urn%3Aietf%3Aparams%3Aoauth%3Arequest_uri%3Aabc")
+    );
+    assert_eq!(r.cookies().count(), 1, "the login's transaction cookie");
+    assert!(w.host.counted.contains(&Counter::LoginsStarted));
+    // Refused: the documented failure, no transaction cookie, the VM goes on.
+    assert_eq!(w.request(2, login()), Handled::Paused);
+    let resumes = w.answer("/request", Some(400), r#"{"error":"invalid_request"}"#);
+    let r = reply(&resumes[0].settled);
+    assert_eq!((r.status, r.cookies().count()), (502, 0));
+    assert!(
+        r.body.contains("par_failed") || r.body.contains("could not be started"),
+        "{}",
+        r.body
+    );
+    assert!(w
+        .host
+        .logs
+        .iter()
+        .any(|l| l.contains("pushed authorization request")));
+}
