@@ -12,6 +12,10 @@ are pinned to different CPUs when the machine has two or more.
     e  envoy-bff with a token due for refresh: every request refreshes at the test IdP
     f  envoy-bff's login callback (code exchange + ID token check), by a Python client
     p  (diagnostic) envoy-bff on a path outside its prefix: what it costs before any session work
+    s  (d) on an Envoy whose filter has `store` set (a running etcd, one member): what configuring
+       the store costs the authenticated path (nothing on it talks to the store)
+    es (e) with `store` set: every refresh is also claimed in etcd (lease, create-if-absent,
+       the IdP's grant, lease, put)
     d0 (with --before PATH) (d) through another envoy_bff.wasm, e.g. the last commit's: a change's
        cost, before and after, in one run
 """
@@ -45,6 +49,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from harness.envoy import ENVOY_BIN, IDLE_CLOSE_FIRST, KEY_A, WASM, Browser, Envoy, filter_config, wait_ready  # noqa: E402
+from harness.etcd import envoy_cluster, start_etcd  # noqa: E402
 from harness.idp import login_at_idp, start_idp  # noqa: E402
 from harness.procs import Process, ProcessGroup, free_port  # noqa: E402
 from harness.upstream import start_echo  # noqa: E402
@@ -78,7 +83,9 @@ NAMES = {
     "b": "floor: minimal proxy-wasm filter",
     "c": "Envoy OAuth2 filter, valid session",
     "d": "envoy-bff, valid session, fresh token",
+    "s": "envoy-bff, valid session, store configured",
     "e": "envoy-bff, token due: refresh at the IdP",
+    "es": "envoy-bff, token due: refresh claimed in etcd",
     "p": "envoy-bff, path outside its prefix",
     "k": "envoy-bff, client prefix, own token",
 }
@@ -93,6 +100,15 @@ PASS_PATH = "/public/bench"
 BEFORE_NAME = "envoy-bff before (--before), as (d)"
 # Its ratios: over the floor, and the change's (d after over d0 before, of the added cost).
 BEFORE_PAIRS = (("d0", "b"), ("d", "d0"))
+# (s) and (es): the filter's `store` (etcd through its v3 JSON gateway, cluster `etcd`), one
+# member started for the bench. Nothing on the authenticated path talks to it (s); a refresh
+# claims its refresh token in it: lease, create-if-absent, the grant at the IdP, lease, put (es).
+STORE = {"cluster": "etcd", "prefix": "bench/", "timeout_ms": 1500}
+STORE_VARIANTS = ("s", "es")
+# The variants where every request is a refresh, from a rotating pool of sessions.
+REFRESH_VARIANTS = ("e", "es")
+# Variant keys of two characters, read as one by --skip.
+TWO_CHAR_KEYS = ("es", "d0")
 
 
 def log(msg: str) -> None:
@@ -114,8 +130,9 @@ def cluster(name: str, port: int) -> dict:
 
 
 def bootstrap(listen_port: int, admin_port: int, http_filters: list, echo_port: int,
-              idp_port: int, secrets_: list | None = None) -> dict:
-    """The same listener for every variant (the harness's edge settings); only the filters differ."""
+              idp_port: int, secrets_: list | None = None, extra_clusters: list | None = None) -> dict:
+    """The same listener for every variant (the harness's edge settings); only the filters differ
+    (and `extra_clusters`: the store's etcd cluster for s and es)."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
@@ -144,7 +161,7 @@ def bootstrap(listen_port: int, admin_port: int, http_filters: list, echo_port: 
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
             }],
-            "clusters": [cluster("echo", echo_port), cluster("idp", idp_port)],
+            "clusters": [cluster("echo", echo_port), cluster("idp", idp_port)] + (extra_clusters or []),
             "secrets": secrets_ or [],
         },
     }
@@ -203,6 +220,7 @@ class Pinning:
     """Envoy on the last CPU, wrk (and our client) on the others: they never share a core."""
     envoy: list[str] = field(default_factory=list)
     load: list[str] = field(default_factory=list)
+    load_cpus: set[int] = field(default_factory=set)
 
     @staticmethod
     def make(enabled: bool) -> "Pinning":
@@ -210,16 +228,29 @@ class Pinning:
         if not enabled or len(cpus) < 2 or shutil.which("taskset") is None:
             return Pinning()
         rest = ",".join(str(c) for c in cpus[:-1])
-        return Pinning(envoy=["taskset", "-c", str(cpus[-1])], load=["taskset", "-c", rest])
+        return Pinning(envoy=["taskset", "-c", str(cpus[-1])], load=["taskset", "-c", rest],
+                       load_cpus=set(cpus[:-1]))
+
+    def off_envoy(self, pid: int) -> None:
+        """A running process (every thread it has; new ones inherit) onto the load CPUs: etcd,
+        which works for (es)'s refreshes, stays off Envoy's CPU like wrk."""
+        if not self.load_cpus:
+            return
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                os.sched_setaffinity(int(task), self.load_cpus)
+            except ProcessLookupError:
+                pass
 
 
 def start_bench_envoy(procs: ProcessGroup, name: str, listen_port: int, http_filters: list,
-                      echo_port: int, idp_port: int, pin: Pinning, secrets_=None) -> Envoy:
+                      echo_port: int, idp_port: int, pin: Pinning, secrets_=None,
+                      extra_clusters=None) -> Envoy:
     admin_port = free_port()
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / f"envoy-{name}.json"
     path.write_text(json.dumps(bootstrap(listen_port, admin_port, http_filters, echo_port, idp_port,
-                                         secrets_), indent=1))
+                                         secrets_, extra_clusters), indent=1))
     env = {"BFF_CLIENT_SECRET": CLIENT_SECRET, "BFF_COOKIE_KEYS": KEY_A}
     proc = procs.start(f"envoy-{name}", pin.envoy + [
         ENVOY_BIN, "-c", path, "--concurrency", 1, "--disable-hot-restart",
@@ -250,8 +281,8 @@ def memory(envoy: Envoy) -> dict:
             "rss": rss_bytes(envoy.process.pid)}
 
 
-def stats(envoy: Envoy, contains: str) -> dict[str, int]:
-    text = requests.get(f"http://127.0.0.1:{envoy.admin_port}/stats", timeout=10).text
+def stats(envoy: Envoy, contains: str, timeout: float = 10) -> dict[str, int]:
+    text = requests.get(f"http://127.0.0.1:{envoy.admin_port}/stats", timeout=timeout).text
     out = {}
     for line in text.splitlines():
         name, _, value = line.partition(": ")
@@ -262,6 +293,16 @@ def stats(envoy: Envoy, contains: str) -> dict[str, int]:
 
 def stat(envoy: Envoy, suffix: str) -> int:
     return sum(v for k, v in stats(envoy, suffix).items() if k.endswith(suffix))
+
+
+def store_stats(envoy: Envoy, timeout: float = 10) -> dict[str, int]:
+    """What an Envoy with `store` sent to etcd so far: requests on the `etcd` cluster (the
+    filter's calls; the cluster's health checks are not counted there), their 2xx answers, and
+    the filter's `store_failures`."""
+    s = stats(envoy, "", timeout)
+    return {"etcd_calls": s.get("cluster.etcd.upstream_rq_total", 0),
+            "etcd_2xx": s.get("cluster.etcd.upstream_rq_2xx", 0),
+            "store_failures": sum(v for k, v in s.items() if k.endswith(".store_failures"))}
 
 
 # --- logins ---------------------------------------------------------------------------------
@@ -307,14 +348,15 @@ def check_variant(key: str, envoy: Envoy, cookie: str | None) -> str:
         raise RuntimeError(f"variant {key}: {r.status_code} {r.text[:300]}")
     seen = r.json()["headers"]
     auth = seen.get("authorization", "")
-    kind = "d" if key == "d0" else key  # (d0) must do what (d) does
-    if kind in "cdek" and not auth.startswith("Bearer "):
+    # (d0) and (s) must do what (d) does, (es) what (e) does.
+    kind = {"d0": "d", "s": "d", "es": "e"}.get(key, key)
+    if kind in ("c", "d", "e", "k") and not auth.startswith("Bearer "):
         raise RuntimeError(f"variant {key}: no bearer token upstream: {sorted(seen)}")
     if key == "b" and FLOOR_IO and (not auth.startswith("Bearer floor-") or SESSION in seen.get("cookie", "")):
         raise RuntimeError("variant b: the I/O floor did not set the token or left the cookie")
     if key == "b" and not FLOOR_IO and "x-floor" not in seen:
         raise RuntimeError("variant b: the floor filter did not set x-floor")
-    if kind in "dek" and SESSION in seen.get("cookie", ""):
+    if kind in ("d", "e", "k") and SESSION in seen.get("cookie", ""):
         raise RuntimeError(f"variant {key}: the session cookie went upstream")
     if key == "p" and (auth or SESSION not in seen.get("cookie", "")):
         raise RuntimeError("variant p: the filter touched a request outside its prefix")
@@ -322,8 +364,8 @@ def check_variant(key: str, envoy: Envoy, cookie: str | None) -> str:
     if b.status_code != 200 or b.text != "ok\n":
         raise RuntimeError(f"variant {key}: {bench_path} answered {b.status_code} {b.text[:200]!r}")
     renewed = [c for c in r.raw.headers.getlist("Set-Cookie") if c.startswith(SESSION + "=")]
-    if key == "e" and not renewed:
-        raise RuntimeError("variant e: the request did not refresh (no new session cookie)")
+    if kind == "e" and not renewed:
+        raise RuntimeError(f"variant {key}: the request did not refresh (no new session cookie)")
     if kind == "d" and renewed:
         raise RuntimeError(f"variant {key}: the session was rewritten; the token should be fresh")
     return renewed[0].split(";", 1)[0] if renewed else ""
@@ -441,7 +483,7 @@ def wrk(pin: Pinning, envoy: Envoy, cookie: str | None, duration: int, connectio
 
 # What the instruction mode counts: the variants that send one fixed request. (e) and (f) need
 # a new session or code for every request.
-INSTR_VARIANTS = ("a", "b", "c", "d", "d0", "p", "k")
+INSTR_VARIANTS = ("a", "b", "c", "d", "d0", "s", "p", "k")
 CALLGRIND = WORK / "callgrind"
 
 
@@ -465,14 +507,15 @@ def is_executable_file(path: Path) -> bool:
 
 
 def start_callgrind_envoy(procs: ProcessGroup, name: str, http_filters: list, echo_port: int,
-                          idp_port: int, pin: Pinning, secrets_=None) -> Envoy:
+                          idp_port: int, pin: Pinning, secrets_=None, extra_clusters=None) -> Envoy:
     """The variant's Envoy (the same bootstrap as for wrk) under callgrind, on fresh ports."""
     listen_port, admin_port = free_port(), free_port()
-    config = bootstrap(listen_port, admin_port, http_filters, echo_port, idp_port, secrets_)
+    config = bootstrap(listen_port, admin_port, http_filters, echo_port, idp_port, secrets_,
+                       json.loads(json.dumps(extra_clusters or [])))
     # Under valgrind Envoy runs some 50 times slower; envoy-bff's first request to the IdP (its
-    # discovery document, at start) must not time out on the connection.
+    # discovery document, at start) must not time out on the connection, nor (s)'s store calls.
     for c in config["static_resources"]["clusters"]:
-        if c["name"] == "idp":
+        if c["name"] in ("idp", "etcd"):
             c["connect_timeout"] = "20s"
     # No stats flush every 5 s: a lump of main-thread work that would land in some counted
     # windows and not in others. It is work by the clock, not per request (see count_envoy).
@@ -561,7 +604,7 @@ def counted_window(name: str, pid: int, work) -> tuple[int, float]:
 
 def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: list, secrets_,
                 cookies: dict, hosts: dict, echo_port: int, idp_port: int, pin: Pinning,
-                counts: dict) -> None:
+                counts: dict, extra_clusters=None) -> None:
     """Instructions per request of the variants `keys`, all on one Envoy under callgrind (p
     shares d's, as in the wrk runs), once per repeat, into `counts` as each is done. The Envoy
     is stopped, whatever happens.
@@ -574,7 +617,8 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
     the counted window's length is taken off: what is left is the work the requests caused."""
     for old in CALLGRIND.glob(f"cg.{name}.*"):
         old.unlink()
-    envoy = start_callgrind_envoy(procs, name, http_filters, echo_port, idp_port, pin, secrets_)
+    envoy = start_callgrind_envoy(procs, name, http_filters, echo_port, idp_port, pin, secrets_,
+                                  extra_clusters)
     pid = envoy.process.pid  # valgrind's: it runs Envoy in its own process
     try:
         for k in keys:
@@ -608,6 +652,9 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
                 client.send(args.instructions_warmup)
                 n = args.instructions_requests
                 idle, load = [], []
+                # With the store: its calls from the first window to the last (at start-up,
+                # under valgrind, the first ones may time out; that is not in the windows).
+                store0 = (store_stats(envoy, timeout=120), time.monotonic()) if k in STORE_VARIANTS else None
                 for _ in range(args.instructions_repeats):
                     idle.append(counted_window(name, pid, lambda: time.sleep(args.instructions_idle)))
                     load.append(counted_window(name, pid, lambda: client.send(n)))
@@ -619,6 +666,12 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
                          "idle_per_s": rate,
                          "idle_per_s_repeats": [ir / secs for ir, secs in idle],
                          "window_s": [secs for _, secs in load]}
+            if store0 is not None:
+                # The store's deny-list sync (once a second) is idle work: it must have run in
+                # the windows (calls to etcd, none failed), or the idle rate would lack it.
+                t1, st1 = time.monotonic(), store_stats(envoy, timeout=120)
+                counts[k]["store"] = {**{x: st1[x] - store0[0][x] for x in st1},
+                                      "seconds": round(t1 - store0[1], 1)}
     finally:
         # Envoy shuts down slowly under valgrind, and callgrind writes its last dump then.
         envoy.process.stop(grace=60)
@@ -626,7 +679,7 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
 
 def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                        envoys: dict[str, Envoy], variants: list[str], echo_port: int,
-                       idp_port: int, pin: Pinning) -> dict:
+                       idp_port: int, pin: Pinning, extra_clusters: dict) -> dict:
     """Every fixed-request variant under callgrind; a variant that fails is left out with its
     reason, the others go on."""
     keys = [k for k in INSTR_VARIANTS if k in variants]
@@ -637,7 +690,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     # Roughly, as seen here with the default counts: each Envoy's start-up under valgrind
     # (compiling a wasm module takes a while; envoy-bff then fetches the discovery document),
     # then ~27 s per variant measured.
-    startup = {"a": 20, "b": 60, "c": 35, "d": 100, "d0": 100, "k": 100}
+    startup = {"a": 20, "b": 60, "c": 35, "d": 100, "d0": 100, "s": 100, "k": 100}
     estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
     log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
         f"{args.instructions_warmup} warm-up requests, then {args.instructions_repeats} x "
@@ -654,7 +707,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
         http_filters, secrets_ = filters[group[0]]
         try:
             count_envoy(args, procs, group[0], group, http_filters, secrets_, cookies, hosts,
-                        echo_port, idp_port, pin, counts)
+                        echo_port, idp_port, pin, counts, extra_clusters.get(group[0]))
         except Exception as exc:  # noqa: BLE001 - the other variants still count
             for k in group:
                 if k not in counts:
@@ -667,6 +720,14 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                 log(f"instructions {k}: " + ", ".join(f"{x:,.0f}" for x in c["per_request"])
                     + " per request (uncorrected " + ", ".join(f"{x:,.0f}" for x in c["raw_per_request"])
                     + f"; idle {c['idle_per_s']:,.0f}/s)")
+                if "store" in c:
+                    st = c["store"]
+                    log(f"instructions {k}: the store during the {st['seconds']:.0f}s of windows: "
+                        f"{st['etcd_calls']} calls to etcd ({st['etcd_2xx']} answered 2xx; the "
+                        f"sync makes one a second), store_failures {st['store_failures']}")
+                    if st["etcd_2xx"] < st["seconds"] / 2 or st["store_failures"]:
+                        log(f"warning: variant {k}'s store sync did not work under callgrind: its "
+                            "idle rate lacks some of the sync's work")
         log(f"instructions: Envoy {group[0]} ({', '.join(group)}) took {wall[label]:.0f}s")
     # (d0) is measured after (p) but reported beside (d).
     counts = {k: counts[k] for k in INSTR_VARIANTS if k in counts}
@@ -679,8 +740,8 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
             if x not in added or y not in added or added[y] <= 0:
                 return None
             return round(added[x] / added[y], 4)
-        pairs = (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("k", "b"), ("k", "d")) + (
-            BEFORE_PAIRS if "d0" in keys else ())
+        pairs = (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("k", "b"), ("k", "d"),
+                 ("s", "b"), ("s", "d")) + (BEFORE_PAIRS if "d0" in keys else ())
         ratios = {f"{x}/{y}": ratio(x, y) for x, y in pairs}
         return per, added, ratios
     per, added, ratios = summary("per_request")
@@ -699,6 +760,11 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
         "added": rounded(added),
         "ratios": ratios,
         "target_met": None if ratios["d/b"] is None else ratios["d/b"] <= TARGET_RATIO,
+        # The store's acceptance: the authenticated path within the target with `store` set.
+        "store_target_met": None if ratios["s/b"] is None else ratios["s/b"] <= TARGET_RATIO,
+        **({"s_minus_d": round(per["s"] - per["d"], 1)} if "s" in per and "d" in per else {}),
+        **({"store": {k: c["store"] for k, c in counts.items() if "store" in c}}
+           if any("store" in c for c in counts.values()) else {}),
         # With --before: the module (d0) ran, and what the change adds per request (d - d0).
         **({"before_module": str(args.before)} if "d0" in keys else {}),
         **({"d_minus_d0": round(per["d"] - per["d0"], 1)} if "d" in per and "d0" in per else {}),
@@ -718,13 +784,19 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     }
 
 
+def name_width(keys) -> int:
+    """The variant column: 40 characters, or the longest name shown ((es)'s is 45)."""
+    return max([40] + [len(NAMES[k]) for k in keys if k in NAMES])
+
+
 def print_instructions(ins: dict) -> None:
     print()
     print(f"Instructions per request under callgrind ({ins['tool'].split(' ')[0]}): Envoy, all "
           f"threads, user space; {ins['warmup_requests']} warm-up requests, then "
           f"{len(next(iter(ins['repeats'].values()), []))} x {ins['n']} counted on one keep-alive "
           "connection; median of the repeats, spread = (max - min) / median")
-    h = (f"   {'variant':40} {'instr/request':>13} {'spread':>7} {'added over (a)':>15} "
+    w = name_width(ins["per_request"])
+    h = (f"   {'variant':{w}} {'instr/request':>13} {'spread':>7} {'added over (a)':>15} "
          f"{'x floor (b)':>11} {'uncorrected':>12} {'idle instr/s':>12}")
     print(h)
     print("-" * len(h))
@@ -732,7 +804,7 @@ def print_instructions(ins: dict) -> None:
     for k, x in ins["per_request"].items():
         add = ins["added"].get(k)
         times = f"{add / floor:10.2f}x" if add is not None and floor and floor > 0 else f"{'-':>11}"
-        print(f"{k:2} {NAMES[k]:40} {x:13,.0f} {ins['spread'][k] * 100:6.2f}% "
+        print(f"{k:2} {NAMES[k]:{w}} {x:13,.0f} {ins['spread'][k] * 100:6.2f}% "
               f"{'-' if add is None else f'{add:,.0f}':>15} {times} "
               f"{ins['uncorrected']['per_request'][k]:12,.0f} {ins['idle_per_s'][k]:12,.0f}")
     for k, why in ins["left_out"].items():
@@ -753,6 +825,16 @@ def print_instructions(ins: dict) -> None:
     print(f"d/c  envoy-bff over OAuth2:     {num('d/c')}")
     print(f"c/b  OAuth2 over the floor:     {num('c/b')}")
     print(f"p/b  envoy-bff passing through: {num('p/b')}")
+    if "s" in ins["per_request"]:
+        smet = ins.get("store_target_met")
+        sdiff = ins.get("s_minus_d")
+        sverdict = (f"the {TARGET_RATIO} target is set against the plain floor" if FLOOR_IO else
+                    f"target <= {TARGET_RATIO}: {'n/a' if smet is None else 'met' if smet else 'NOT met'}"
+                    " on instructions")
+        print(f"s/b  envoy-bff with a store over the floor: {num('s/b')}   ({sverdict})")
+        print(f"s/d  the store configured, over without:    {num('s/d')}   (s - d: "
+              f"{'n/a' if sdiff is None else f'{sdiff:+,.0f}'} instructions per request; the "
+              "store's sync is idle work, taken off with the idle rate)")
     if "d/d0" in r:
         diff = ins.get("d_minus_d0")
         print(f"d0/b envoy-bff before over the floor: {num('d0/b')}")
@@ -812,6 +894,23 @@ def machine_info() -> dict:
     }
 
 
+def skip_keys(text: str) -> list[str]:
+    """--skip's variants: letters, "es" and "d0" read as one; commas and spaces separate too
+    ("ces": c and es; "e,s" or "se": e and s)."""
+    keys = []
+    for word in text.replace(",", " ").split():
+        i = 0
+        while i < len(word):
+            two = word[i:i + 2]
+            if two in TWO_CHAR_KEYS:
+                keys.append(two)
+                i += 2
+            else:
+                keys.append(word[i])
+                i += 1
+    return keys
+
+
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "runs": values}
@@ -830,7 +929,9 @@ def main(argv=None) -> int:
     ap.add_argument("--id-token-alg", default="RS256", choices=["RS256", "PS256", "ES256", "EdDSA"],
                     help="how the IdP signs ID tokens (RS256); matters for e and f")
     ap.add_argument("--no-pin", action="store_true", help="do not pin Envoy and wrk to separate CPUs")
-    ap.add_argument("--skip", default="", help="variants to leave out, e.g. --skip cp")
+    ap.add_argument("--skip", default="",
+                    help="variants to leave out, e.g. --skip cp; es is read as one variant "
+                         "(--skip es), so e and s are --skip e,s (commas and spaces also separate)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.png go")
     ap.add_argument("--floor-io", action="store_true",
                     help="make (b) the floor doing envoy-bff's unavoidable host I/O (read :path and "
@@ -928,32 +1029,45 @@ def main(argv=None) -> int:
         + (f"Envoy on CPU {pin.envoy[-1]}, wrk and the clients on CPU {pin.load[-1]}"
            if pin.envoy else "no CPU pinning"))
 
-    skipped: dict[str, str] = {k: "left out with --skip" for k in args.skip if k in NAMES and k != "a"}
+    skipped: dict[str, str] = {k: "left out with --skip" for k in skip_keys(args.skip)
+                               if k in NAMES and k != "a"}
     if "d" in skipped:
         skipped.setdefault("p", "needs (d)")
         skipped.setdefault("k", "needs (d)'s session")
     if args.instructions_only:
-        # (e) and (f) need a new session or code for every request: no fixed request to count.
+        # (e), (es) and (f) need a new session or code for every request: no fixed request to count.
         skipped.setdefault("e", "not measured with --instructions-only")
-    # Each wrk run of (e), warm-up or measured, gets its own slice of sessions. Every answer
-    # brings its session back renewed, so a slice only has to cover the requests in flight.
+        skipped.setdefault("es", "not measured with --instructions-only")
+    # Each wrk run of (e) or (es), warm-up or measured, gets its own slice of sessions. Every
+    # answer brings its session back renewed, so a slice only has to cover the requests in flight.
     slice_size = args.connections + 8
     e_runs = 2 * args.repeats
-    n_logins = max(args.logins, e_runs * slice_size + 1) if "e" not in skipped else args.logins
+    refresh_keys = [k for k in REFRESH_VARIANTS if k not in skipped]
+    n_logins = max(args.logins, len(refresh_keys) * e_runs * slice_size + 1) if refresh_keys else args.logins
 
     procs = ProcessGroup(WORK / "logs")
+    etcd = None
     try:
         # Every Envoy but (p)'s, which is (d)'s.
-        envoy_keys = ["a", "b", "c", "d", "e", "k"] + (["d0"] if args.before else [])
+        envoy_keys = ["a", "b", "c", "d", "e", "k", "s", "es"] + (["d0"] if args.before else [])
         ports = {k: free_port() for k in envoy_keys}
         idp = start_idp(procs, [f"http://127.0.0.1:{ports['c']}/callback"]
                         + [f"http://127.0.0.1:{ports[k]}/private/callback"
-                           for k in envoy_keys if k in ("d", "e", "d0")],
+                           for k in envoy_keys if k in ("d", "e", "d0", "s", "es")],
                         client_secret=CLIENT_SECRET,
                         env_overrides={"IDP_ID_TOKEN_ALG": args.id_token_alg})
         echo_port = start_echo(procs)
         log(f"IdP: tests/idp/server.mjs (oidc-provider on node) at {idp.issuer}, ID tokens "
             f"{args.id_token_alg}; starting the Envoys")
+        # The store of (s) and (es): one etcd member (what Envoy does per request or per refresh
+        # does not depend on how many members answer), only when one of them runs.
+        extra_clusters: dict[str, list] = {}
+        if any(k not in skipped for k in STORE_VARIANTS):
+            etcd = start_etcd(procs, members=1)
+            pin.off_envoy(etcd.members[0].process.pid)
+            log(f"etcd: one member at {etcd.client_urls[0]} (data in {etcd.root}), "
+                f"for {', '.join(k for k in STORE_VARIANTS if k not in skipped)}")
+            extra_clusters = {k: [envoy_cluster(etcd)] for k in STORE_VARIANTS}
 
         oauth2, oauth2_secrets = oauth2_filter(idp.issuer)
         filters = {
@@ -966,6 +1080,10 @@ def main(argv=None) -> int:
         }
         filters["k"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"],
                                     policies=CLIENT_POLICIES)], None)
+        # (d) and (e) with the store: not --d-config's settings, which are (d)'s alone.
+        filters["s"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], store=STORE)], None)
+        filters["es"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], store=STORE,
+                                     session={"refresh_leeway_s": 86400})], None)
         if args.before:
             filters["d0"] = ([bff_filter(idp.issuer, loaded["envoy_bff.before.wasm"])], None)
         envoys: dict[str, Envoy] = {}
@@ -974,7 +1092,7 @@ def main(argv=None) -> int:
                 continue
             try:
                 envoys[k] = start_bench_envoy(procs, k, ports[k], filters[k][0], echo_port,
-                                              idp.port, pin, filters[k][1])
+                                              idp.port, pin, filters[k][1], extra_clusters.get(k))
             except Exception as exc:  # noqa: BLE001 - (c) may be left out, with its reason
                 if k != "c":
                     raise
@@ -991,6 +1109,12 @@ def main(argv=None) -> int:
         if "d0" in envoys:
             # Its own login: the change may have changed the session cookie.
             cookies["d0"] = bff_login(envoys["d0"])
+        if "s" in envoys:
+            # (d)'s cookie, so (s) sends (d)'s very request; its own login only without (d),
+            # and then (a) and (b) send (s)'s.
+            cookies["s"] = cookies["d"] if "d" in envoys else bff_login(envoys["s"])
+            if "d" not in envoys:
+                cookies["a"] = cookies["b"] = cookies["s"]
         if "c" in envoys:
             try:
                 cookies["c"] = oauth2_login(envoys["c"])
@@ -998,52 +1122,99 @@ def main(argv=None) -> int:
                 skipped["c"] = f"login through the OAuth2 filter failed: {exc}"
                 log(f"variant c left out: {skipped['c']}")
 
-        # (f), whose logins also make (e)'s sessions.
+        # (f), whose logins also make the sessions of (e) and (es): through (e)'s Envoy, or
+        # (es)'s when (e) is left out. The same cookie key, issuer, client and cookie name: a
+        # session made on one is valid on the other (checked below, with the first refresh).
         f_result = None
         pool: list[str] = []
-        if "e" in envoys:
-            log(f"variant f: {n_logins} logins through envoy-bff; the callbacks sent by "
-                f"{args.login_threads} threads")
-            f_result, pool = login_callbacks(envoys["e"], idp.process, envoys["a"], n_logins,
+        login_key = next((k for k in REFRESH_VARIANTS if k in envoys), None)
+        if login_key:
+            log(f"variant f: {n_logins} logins through envoy-bff ({login_key}'s Envoy); the "
+                f"callbacks sent by {args.login_threads} threads")
+            f_result, pool = login_callbacks(envoys[login_key], idp.process, envoys["a"], n_logins,
                                              args.login_threads)
+            f_result["envoy"] = login_key
             if f_result["failed"]:
                 raise RuntimeError(f"{f_result['failed']} of {n_logins} login callbacks failed "
                                    f"(logins prepared in {f_result['prepare_s']}s; codes live 60s)")
-            cookies["e"] = pool.pop()
-            pool.insert(0, check_variant("e", envoys["e"], cookies["e"]))
+        for k in REFRESH_VARIANTS:
+            if k not in envoys:
+                continue
+            before = store_stats(envoys[k]) if k in STORE_VARIANTS else None
+            cookies[k] = pool.pop()
+            pool.insert(0, check_variant(k, envoys[k], cookies[k]))
+            if before is not None:
+                # The refresh was claimed in etcd: lease, create-if-absent, lease, put (and maybe
+                # a deny-list sync in between), none failed. The answer may leave before the
+                # outcome's lease and put are done: a moment for them.
+                deadline = time.monotonic() + 5
+                while True:
+                    after = store_stats(envoys[k])
+                    calls = after["etcd_2xx"] - before["etcd_2xx"]
+                    if calls >= 4 or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
+                if calls < 4 or after["store_failures"]:
+                    raise RuntimeError(f"variant {k}: its refresh made {calls} calls to etcd "
+                                       f"answered 2xx (4 expected), store_failures "
+                                       f"{after['store_failures']}")
+                log(f"variant {k}: a session logged in through {login_key}'s Envoy refreshed on "
+                    f"{k}'s, {calls} calls to etcd")
 
         variants = [k for k in NAMES if k not in skipped]
         for k in variants:
-            if k != "e":
+            if k not in REFRESH_VARIANTS:
                 check_variant(k, envoys[k], cookies[k])
         log("every variant checked once through the echo upstream: " + ", ".join(variants))
 
         # The wrk rounds (all but --instructions-only).
         if not args.instructions_only:
             memory_before = {k: memory(envoys[k]) for k in envoy_keys if k in variants}
-            refreshes_before = stat(envoys["e"], "refreshes_ok") if "e" in variants else 0
-            idp_refreshes_before = idp.stats()["refresh_requests"]
+            refreshes_before = {k: stat(envoys[k], "refreshes_ok") for k in REFRESH_VARIANTS
+                                if k in variants}
 
             runs: dict[str, list[dict]] = {k: [] for k in variants}
             warmups: dict[str, list[dict]] = {k: [] for k in variants}
-            slices = iter(range(e_runs))
+            slices = iter(range(len(refresh_keys) * e_runs))
             WORK.mkdir(parents=True, exist_ok=True)
 
             def run_once(k: str, seconds: int) -> dict:
                 envoy = envoys[k]
                 pool_file = None
                 watch = [envoy.process]
-                if k == "e":
+                if k in REFRESH_VARIANTS:
+                    # (e) and (es) draw their slices from the one pool, in turn.
                     i = next(slices)
                     pool_file = WORK / f"sessions-{i}.txt"
                     pool_file.write_text("\n".join(pool[i * slice_size:(i + 1) * slice_size]) + "\n")
                     watch.append(idp.process)
+                    if k in STORE_VARIANTS:
+                        watch.append(etcd.members[0].process)
+                        store0 = store_stats(envoy)
+                    # Both refresh at the one IdP: its grants are counted per run.
+                    grants0 = idp.stats()["refresh_requests"]
                 res = wrk(pin, envoy, cookies[k], seconds, args.connections, pool_file, watch,
                           PASS_PATH if k == "p" else BENCH_PATH)
                 res["envoy_cpu_us_per_req"] = res["cpu_us_per_req"][str(envoy.process.pid)]
                 res["envoy_busy"] = res["cpu_busy"][str(envoy.process.pid)]
-                if k == "e":
+                if k in REFRESH_VARIANTS:
+                    # Refreshes whose client left when wrk stopped still complete: wait until the
+                    # IdP's count stops moving (at most 3 s), so that they count in this run and
+                    # not in the next refresh variant's.
+                    grants1, deadline = idp.stats()["refresh_requests"], time.monotonic() + 3
+                    while time.monotonic() < deadline:
+                        time.sleep(0.25)
+                        now = idp.stats()["refresh_requests"]
+                        if now == grants1:
+                            break
+                        grants1 = now
+                    res["idp_refresh_grants"] = grants1 - grants0
                     res["idp_cpu_us_per_req"] = res["cpu_us_per_req"][str(idp.process.pid)]
+                    if k in STORE_VARIANTS:
+                        store1 = store_stats(envoy)
+                        res["etcd_calls"] = store1["etcd_calls"] - store0["etcd_calls"]
+                        res["etcd_cpu_us_per_req"] = res["cpu_us_per_req"][
+                            str(etcd.members[0].process.pid)]
                 return res
 
             total = len(variants) * args.repeats * (args.warmup + args.duration)
@@ -1061,19 +1232,30 @@ def main(argv=None) -> int:
                         f"{sum(res['errors'].values())}")
 
             memory_after = {k: memory(envoys[k]) for k in memory_before}
-            e_check = None
-            if "e" in variants:
-                every = runs["e"] + warmups["e"]
-                e_check = {
+
+            def refresh_check(k: str) -> dict:
+                """Every request a refresh: the wrk rotation's counts, the filter's counters and
+                the IdP's grants during this variant's own runs (warm-ups included)."""
+                every = runs[k] + warmups[k]
+                check = {
                     "requests_completed": sum(x["requests"] for x in every),
                     "requests_sent": sum(x["rotation"]["sent"] for x in every),
                     "sessions_sent_twice": sum(x["rotation"]["reused"] for x in every),
                     "answers_without_new_session": sum(x["rotation"]["unrenewed"] for x in every),
-                    "filter_refreshes_ok": stat(envoys["e"], "refreshes_ok") - refreshes_before,
-                    "filter_refreshes_failed": stat(envoys["e"], "refreshes_failed"),
-                    "idp_refresh_grants": idp.stats()["refresh_requests"] - idp_refreshes_before,
+                    "filter_refreshes_ok": stat(envoys[k], "refreshes_ok") - refreshes_before[k],
+                    "filter_refreshes_failed": stat(envoys[k], "refreshes_failed"),
+                    "idp_refresh_grants": sum(x["idp_refresh_grants"] for x in every),
                 }
-            wasm_stats = {k: stats(envoys[k], "wasm") for k in ("b", "d", "e", "d0", "k")
+                if k in STORE_VARIANTS:
+                    calls = sum(x["etcd_calls"] for x in every)
+                    check["etcd_calls"] = calls
+                    # 4 per refresh, plus the deny-list sync's one a second.
+                    check["etcd_calls_per_grant"] = round(calls / max(check["idp_refresh_grants"], 1), 3)
+                    check["store_failures"] = stat(envoys[k], "store_failures")
+                return check
+            e_check = refresh_check("e") if "e" in variants else None
+            es_check = refresh_check("es") if "es" in variants else None
+            wasm_stats = {k: stats(envoys[k], "wasm") for k in ("b", "d", "e", "d0", "k", "s", "es")
                           if k in variants}
             for k in wasm_stats:
                 if k in variants:
@@ -1090,13 +1272,17 @@ def main(argv=None) -> int:
                                            **{"idp_timeout_ms": 60000, **args.d_config})], None)
             cg_filters["k"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], idp_timeout_ms=60000,
                                            policies=CLIENT_POLICIES)], None)
+            cg_filters["s"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], idp_timeout_ms=60000,
+                                           store=STORE)], None)
             if args.before:
                 cg_filters["d0"] = ([bff_filter(idp.issuer, loaded["envoy_bff.before.wasm"],
                                                 idp_timeout_ms=60000)], None)
             instructions = instruction_counts(args, procs, cg_filters, cookies, envoys, variants,
-                                              echo_port, idp.port, pin)
+                                              echo_port, idp.port, pin, extra_clusters)
     finally:
         procs.stop_all()
+        if etcd is not None:
+            etcd.stop()  # its members are stopped already; this removes its data dir
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.instructions_only:
@@ -1123,7 +1309,7 @@ def main(argv=None) -> int:
 
     report = build_report(args, info, started, variants, skipped, runs, f_result, e_check,
                           memory_before, memory_after, wasm_stats, slice_size, cookies,
-                          modules)
+                          modules, es_check)
     if args.before:
         report["before_module"] = str(args.before)
     if args.d_config:
@@ -1150,7 +1336,7 @@ def added(rs: list[dict], base: list[dict], value) -> dict:
 
 def build_report(args, info, started, variants, skipped, runs, f_result, e_check,
                  memory_before, memory_after, wasm_stats, slice_size, cookie_sizes,
-                 modules) -> dict:
+                 modules, es_check=None) -> dict:
     out = {}
     for k in variants:
         rs = runs[k]
@@ -1166,8 +1352,10 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
             "cookie_header_bytes": len(cookie_sizes.get(k) or ""),
             "errors": sum(sum(x["errors"].values()) for x in rs),
         }
-        if k == "e":
+        if k in REFRESH_VARIANTS:
             row["idp_cpu_us_per_req"] = spread([x["idp_cpu_us_per_req"] for x in rs])
+        if k == "es":
+            row["etcd_cpu_us_per_req"] = spread([x["etcd_cpu_us_per_req"] for x in rs])
         if k != "a" and "a" in runs:
             row["added_us_throughput"] = added(rs, runs["a"], lambda x: 1e6 / x["rps"])
             row["added_us_cpu"] = added(rs, runs["a"], lambda x: x["envoy_cpu_us_per_req"])
@@ -1187,10 +1375,17 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
 
     ratios = {}
     for key, tag in (("added_us_cpu", "cpu"), ("added_us_throughput", "throughput")):
-        for x, y in (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("e", "b"), ("k", "b")) + (
-                BEFORE_PAIRS if "d0" in out else ()):
+        for x, y in (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("e", "b"), ("k", "b"),
+                     ("s", "b"), ("s", "d"), ("es", "e")) + (BEFORE_PAIRS if "d0" in out else ()):
             ratios[f"{x}/{y} {tag}"] = ratio(x, y, key)
     d_b = ratios.get("d/b cpu")
+    # What the store adds per refresh: (es)'s Envoy CPU per request minus (e)'s (both are one
+    # refresh per request), of the medians and of the lowest values.
+    store_per_refresh = None
+    if "e" in out and "es" in out:
+        ce, ces = out["e"]["envoy_cpu_us_per_req"], out["es"]["envoy_cpu_us_per_req"]
+        store_per_refresh = {"median": ces["median"] - ce["median"], "best": ces["min"] - ce["min"],
+                             "runs": [x - y for x, y in zip(ces["runs"], ce["runs"])]}
     return {
         "date": started.isoformat(timespec="seconds"),
         "machine": info,
@@ -1198,6 +1393,8 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
                      "connections": args.connections, "wrk_threads": 1, "envoy_concurrency": 1,
                      "rounds": args.repeats, "pinned": not args.no_pin,
                      "id_token_alg": args.id_token_alg, "floor": "io" if FLOOR_IO else "plain", "e_session_slice": slice_size,
+                     **({"store": {**STORE, "etcd_members": 1}}
+                        if any(k in out for k in STORE_VARIANTS) else {}),
                      "upstream": "direct_response (Envoy answers 200 'ok' itself)",
                      "idp": "tests/idp/server.mjs (oidc-provider on node), loopback"},
         "modules_bytes": {name: m["bytes"] for name, m in modules.items()},
@@ -1218,6 +1415,8 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
                    "earlier_measurements": "before envoy-bff existed: native OAuth2 ~2.7x the "
                    "floor; another Rust proxy-wasm OIDC filter ~5x when it only decrypts its cookie"},
         "refresh_check": e_check,
+        "refresh_check_es": es_check,
+        "store_added_us_per_refresh": store_per_refresh,
         "login_callback": f_result,
         "memory": {"before_load": memory_before, "after_load": memory_after},
         "wasm_stats": wasm_stats,
@@ -1239,13 +1438,14 @@ def print_report(rep: dict) -> None:
           f"direct_response; wrk -t1 -c{s['connections']}, {s['warmup_s']}s warm-up + "
           f"{s['duration_s']}s per run; median of {s['rounds']} interleaved rounds [min..max of the rounds]")
     print()
-    h1 = (f"   {'variant':40} {'req/s':>22} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} "
+    w = name_width(v)
+    h1 = (f"   {'variant':{w}} {'req/s':>22} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} "
           f"{'Envoy busy':>10} {'wrk busy':>8} {'errors':>6}")
     print(h1)
     print("-" * len(h1))
     for k, row in v.items():
         lat = row["latency_us"]
-        print(f"{k:2} {row['name']:40} {_range(row['rps'], '.0f'):>22} {lat['p50']['median']:8.0f} "
+        print(f"{k:2} {row['name']:{w}} {_range(row['rps'], '.0f'):>22} {lat['p50']['median']:8.0f} "
               f"{lat['p99']['median']:8.0f} {lat['mean']['median']:8.0f} "
               f"{row['envoy_busy']['median'] * 100:9.0f}% {row['wrk_busy']['median'] * 100:7.0f}% "
               f"{row['errors']:6d}")
@@ -1259,17 +1459,17 @@ def print_report(rep: dict) -> None:
 
     def times(value, floor):
         return f"{value / floor:6.2f}x" if floor and floor > 0 else f"{'-':>7}"
-    h2 = (f"   {'added per request over (a), us':40} {'Envoy CPU':>9} {'added CPU, median':>22} "
+    h2 = (f"   {'added per request over (a), us':{w}} {'Envoy CPU':>9} {'added CPU, median':>22} "
           f"{'':7} {'lowest':>7} {'':7} {'added 1/throughput':>22} {'':7}")
     print(h2)
     print("-" * len(h2))
     for k, row in v.items():
         cpu = row["envoy_cpu_us_per_req"]["median"]
         if "added_us_cpu" not in row:
-            print(f"{k:2} {row['name']:40} {cpu:9.1f} {'-':>22}")
+            print(f"{k:2} {row['name']:{w}} {cpu:9.1f} {'-':>22}")
             continue
         ac, at = row["added_us_cpu"], row["added_us_throughput"]
-        print(f"{k:2} {row['name']:40} {cpu:9.1f} {_range(ac):>22} {times(ac['median'], floors['cpu'])} "
+        print(f"{k:2} {row['name']:{w}} {cpu:9.1f} {_range(ac):>22} {times(ac['median'], floors['cpu'])} "
               f"{ac['best']:7.1f} {times(ac['best'], floors['best'])} {_range(at):>22} "
               f"{times(at['median'], floors['tput'])}")
     print()
@@ -1305,41 +1505,71 @@ def print_report(rep: dict) -> None:
     print(f"d/c  envoy-bff over OAuth2:     CPU {fmt('d/c cpu')};  1/throughput {fmt('d/c throughput')}")
     print(f"c/b  OAuth2 over the floor:     CPU {fmt('c/b cpu')};  1/throughput {fmt('c/b throughput')}")
     print(f"p/b  envoy-bff passing through: CPU {fmt('p/b cpu')}")
+    store = ()
+    if "s" in v:
+        store += ("s/b", "s/d")
+        print(f"s/b  envoy-bff with a store over the floor: CPU {fmt('s/b cpu')};  1/throughput "
+              f"{fmt('s/b throughput')}")
+        print(f"s/d  the store configured, over without:    CPU {fmt('s/d cpu')};  1/throughput "
+              f"{fmt('s/d throughput')}")
+    if "es" in v and "e" in v:
+        store += ("es/e",)
+        spr = rep.get("store_added_us_per_refresh") or {}
+        print(f"es/e a refresh claimed in etcd, over one without: CPU {fmt('es/e cpu')}   (es - e: "
+              f"{spr.get('median', float('nan')):+.0f} us of Envoy CPU per refresh, lowest "
+              f"{spr.get('best', float('nan')):+.0f})")
     before = ("d0/b", "d/d0") if "d/d0 cpu" in r else ()
     if before:
         print(f"d0/b envoy-bff before over the floor: CPU {fmt('d0/b cpu')}")
         print(f"d/d0 the change, after over before:   CPU {fmt('d/d0 cpu')};  1/throughput "
               f"{fmt('d/d0 throughput')}")
         print(f"     d0 = {rep['before_module']}; d = {WASM}")
-    best = {key: r.get(f"{key} cpu") for key in ("d/b", "d/c", "c/b", "p/b") + before}
+    best = {key: r.get(f"{key} cpu") for key in ("d/b", "d/c", "c/b", "p/b") + store + before}
     print("on the lowest values instead:  CPU " + ", ".join(
         f"{key} {num(x['of_best']) if x else 'n/a'}" for key, x in best.items()))
     if m.get("cpu_busy_before_start", 0) > 0.25:
         print(f"note: other processes kept the CPUs {m['cpu_busy_before_start'] * 100:.0f}% busy just "
               "before the run: expect noise (compare the median and lowest-value ratios)")
-    busy = [k for k, row in v.items() if k != "e" and row["envoy_busy"]["median"] < 0.9]
+    busy = [k for k, row in v.items() if k not in REFRESH_VARIANTS and row["envoy_busy"]["median"] < 0.9]
     if busy:
         print(f"note: Envoy was busy < 90% in {', '.join(busy)}: something else took its CPU (or the "
               "client could not keep up); trust the CPU columns over req/s there")
-    e = rep.get("refresh_check")
-    if e:
+    checks = [(k, rep.get(key)) for k, key in (("e", "refresh_check"), ("es", "refresh_check_es"))]
+    if any(c for _, c in checks):
         print()
-        print(f"(e) {e['requests_completed']} requests completed (warm-ups included), "
+    for k, e in checks:
+        if not e:
+            continue
+        print(f"({k}) {e['requests_completed']} requests completed (warm-ups included), "
               f"{e['filter_refreshes_ok']} refreshes by the filter ({e['filter_refreshes_failed']} "
-              f"failed), {e['idp_refresh_grants']} refresh grants at the IdP; sessions sent twice: "
-              f"{e['sessions_sent_twice']}, answers without a renewed session: "
+              f"failed), {e['idp_refresh_grants']} refresh grants at the IdP during its runs; sessions "
+              f"sent twice: {e['sessions_sent_twice']}, answers without a renewed session: "
               f"{e['answers_without_new_session']}")
-        if "e" in v:
-            ev = v["e"]
-            print(f"    the IdP (oidc-provider) spent {ev['idp_cpu_us_per_req']['median']:.0f} us CPU "
-                  f"per refresh, Envoy {ev['envoy_cpu_us_per_req']['median']:.0f} us; Envoy busy "
-                  f"{ev['envoy_busy']['median'] * 100:.0f}%: (e)'s req/s is the IdP's pace")
+        if "etcd_calls" in e:
+            print(f"{'':{len(k) + 3}}{e['etcd_calls']} calls to etcd during its runs, "
+                  f"{e['etcd_calls_per_grant']:.2f} per refresh grant (4 per refresh, plus the "
+                  f"deny-list sync's one a second); store_failures {e['store_failures']}")
+        if k in v:
+            ev = v[k]
+            etcd_cpu = (f", etcd {ev['etcd_cpu_us_per_req']['median']:.0f} us"
+                        if "etcd_cpu_us_per_req" in ev else "")
+            print(f"{'':{len(k) + 3}}the IdP (oidc-provider) spent {ev['idp_cpu_us_per_req']['median']:.0f} "
+                  f"us CPU per refresh{etcd_cpu}, Envoy {ev['envoy_cpu_us_per_req']['median']:.0f} us; "
+                  f"Envoy busy {ev['envoy_busy']['median'] * 100:.0f}%: ({k})'s req/s is the "
+                  f"{'IdP' if k == 'e' else 'IdP and etcd'}'s pace")
+    if "e" in v and "es" in v:
+        ce, ces = v["e"]["envoy_cpu_us_per_req"], v["es"]["envoy_cpu_us_per_req"]
+        print(f"Envoy CPU per refresh, us: e {_range(ce, '.0f')}, es {_range(ces, '.0f')}; "
+              f"es/e {ces['median'] / ce['median']:.2f} of the totals, {fmt('es/e cpu')} of the "
+              "added over (a)")
     f = rep.get("login_callback")
     if f:
         print(f"(f) login callback, {f['logins']} logins (taken to the callback in {f['prepare_s']:.0f}s), "
               f"callbacks sent by {f['threads']} threads: "
               f"p50 {f['callback_ms']['p50']:.1f} ms, p99 {f['callback_ms']['p99']:.1f} ms, "
               f"{f['callbacks_per_s']:.0f} callbacks/s")
+        if f.get("envoy", "e") != "e":
+            print(f"    (through {f['envoy']}'s Envoy: e was left out)")
         print(f"    per callback: Envoy CPU {f['envoy_cpu_ms_per_callback']:.2f} ms, IdP CPU "
               f"{f['idp_cpu_ms_per_callback']:.2f} ms; this Python client alone (same threads, a "
               f"request Envoy answers at once): p50 {f['client_floor_ms']['p50']:.1f} ms")
@@ -1371,12 +1601,12 @@ def chart(rep: dict, path: Path) -> None:
     from matplotlib.patches import Patch
 
     v = rep["variants"]
-    keys = [k for k in ("b", "c", "d", "d0", "p", "k", "e") if k in v and "added_us_cpu" in v[k]]
+    keys = [k for k in ("b", "c", "d", "d0", "s", "p", "k", "e", "es") if k in v and "added_us_cpu" in v[k]]
     if not keys:
         return
     colors = {"b": "#9e9e9e", "c": "#ef8a17", "d": "#2a7ab0", "d0": "#7fa7c4", "p": "#9dc3e6",
-              "k": "#4caf50",
-              "e": "#5b8db8"}
+              "k": "#4caf50", "s": "#1f5f8b",
+              "e": "#5b8db8", "es": "#3d6f99"}
     labels = {k: f"{k}: {v[k]['name']}" + (" (diagnostic)" if k == "p" else "") for k in keys}
     fig, ax = plt.subplots(figsize=(11, 5.2))
     y = list(range(len(keys)))[::-1]
@@ -1423,6 +1653,9 @@ def chart(rep: dict, path: Path) -> None:
             (f"{best:.2f}" if best is not None else "n/a") + " lowest"
     box = (f"added Envoy CPU, d/b: {ratio_text('d/b cpu')}  (target ≤ {TARGET_RATIO})\n"
            f"d/c: {ratio_text('d/c cpu')};  c/b: {ratio_text('c/b cpu')}")
+    store_line = bool(r.get("s/b cpu") or r.get("es/e cpu"))
+    if store_line:
+        box += (f"\ns/b: {ratio_text('s/b cpu')};  es/e: {ratio_text('es/e cpu')}")
     ins = rep.get("instructions")
     if ins:
         # The callgrind counts: no noise, but instructions, not time.
@@ -1442,8 +1675,9 @@ def chart(rep: dict, path: Path) -> None:
     ax.set_title(f"What each filter adds per request: Envoy {m['envoy_version'].split('/')[1]} "
                  f"--concurrency 1, wrk -t1 -c{s['connections']}, {rep['date'][:10]}, "
                  f"{m['nproc']} CPUs ({m['cpu_model']})", fontsize=10)
-    # A third line in the box (the instruction ratios) needs room above the floor's label.
-    ax.set_ylim(-0.7, len(keys) - 0.05 + (0.3 if ins else 0))
+    # More lines in the box (the store's ratios, the instruction ratios) need room above the
+    # floor's label.
+    ax.set_ylim(-0.7, len(keys) - 0.05 + (0.3 if ins else 0) + (0.3 if store_line else 0))
     from matplotlib.lines import Line2D
     ax.legend(handles=[
         Patch(facecolor="#777", edgecolor="#333",
