@@ -22,6 +22,8 @@ pub const DEFAULT_CLIENT_SECRET_ENV: &str = "BFF_CLIENT_SECRET";
 /// Where the filter's private key is read from (`private_key_jwt`), unless `client_key` says
 /// otherwise.
 pub const DEFAULT_CLIENT_KEY_ENV: &str = "BFF_CLIENT_KEY";
+/// Where the DPoP key is read from, unless `dpop_key` says otherwise.
+pub const DEFAULT_DPOP_KEY_ENV: &str = "BFF_DPOP_KEY";
 /// Where the store user's password is read from, unless `store.password` says otherwise.
 pub const DEFAULT_STORE_PASSWORD_ENV: &str = "BFF_STORE_PASSWORD";
 pub const DEFAULT_COOKIE_KEYS_ENV: &str = "BFF_COOKIE_KEYS";
@@ -85,6 +87,8 @@ struct RawConfig {
     client_key_id: Option<String>,
     client_assertion_audience: Option<String>,
     jwks_path: Option<String>,
+    dpop: Option<bool>,
+    dpop_key: Option<RawSecret>,
     redirect_uri: Option<String>,
     trust_forwarded_headers: Option<bool>,
     scopes: Option<Vec<String>>,
@@ -314,6 +318,8 @@ pub struct Config {
     pub client_id: String,
     /// How the filter authenticates at the token and revocation endpoints.
     pub client_auth: ClientAuth,
+    /// RFC 9449: the key DPoP proofs are signed with; the session's tokens are bound to it.
+    pub dpop: Option<Rc<SigningKey>>,
     pub redirect_uri: RedirectUri,
     /// Take scheme and host from X-Forwarded-Proto/-Host (behind a load balancer).
     pub trust_forwarded: bool,
@@ -657,6 +663,7 @@ impl Config {
             &resources,
         );
         let store = raw.store.map(|r| r.check(&mut p, env));
+        let dpop = check_dpop(&mut p, raw.dpop, raw.dpop_key, env);
         let metrics_prefix = check_metrics_prefix(&mut p, raw.metrics_prefix);
         let upstream_token = raw.upstream_token.unwrap_or_default().check(&mut p);
         let session = raw.session.unwrap_or_default().check(&mut p);
@@ -673,6 +680,7 @@ impl Config {
                 idp_timeout: idp.timeout,
                 client_id: idp.client_id,
                 client_auth,
+                dpop,
                 redirect_uri,
                 trust_forwarded,
                 scope,
@@ -1289,6 +1297,29 @@ fn check_jwt_authn(p: &mut Problems, raw: RawJwtAuthn) -> String {
         );
     }
     name
+}
+
+/// `dpop` and its key (the same on every replica: a bound token works on all of them).
+fn check_dpop(
+    p: &mut Problems,
+    on: Option<bool>,
+    key: Option<RawSecret>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Rc<SigningKey>> {
+    if on != Some(true) {
+        if key.is_some() {
+            p.add("dpop_key", "is used only with \"dpop\": true");
+        }
+        return None;
+    }
+    let text = p.secret("dpop_key", key, DEFAULT_DPOP_KEY_ENV, env)?;
+    match SigningKey::parse(text.expose(), None) {
+        Ok(key) => Some(Rc::new(key)),
+        Err(e) => {
+            p.add("dpop_key", e.to_string());
+            None
+        }
+    }
 }
 
 impl RawStore {

@@ -458,6 +458,7 @@ mod tests {
         let huge = IdpAnswer {
             status: Some(200),
             body: vec![b' '; MAX_ANSWER + 1],
+            dpop_nonce: None,
         };
         assert_eq!(read_range(&huge), Err(StoreError::Garbled));
     }

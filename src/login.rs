@@ -501,6 +501,7 @@ mod tests {
         let answer = IdpAnswer {
             status,
             body: body.to_vec(),
+            dpop_nonce: None,
         };
         finish(&mut ctx, &provider, pending, &answer)
     }

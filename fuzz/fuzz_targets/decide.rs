@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
         let answer = |body: &[u8]| IdpAnswer {
             status: Some(200),
             body: body.to_vec(),
+            dpop_nonce: None,
         };
         let mut ctx = Ctx {
             config: &f.config,

@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
         let answer = IdpAnswer {
             status,
             body: data.to_vec(),
+            dpop_nonce: None,
         };
         let _ = client_token::parse(&answer, 1000, 60);
         let _ = etcd::read_range(&answer);

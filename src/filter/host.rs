@@ -198,10 +198,15 @@ pub fn call_answer(num_headers: usize, body_size: usize) -> IdpAnswer {
     if num_headers == 0 {
         return IdpAnswer::none();
     }
-    let status = lossy_map(MapType::HttpCallResponseHeaders)
-        .into_iter()
-        .find(|(n, _)| n == ":status")
-        .and_then(|(_, v)| v.parse::<u16>().ok());
+    let headers = lossy_map(MapType::HttpCallResponseHeaders);
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let status = header(":status").and_then(|v| v.parse::<u16>().ok());
+    let dpop_nonce = header(crate::oidc::dpop::NONCE_HEADER).map(str::to_string);
     let body = hostcalls::get_buffer(
         BufferType::HttpCallResponseBody,
         0,
@@ -210,7 +215,11 @@ pub fn call_answer(num_headers: usize, body_size: usize) -> IdpAnswer {
     .ok()
     .flatten()
     .unwrap_or_default();
-    IdpAnswer { status, body }
+    IdpAnswer {
+        status,
+        body,
+        dpop_nonce,
+    }
 }
 
 /// Randomness from the host (WASI `random_get`, which Envoy backs with its own CSPRNG).

@@ -54,6 +54,8 @@ impl IdpRequest {
 pub struct IdpAnswer {
     pub status: Option<u16>,
     pub body: Vec<u8>,
+    /// A `DPoP-Nonce` header (RFC 9449 §8): the nonce the IdP wants in the next proof.
+    pub dpop_nonce: Option<String>,
 }
 
 impl IdpAnswer {
@@ -63,6 +65,7 @@ impl IdpAnswer {
         IdpAnswer {
             status: Some(status),
             body: body.as_bytes().to_vec(),
+            dpop_nonce: None,
         }
     }
 
@@ -71,6 +74,7 @@ impl IdpAnswer {
         IdpAnswer {
             status: None,
             body: Vec::new(),
+            dpop_nonce: None,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod callback;
 pub mod challenge;
 pub mod client_auth;
 pub mod discovery;
+pub mod dpop;
 pub mod id_token;
 pub mod idp_request;
 pub mod jwks;

@@ -131,6 +131,7 @@ mod tests {
         let answer = IdpAnswer {
             status,
             body: body.to_string().into_bytes(),
+            dpop_nonce: None,
         };
         finish_refresh(&mut ctx, &provider, &session(), &answer)
     }

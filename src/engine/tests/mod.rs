@@ -147,6 +147,7 @@ impl Worker {
             IdpAnswer {
                 status,
                 body: body.as_bytes().to_vec(),
+                dpop_nonce: None,
             },
             &mut self.host,
         );

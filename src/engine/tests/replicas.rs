@@ -254,6 +254,7 @@ fn a_garbled_store_changes_nothing() {
         let garbage = IdpAnswer {
             status: Some(200),
             body: b"{\"kvs\": [{\"key\": \"!!\", \"value\": 7}]}".to_vec(),
+            dpop_nonce: None,
         };
         a.engine.on_call_answer(token, garbage, &mut a.host);
     }
