@@ -55,9 +55,14 @@ impl ClientToken {
 }
 
 /// Reads the token endpoint's answer at `now`. Renewal starts `leeway` before expiry, or half
-/// way through a shorter life.
-pub fn parse(answer: &IdpAnswer, now: u64, leeway: u64) -> Result<ClientToken, TokenError> {
-    let response = token::parse_token_response(answer.status, &answer.body)?;
+/// way through a shorter life. `dpop`: the grant carried a proof (the token must be bound).
+pub fn parse(
+    answer: &IdpAnswer,
+    now: u64,
+    leeway: u64,
+    dpop: bool,
+) -> Result<ClientToken, TokenError> {
+    let response = token::parse_for(answer.status, &answer.body, dpop)?;
     let life = response
         .expires_in
         .unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME_S);
@@ -226,6 +231,7 @@ mod tests {
             ),
             1000,
             60,
+            false,
         )
         .unwrap();
         assert_eq!((t.expires_at, t.renew_at), (1600, 1540));
@@ -236,11 +242,18 @@ mod tests {
             ),
             1000,
             60,
+            false,
         )
         .unwrap();
         assert_eq!((t.expires_at, t.renew_at), (1040, 1020));
-        assert!(parse(&answer(400, r#"{"error":"unauthorized_client"}"#), 1000, 60).is_err());
-        assert!(parse(&answer(200, "garbage"), 1000, 60).is_err());
+        assert!(parse(
+            &answer(400, r#"{"error":"unauthorized_client"}"#),
+            1000,
+            60,
+            false
+        )
+        .is_err());
+        assert!(parse(&answer(200, "garbage"), 1000, 60, false).is_err());
     }
 
     #[test]

@@ -258,7 +258,7 @@ impl RedirectUri {
 }
 
 /// How the access token is put on the upstream request: `header: prefix<token>suffix`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TokenHeader {
     pub name: String,
     prefix: String,
@@ -665,7 +665,22 @@ impl Config {
         let store = raw.store.map(|r| r.check(&mut p, env));
         let dpop = check_dpop(&mut p, raw.dpop, raw.dpop_key, env);
         let metrics_prefix = check_metrics_prefix(&mut p, raw.metrics_prefix);
-        let upstream_token = raw.upstream_token.unwrap_or_default().check(&mut p);
+        let upstream_token = match (raw.upstream_token, &dpop) {
+            // RFC 9449 §7.1: a bound token goes in `Authorization: DPoP`, with its proof.
+            (None, Some(_)) => TokenHeader {
+                name: "authorization".to_string(),
+                prefix: "DPoP ".to_string(),
+                suffix: String::new(),
+            },
+            (Some(_), Some(_)) => {
+                p.add(
+                    "upstream_token",
+                    "is Authorization: DPoP with \"dpop\": true (RFC 9449); remove it",
+                );
+                TokenHeader::default()
+            }
+            (raw, None) => raw.unwrap_or_default().check(&mut p),
+        };
         let session = raw.session.unwrap_or_default().check(&mut p);
 
         match (idp.client_auth, keys) {
@@ -1626,6 +1641,43 @@ pub(crate) mod tests {
             .to_string();
         assert!(
             text.contains("jwks_path: is served only with client_auth"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn dpop_takes_its_key_and_fixes_the_upstream_header() {
+        let mut v = minimal_json();
+        v["dpop"] = serde_json::json!(true);
+        let pem = include_str!("../tests/fixtures/keys/ed25519.pem").to_string();
+        let env = move |name: &str| (name == "BFF_DPOP_KEY").then(|| pem.clone());
+        let c = Config::parse(v.to_string().as_bytes(), &env).unwrap();
+        assert_eq!(c.dpop.as_ref().unwrap().alg(), "EdDSA");
+        assert_eq!(c.upstream_token.name, "authorization");
+        assert_eq!(c.upstream_token.value(&Secret::new("t")), "DPoP t");
+        assert!(config_from(minimal_json()).dpop.is_none());
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("dpop_key: environment variable BFF_DPOP_KEY is not set"),
+            "{text}"
+        );
+        v["upstream_token"] = serde_json::json!({"header": "x-token"});
+        let text = Config::parse(v.to_string().as_bytes(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("upstream_token: is Authorization: DPoP"),
+            "{text}"
+        );
+        let mut v = minimal_json();
+        v["dpop_key"] = serde_json::json!({"value": "x"});
+        let text = Config::parse(v.to_string().as_bytes(), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("dpop_key: is used only with \"dpop\": true"),
             "{text}"
         );
     }

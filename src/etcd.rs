@@ -49,6 +49,7 @@ impl std::fmt::Display for StoreError {
 fn post(path: &str, body: serde_json::Value) -> IdpRequest {
     IdpRequest {
         method: "POST",
+        url: String::new(),
         path: path.to_string(),
         authority: "etcd".to_string(),
         headers: vec![("content-type", "application/json".to_string())],

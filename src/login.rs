@@ -372,8 +372,8 @@ fn try_finish(
 ) -> Result<Vec<String>, Failure> {
     let config = ctx.config;
     let now = ctx.now;
-    let tokens =
-        token::parse_token_response(answer.status, &answer.body).map_err(Failure::TokenExchange)?;
+    let tokens = token::parse_for(answer.status, &answer.body, config.dpop.is_some())
+        .map_err(Failure::TokenExchange)?;
     let id_token = tokens.id_token.as_ref().ok_or(Failure::NoIdToken)?;
     let claims = id_token::check(
         ctx,

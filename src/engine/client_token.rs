@@ -109,7 +109,12 @@ impl Engine {
     /// The token endpoint answered the client-credentials grant.
     pub(super) fn client_token_answered(&mut self, answer: &IdpAnswer, host: &mut dyn Host) {
         let now = host.now_ms() / 1000;
-        match client_token::parse(answer, now, self.config.session.refresh_leeway) {
+        match client_token::parse(
+            answer,
+            now,
+            self.config.session.refresh_leeway,
+            self.config.dpop.is_some(),
+        ) {
             Ok(token) => self.client_token_fetched(Some(token), host),
             Err(e) => {
                 // TokenError carries no token or secret.

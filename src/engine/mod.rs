@@ -23,6 +23,7 @@
 mod backchannel;
 mod client_token;
 mod host;
+mod idp_calls;
 mod metadata;
 mod paused;
 mod refresh_claim;
@@ -41,7 +42,7 @@ use crate::config::Config;
 use crate::header_map;
 use crate::login::{self, Finish, PendingLogin};
 use crate::metrics::Counter;
-use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
+use crate::oidc::idp_request::IdpAnswer;
 use crate::refresh::single_flight::{self as refresh, Claim};
 use crate::refresh::{grant, Outcome, RefreshId};
 
@@ -131,6 +132,10 @@ pub struct Engine {
     /// ended before their cookies (the process's deny list, as of `deny_version`).
     sessions: SessionCache,
     deny_version: Option<u32>,
+    /// DPoP: the IdP's latest nonce, and the calls sent with a proof (to send once more with
+    /// a nonce when the IdP asks for one).
+    dpop_nonce: Option<String>,
+    with_proof: HashMap<u32, idp_calls::Sent>,
     /// When a store failure was last logged (0: never).
     store_logged_ms: u64,
     /// This VM does not look for a store round before this time (ms).
@@ -161,6 +166,8 @@ impl Engine {
             client_token_due: false,
             sessions: SessionCache::new(SESSION_CACHE_SIZE),
             deny_version: None,
+            dpop_nonce: None,
+            with_proof: HashMap::new(),
             store_logged_ms: 0,
             next_sync_ms: 0,
             sign_in: Default::default(),
@@ -202,6 +209,7 @@ impl Engine {
         }
         match self.carry_out(context_id, headers, decision, false, host) {
             Some(settled) => {
+                let settled = self.signed(settled, host);
                 count(host, &settled);
                 Handled::Settled(settled)
             }
@@ -221,6 +229,9 @@ impl Engine {
                 self.fetch_if_due(host);
             }
             self.after_fetch(fetched, host);
+            return;
+        }
+        if self.sent_again_with_nonce(token, &answer, host) {
             return;
         }
         let call = self.calls.remove(&token);
@@ -316,6 +327,7 @@ impl Engine {
         self.reading.remove(&context_id);
         if let Some(paused) = self.calling.remove(&context_id) {
             self.calls.remove(&paused.wait.token());
+            self.with_proof.remove(&paused.wait.token());
         }
     }
 
@@ -495,33 +507,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// Sends a call to the IdP, with the client's credentials when it takes them (signed now:
-    /// an assertion must be fresh).
-    fn dispatch_idp(&self, request: &IdpRequest, host: &mut dyn Host) -> Result<u32, String> {
-        let config = &self.config;
-        if !request.authenticate {
-            return host.dispatch(&config.idp_cluster, request, config.idp_timeout);
-        }
-        let token_endpoint = match &self.meta.provider {
-            Some(provider) => provider.token_endpoint.to_string(),
-            None => String::new(),
-        };
-        let mut signed = request.clone();
-        let now = host.now_ms() / 1000;
-        config
-            .client_auth
-            .authenticate(
-                &mut signed,
-                &config.client_id,
-                &config.issuer,
-                &token_endpoint,
-                now,
-                host.rng(),
-            )
-            .map_err(|_| "cannot sign the client assertion (no random bytes)".to_string())?;
-        host.dispatch(&config.idp_cluster, &signed, config.idp_timeout)
     }
 
     /// Pauses a request on a call of its own.
@@ -848,6 +833,7 @@ impl Engine {
     }
 
     fn resume(&mut self, context_id: u32, settled: Settled, host: &mut dyn Host) {
+        let settled = self.signed(settled, host);
         count(host, &settled);
         self.resumes.push(Resume {
             context_id,

@@ -59,6 +59,16 @@ pub enum OwnCall {
 }
 
 impl OwnCall {
+    /// The call was sent once more (a DPoP nonce): its answer comes with `token`.
+    pub fn set_token(&mut self, new: u32) {
+        match self {
+            OwnCall::CodeExchange { token, .. }
+            | OwnCall::Revocation { token, .. }
+            | OwnCall::Push { token, .. }
+            | OwnCall::Backchannel { token, .. } => *token = new,
+        }
+    }
+
     pub fn token(&self) -> u32 {
         match self {
             OwnCall::CodeExchange { token, .. }

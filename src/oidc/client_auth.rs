@@ -120,6 +120,7 @@ mod tests {
     fn form_post(body: &str) -> IdpRequest {
         IdpRequest {
             method: "POST",
+            url: "https://idp/token".into(),
             path: "/token".into(),
             authority: "idp".into(),
             headers: vec![],

@@ -27,6 +27,25 @@ pub fn htu(scheme: &str, authority: &str, path_and_query: &str) -> String {
     format!("{scheme}://{authority}{path}")
 }
 
+/// `htu` for a call to an absolute URL.
+pub fn htu_of(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// Whether an IdP's answer asks for the proof to carry its nonce (§8: `400`, or `401` at a
+/// resource, with `error` `use_dpop_nonce`).
+pub fn asks_for_nonce(status: Option<u16>, body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Error {
+        error: Option<String>,
+    }
+    matches!(status, Some(400 | 401))
+        && serde_json::from_slice::<Error>(body)
+            .ok()
+            .and_then(|e| e.error)
+            .is_some_and(|e| e == USE_NONCE)
+}
+
 /// `ath` (§4.2): the base64url SHA-256 of the access token the request carries.
 pub fn ath(access_token: &Secret) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.expose().as_bytes()))
@@ -131,6 +150,19 @@ mod tests {
         // hash in the example proof.
         let token = Secret::new("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU");
         assert_eq!(ath(&token), "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo");
+    }
+
+    #[test]
+    fn a_nonce_challenge_is_recognised() {
+        let body = br#"{"error":"use_dpop_nonce","error_description":"nonce is required"}"#;
+        assert!(asks_for_nonce(Some(400), body));
+        assert!(!asks_for_nonce(Some(200), body));
+        assert!(!asks_for_nonce(
+            Some(400),
+            br#"{"error":"invalid_dpop_proof"}"#
+        ));
+        assert!(!asks_for_nonce(None, b""));
+        assert_eq!(htu_of("https://idp/token?x=1"), "https://idp/token");
     }
 
     #[test]

@@ -6,6 +6,8 @@ use crate::url::AbsoluteUrl;
 #[derive(Debug, Clone)]
 pub struct IdpRequest {
     pub method: &'static str,
+    /// The absolute URL (DPoP's `htu` is made from it); empty for the store's calls.
+    pub url: String,
     pub path: String,
     pub authority: String,
     /// Regular headers; the shell adds the pseudo-headers.
@@ -21,6 +23,7 @@ impl IdpRequest {
     pub fn get_json(url: &AbsoluteUrl, authority: &str) -> IdpRequest {
         IdpRequest {
             method: "GET",
+            url: url.to_string(),
             path: url.path_and_query.clone(),
             authority: authority.to_string(),
             headers: vec![("accept", "application/json".to_string())],
@@ -33,6 +36,7 @@ impl IdpRequest {
     pub fn client_post(url: &AbsoluteUrl, authority: &str, form: String) -> IdpRequest {
         IdpRequest {
             method: "POST",
+            url: url.to_string(),
             path: url.path_and_query.clone(),
             authority: authority.to_string(),
             headers: vec![

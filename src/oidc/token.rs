@@ -104,8 +104,19 @@ impl fmt::Display for TokenError {
     }
 }
 
-/// Reads the token endpoint's reply. `status` is `None` when the call failed or timed out.
+/// Reads the token endpoint's reply to a request without a DPoP proof (a Bearer token).
 pub fn parse_token_response(status: Option<u16>, body: &[u8]) -> Result<TokenResponse, TokenError> {
+    parse_for(status, body, false)
+}
+
+/// Reads the token endpoint's reply. `status` is `None` when the call failed or timed out.
+/// `dpop`: the request carried a proof, and the token must be bound to it (`token_type`
+/// DPoP, RFC 9449 §5): an IdP that answers with a Bearer token did not bind it.
+pub fn parse_for(
+    status: Option<u16>,
+    body: &[u8],
+    dpop: bool,
+) -> Result<TokenResponse, TokenError> {
     let status = status.ok_or(TokenError::Unreachable)?;
     match status {
         200 => {}
@@ -143,9 +154,13 @@ pub fn parse_token_response(status: Option<u16>, body: &[u8]) -> Result<TokenRes
             "access_token has characters not allowed in a header",
         ));
     }
-    match raw.token_type.as_deref() {
-        Some(t) if t.eq_ignore_ascii_case("bearer") => {}
-        _ => return Err(TokenError::Malformed("token_type is not Bearer")),
+    match (raw.token_type.as_deref(), dpop) {
+        (Some(t), false) if t.eq_ignore_ascii_case("bearer") => {}
+        (Some(t), true) if t.eq_ignore_ascii_case("dpop") => {}
+        (_, false) => return Err(TokenError::Malformed("token_type is not Bearer")),
+        (_, true) => return Err(TokenError::Malformed(
+            "token_type is not DPoP: the identity provider did not bind the token to the DPoP key",
+        )),
     }
     let expires_in = match raw.expires_in {
         None | Some(serde_json::Value::Null) => None,

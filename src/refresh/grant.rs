@@ -32,7 +32,8 @@ pub fn finish_refresh(
     session: &Session,
     answer: &IdpAnswer,
 ) -> Outcome {
-    let tokens = match token::parse_token_response(answer.status, &answer.body) {
+    let dpop = ctx.config.dpop.is_some();
+    let tokens = match token::parse_for(answer.status, &answer.body, dpop) {
         Ok(tokens) => tokens,
         // invalid_grant while the access token is still good: another replica most likely
         // rotated the refresh token first. The token goes on until it expires (issue 18).

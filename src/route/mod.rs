@@ -10,7 +10,7 @@ use crate::login::{self, CodeExchange, LoginStart};
 use crate::metrics::Counter;
 use crate::oidc::discovery::Provider;
 use crate::oidc::idp_request::IdpRequest;
-use crate::oidc::{auth_params, challenge};
+use crate::oidc::{auth_params, challenge, dpop};
 use crate::policy::Policy;
 use crate::refresh::grant::refresh_request;
 use crate::refresh::{Outcome, RefreshId};
@@ -75,6 +75,28 @@ pub struct Forward {
     pub step_up_watch: Option<StepUpWatch>,
     /// The stat this request counts toward (none on the session path: it is the common case).
     pub counter: Option<Counter>,
+    /// With DPoP: the proof the request needs, signed by the engine as it goes on.
+    pub dpop: Option<Box<ProofFor>>,
+}
+
+/// What a DPoP proof for a forwarded request names (RFC 9449 §7.1).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProofFor {
+    pub htm: String,
+    pub htu: String,
+    /// The access token the request carries (`ath`).
+    pub token: Secret,
+}
+
+impl ProofFor {
+    fn of(config: &Config, req: &Request, token: &Secret) -> Option<Box<ProofFor>> {
+        config.dpop.as_ref()?;
+        Some(Box::new(ProofFor {
+            htm: req.method.to_string(),
+            htu: dpop::htu(req.scheme, req.authority, req.path),
+            token: token.clone(),
+        }))
+    }
 }
 
 impl Forward {
@@ -83,6 +105,9 @@ impl Forward {
         let header = &config.upstream_token;
         self.extra.retain(|(name, _)| *name != header.name);
         self.token_header = Some((header.name.clone(), header.value(token)));
+        if let Some(proof) = self.dpop.as_mut() {
+            proof.token = token.clone();
+        }
         self
     }
 }
@@ -238,7 +263,9 @@ pub fn decide(
     }
     let jar = req.cookies();
     if policy == Policy::Client {
-        return Decision::ClientToken(Box::new(anonymous(config, &jar, NoSession::Absent)));
+        let mut forward = anonymous(config, &jar, NoSession::Absent);
+        forward.dpop = ProofFor::of(config, req, &Secret::new(""));
+        return Decision::ClientToken(Box::new(forward));
     }
     // A session cookie is what cross-site requests abuse: without one (where a session is
     // optional) there is nothing to protect.
@@ -315,7 +342,12 @@ fn no_usable_session(
     if policy != Policy::Session && !rules::applies(&config.rules, path) {
         let forward = anonymous(config, jar, reason);
         return match policy {
-            Policy::SessionOrClient => Decision::ClientToken(Box::new(forward)),
+            Policy::SessionOrClient => {
+                let mut forward = forward;
+                // Its token, and the proof's `ath`, come with the client token.
+                forward.dpop = ProofFor::of(config, req, &Secret::new(""));
+                Decision::ClientToken(Box::new(forward))
+            }
             _ => Decision::Forward(forward),
         };
     }
@@ -369,6 +401,7 @@ fn bearer_forward(
         extra: claim_header_edits(config, &claims),
         step_up_watch: None,
         counter: Some(Counter::BearerOk),
+        dpop: None,
     })
 }
 
@@ -393,6 +426,7 @@ fn anonymous(config: &Config, jar: &Jar, reason: NoSession) -> Forward {
         extra,
         step_up_watch: None,
         counter: Some(Counter::Anonymous),
+        dpop: None,
     }
 }
 
@@ -521,6 +555,7 @@ fn forward(
             .upstream_step_up
             .then(|| StepUpWatch::of(config, req)),
         counter: None,
+        dpop: ProofFor::of(config, req, &session.access_token),
     })
 }
 
@@ -588,6 +623,7 @@ fn pass_through(config: &Config, req: &Request) -> Decision {
         extra: forged,
         step_up_watch: None,
         counter: None,
+        dpop: None,
     })
 }
 

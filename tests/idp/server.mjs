@@ -39,6 +39,13 @@
 //   IDP_PAR                        pushed authorization requests (RFC 9126): "on" (default: the
 //                                  endpoint is announced, its use optional), "required" (every
 //                                  authorization request must be pushed), or "off" (no endpoint)
+//   IDP_DPOP                       DPoP (RFC 9449): "optional" (default, oidc-provider's own: a
+//                                  token request with a proof gets a DPoP-bound token), "required"
+//                                  (the main client's tokens must be bound:
+//                                  dpop_bound_access_tokens), "nonce" (required, and every proof
+//                                  must carry this IdP's nonce: a first request without it gets
+//                                  400 use_dpop_nonce with a DPoP-Nonce header), or "off" (proofs
+//                                  are ignored: Bearer tokens)
 //   IDP_CLIENT_CREDENTIALS_TTL     optional JSON object: client id -> lifetime in seconds of its
 //                                  client-credentials tokens (others: IDP_ACCESS_TOKEN_TTL)
 //   The main client may also use the client-credentials grant (RFC 6749 §4.4); with a
@@ -145,6 +152,10 @@ function envJson(name, fallback) {
   }
 }
 const EXTRA_CLIENTS = envJson('IDP_EXTRA_CLIENTS', []);
+const DPOP = env('IDP_DPOP', 'optional');
+if (!['optional', 'required', 'nonce', 'off'].includes(DPOP)) {
+  fail('IDP_DPOP must be optional, required, nonce or off');
+}
 const PAR = env('IDP_PAR', 'on');
 if (!['on', 'required', 'off'].includes(PAR)) fail('IDP_PAR must be on, required or off');
 const CLIENT_AUTH = env('IDP_CLIENT_AUTH', 'client_secret_basic');
@@ -343,6 +354,7 @@ const configuration = {
       grant_types: ['authorization_code', 'refresh_token', 'client_credentials'],
       response_types: ['code'],
       token_endpoint_auth_method: CLIENT_AUTH,
+      ...(DPOP === 'required' || DPOP === 'nonce' ? { dpop_bound_access_tokens: true } : {}),
       id_token_signed_response_alg: ID_TOKEN_ALG,
       ...(BACKCHANNEL_LOGOUT_URI
         ? { backchannel_logout_uri: BACKCHANNEL_LOGOUT_URI, backchannel_logout_session_required: true }
@@ -466,6 +478,12 @@ const configuration = {
       },
     },
     revocation: { enabled: true },
+    dPoP: {
+      enabled: DPOP !== 'off',
+      ...(DPOP === 'nonce'
+        ? { nonceSecret: crypto.randomBytes(32), requireNonce: () => true }
+        : {}),
+    },
     pushedAuthorizationRequests: {
       enabled: PAR !== 'off',
       requirePushedAuthorizationRequests: PAR === 'required',

@@ -847,3 +847,87 @@ fn an_idp_that_requires_pushed_requests_gets_them_and_the_browser_only_a_request
         .iter()
         .any(|l| l.contains("pushed authorization request")));
 }
+
+fn dpop_json() -> serde_json::Value {
+    let mut v = minimal_json();
+    v["dpop"] = json!(true);
+    v["dpop_key"] = json!({"value": include_str!("../../../tests/fixtures/keys/ec-p256.pem")});
+    v
+}
+
+fn proof_claims(proof: &str) -> serde_json::Value {
+    let payload = proof.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn with_dpop_a_nonce_challenge_is_answered_and_every_forward_carries_a_fresh_proof() {
+    let world = World::new();
+    let mut w = world.worker(dpop_json());
+    w.learn_provider();
+    let cookie = due_session_cookie();
+    let call = || wire("/private/api/x?y=1", &[API, CSRF, ("cookie", &cookie)]);
+    assert_eq!(w.request(1, call()), Handled::Paused);
+    w.engine.on_queue_nudged(&mut w.host);
+    let (token, first) = w.call_to("/token");
+    let proof = |r: &IdpRequest| {
+        r.headers
+            .iter()
+            .find(|(n, _)| *n == "dpop")
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let claims = proof_claims(&proof(&first));
+    assert_eq!(
+        (claims["htm"].as_str(), claims["htu"].as_str()),
+        (Some("POST"), Some("http://127.0.0.1:9000/token"))
+    );
+    assert!(claims.get("nonce").is_none());
+    // The IdP wants its nonce: the same call again, with it; the request waits on.
+    let challenge = IdpAnswer {
+        status: Some(400),
+        body: br#"{"error":"use_dpop_nonce"}"#.to_vec(),
+        dpop_nonce: Some("n-1".into()),
+    };
+    w.engine.on_call_answer(token, challenge, &mut w.host);
+    assert!(w.engine.take_resumes().is_empty());
+    let (_, again) = w.host.sent.last().cloned().unwrap();
+    assert_eq!(proof_claims(&proof(&again))["nonce"], "n-1");
+    let bound = r#"{"access_token": "new-at", "token_type": "DPoP", "expires_in": 300, "refresh_token": "new-rt"}"#;
+    let resumes = w.answer("/token", Some(200), bound);
+    let Settled::Forward(f) = &resumes[0].settled else {
+        panic!("{:?}", resumes[0].settled)
+    };
+    assert_eq!(f.token_header.as_ref().unwrap().1, "DPoP new-at");
+    let upstream = f
+        .extra
+        .iter()
+        .find(|(n, _)| n == "dpop")
+        .unwrap()
+        .1
+        .clone()
+        .unwrap();
+    let claims = proof_claims(&upstream);
+    assert_eq!(claims["htm"], "GET");
+    assert_eq!(claims["htu"], "http://app.local:8080/private/api/x");
+    assert_eq!(
+        claims["ath"],
+        json!(crate::oidc::dpop::ath(&Secret::new("new-at")))
+    );
+    // A second challenge for the same call is the answer: no loop.
+    assert_eq!(w.calls_to("/token"), 2);
+    // A Bearer answer to a proof: the IdP did not bind the token; the session goes on with
+    // its current one (the refresh counts as failed).
+    let world = World::new();
+    let mut w = world.worker(dpop_json());
+    w.learn_provider();
+    assert_eq!(w.request(1, call()), Handled::Paused);
+    w.engine.on_queue_nudged(&mut w.host);
+    let resumes = w.answer("/token", Some(200), REFRESHED);
+    assert_eq!(token_of(&resumes[0].settled), "DPoP old-at");
+    assert!(w.host.counted.contains(&Counter::RefreshesFailed));
+}
