@@ -34,7 +34,8 @@ fuzz_target!(|data: &[u8]| {
             body: data.to_vec(),
             dpop_nonce: None,
         };
-        let _ = client_token::parse(&answer, 1000, 60);
+        let _ = client_token::parse(&answer, 1000, 60, false);
+        let _ = client_token::parse(&answer, 1000, 60, true);
         let _ = etcd::read_range(&answer);
         let _ = etcd::read_created(&answer);
         let _ = etcd::read_lease(&answer);
