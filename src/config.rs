@@ -89,6 +89,7 @@ struct RawConfig {
     jwks_path: Option<String>,
     dpop: Option<bool>,
     dpop_key: Option<RawSecret>,
+    profile: Option<String>,
     redirect_uri: Option<String>,
     trust_forwarded_headers: Option<bool>,
     scopes: Option<Vec<String>>,
@@ -320,6 +321,9 @@ pub struct Config {
     pub client_auth: ClientAuth,
     /// RFC 9449: the key DPoP proofs are signed with; the session's tokens are bound to it.
     pub dpop: Option<Rc<SigningKey>>,
+    /// `profile: "fapi2"`: PAR, private_key_jwt and DPoP together, and an IdP whose discovery
+    /// lacks one of them (or the RFC 9207 `iss`, or S256) serves no login.
+    pub fapi2: bool,
     pub redirect_uri: RedirectUri,
     /// Take scheme and host from X-Forwarded-Proto/-Host (behind a load balancer).
     pub trust_forwarded: bool,
@@ -663,7 +667,24 @@ impl Config {
             &resources,
         );
         let store = raw.store.map(|r| r.check(&mut p, env));
-        let dpop = check_dpop(&mut p, raw.dpop, raw.dpop_key, env);
+        let fapi2 = check_profile(
+            &mut p,
+            raw.profile.as_deref(),
+            [
+                (
+                    "pushed_authorization_requests",
+                    raw.pushed_authorization_requests,
+                ),
+                ("dpop", raw.dpop),
+            ],
+            &idp,
+        );
+        let dpop = check_dpop(
+            &mut p,
+            raw.dpop.or(fapi2.then_some(true)),
+            raw.dpop_key,
+            env,
+        );
         let metrics_prefix = check_metrics_prefix(&mut p, raw.metrics_prefix);
         let upstream_token = match (raw.upstream_token, &dpop) {
             // RFC 9449 §7.1: a bound token goes in `Authorization: DPoP`, with its proof.
@@ -696,13 +717,15 @@ impl Config {
                 client_id: idp.client_id,
                 client_auth,
                 dpop,
+                fapi2,
                 redirect_uri,
                 trust_forwarded,
                 scope,
                 auth_params,
                 login_params,
                 resources,
-                pushed_authorization_requests: raw.pushed_authorization_requests.unwrap_or(false),
+                pushed_authorization_requests: fapi2
+                    || raw.pushed_authorization_requests.unwrap_or(false),
                 prefix,
                 login_path,
                 post_login_url,
@@ -807,7 +830,12 @@ impl RawConfig {
                 Audience::Issuer
             }
         };
-        match self.client_auth.take().as_deref() {
+        // FAPI 2.0 takes a key (mTLS client authentication is the cluster's, see README).
+        let default = match self.profile.as_deref() {
+            Some("fapi2") => "private_key_jwt",
+            _ => "client_secret_basic",
+        };
+        match self.client_auth.take().as_deref().or(Some(default)) {
             None | Some("client_secret_basic") => {
                 for (field, given) in [
                     ("client_key", self.client_key.is_some()),
@@ -1314,6 +1342,42 @@ fn check_jwt_authn(p: &mut Problems, raw: RawJwtAuthn) -> String {
     name
 }
 
+/// `profile`: only `"fapi2"` (FAPI 2.0 Security Profile), whose parts may not be switched off.
+fn check_profile(
+    p: &mut Problems,
+    profile: Option<&str>,
+    switches: [(&str, Option<bool>); 2],
+    idp: &Idp,
+) -> bool {
+    match profile {
+        None => false,
+        Some("fapi2") => {
+            if matches!(idp.client_auth, Some(ClientAuth::SecretBasic(_))) {
+                p.add(
+                    "client_auth",
+                    "must be \"private_key_jwt\" with profile \"fapi2\" (FAPI 2.0 §5.3.3.4)",
+                );
+            }
+            for (field, on) in switches {
+                if on == Some(false) {
+                    p.add(field, "cannot be false with profile \"fapi2\"");
+                }
+            }
+            if !idp.discovery && idp.endpoints.par.is_none() {
+                p.add(
+                    "pushed_authorization_request_endpoint",
+                    "is required with profile \"fapi2\" and discovery off",
+                );
+            }
+            true
+        }
+        Some(other) => {
+            p.add("profile", format!("{other:?} is not \"fapi2\""));
+            false
+        }
+    }
+}
+
 /// `dpop` and its key (the same on every replica: a bound token works on all of them).
 fn check_dpop(
     p: &mut Problems,
@@ -1641,6 +1705,50 @@ pub(crate) mod tests {
             .to_string();
         assert!(
             text.contains("jwks_path: is served only with client_auth"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_fapi2_profile_turns_its_parts_on_and_refuses_them_off() {
+        let mut v = minimal_json();
+        v.as_object_mut().unwrap().remove("client_secret");
+        v["profile"] = serde_json::json!("fapi2");
+        let ec = include_str!("../tests/fixtures/keys/ec-p256.pem").to_string();
+        let ed = include_str!("../tests/fixtures/keys/ed25519.pem").to_string();
+        let env = move |name: &str| match name {
+            "BFF_CLIENT_KEY" => Some(ec.clone()),
+            "BFF_DPOP_KEY" => Some(ed.clone()),
+            _ => None,
+        };
+        let c = Config::parse(v.to_string().as_bytes(), &env).unwrap();
+        assert!(c.fapi2 && c.pushed_authorization_requests);
+        assert_eq!(c.client_auth.method(), "private_key_jwt");
+        assert_eq!(c.dpop.as_ref().unwrap().alg(), "EdDSA");
+        let mut off = v.clone();
+        off["client_auth"] = serde_json::json!("client_secret_basic");
+        off["client_secret"] = serde_json::json!({"value": "s"});
+        off["dpop"] = serde_json::json!(false);
+        off["pushed_authorization_requests"] = serde_json::json!(false);
+        off["discovery"] = serde_json::json!(false);
+        off["jwks_uri"] = serde_json::json!("http://127.0.0.1:9000/jwks");
+        let text = Config::parse(off.to_string().as_bytes(), &env)
+            .unwrap_err()
+            .to_string();
+        for expected in [
+            "client_auth: must be \"private_key_jwt\" with profile \"fapi2\"",
+            "dpop: cannot be false",
+            "pushed_authorization_requests: cannot be false",
+            "pushed_authorization_request_endpoint: is required with profile \"fapi2\"",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        v["profile"] = serde_json::json!("fapi1");
+        let text = Config::parse(v.to_string().as_bytes(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains("profile: \"fapi1\" is not \"fapi2\""),
             "{text}"
         );
     }

@@ -145,6 +145,9 @@ fn try_start(
     start: LoginStart,
 ) -> Result<Started, Failure> {
     let (config, now, rng) = (ctx.config, ctx.now, &mut *ctx.rng);
+    if !provider.fapi2_lacks.is_empty() {
+        return Err(Failure::NotFapi2(provider.fapi2_lacks.join(", ")));
+    }
     let push = config.pushed_authorization_requests || provider.par_required;
     let par_endpoint = match (push, &provider.par_endpoint) {
         (false, _) => None,

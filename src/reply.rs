@@ -194,6 +194,8 @@ pub enum Failure {
     TokenExchange(TokenError),
     /// The pushed authorization request (RFC 9126) gave no `request_uri`.
     PushedRequest(ParError),
+    /// `profile: "fapi2"` and the IdP's discovery lacks these.
+    NotFapi2(String),
     NoIdToken,
     IdToken(IdTokenError),
     /// The login asked for `acr_values` and the ID token's `acr` is none of them.
@@ -264,7 +266,10 @@ impl Failure {
             | Failure::IssuerMismatch => 400,
             Failure::TokenExchange(TokenError::Unreachable)
             | Failure::PushedRequest(ParError::Unreachable) => 504,
-            Failure::TokenExchange(_) | Failure::NoIdToken | Failure::PushedRequest(_) => 502,
+            Failure::TokenExchange(_)
+            | Failure::NoIdToken
+            | Failure::PushedRequest(_)
+            | Failure::NotFapi2(_) => 502,
             Failure::IdpUnavailable => 503,
             Failure::Internal(_) => 500,
             Failure::Csrf | Failure::Forbidden | Failure::LogoutForbidden | Failure::AcrNotMet => {
@@ -289,6 +294,7 @@ impl Failure {
             Failure::TokenExchange(TokenError::Unreachable)
             | Failure::PushedRequest(ParError::Unreachable) => "idp_timeout",
             Failure::PushedRequest(_) => "par_failed",
+            Failure::NotFapi2(_) => "idp_not_fapi2",
             Failure::TokenExchange(_) | Failure::NoIdToken => "token_exchange_failed",
             Failure::IdToken(_) => "id_token_invalid",
             Failure::AcrNotMet => "insufficient_authentication",
@@ -334,6 +340,10 @@ impl Failure {
             },
             Failure::TokenExchange(e) => format!("Login could not be completed: {e}."),
             Failure::PushedRequest(e) => format!("Login could not be started: {e}."),
+            Failure::NotFapi2(lacks) => format!(
+                "Login could not be started: the identity provider's discovery lacks what FAPI 2.0 \
+                 needs ({lacks})."
+            ),
             Failure::NoIdToken => {
                 "Login could not be completed: the token endpoint sent no ID token.".into()
             }

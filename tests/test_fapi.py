@@ -202,3 +202,44 @@ def test_a_token_response_without_dpop_binding_gets_the_documented_error(procs):
     assert r.status_code == 502, (r.status_code, r.text)
     assert "token_exchange_failed" in r.text and "did not bind the token" in r.text, r.text
     envoy.assert_vm_healthy()
+
+
+# --- profile "fapi2": all of it in one switch ---------------------------------------------------
+
+def start_fapi2(procs, par: str):
+    port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"],
+                    env_overrides={"IDP_PAR": par, "IDP_DPOP": "nonce",
+                                   "IDP_CLIENT_AUTH": "private_key_jwt",
+                                   "IDP_CLIENT_JWKS_URI": f"http://127.0.0.1:{port}/private/jwks"})
+    api = start_dpop_api(procs)
+    config = discovery_only(idp.issuer, profile="fapi2")
+    envoy = start_envoy(procs, config, api, idp.port, port=port,
+                        extra_env={"BFF_CLIENT_KEY": (KEYS / "rsa-2048.pem").read_text(),
+                                   "BFF_DPOP_KEY": (KEYS / "ec-p256.pem").read_text()})
+    return idp, envoy
+
+
+def test_the_fapi2_profile_logs_in_through_par_with_a_key_and_dpop(procs):
+    idp, envoy = start_fapi2(procs, "required")
+    b = Browser(envoy)
+    start = b.get("/private/login")
+    assert start.status_code == 302, start.text
+    assert sorted(query_of(start.headers["location"])) == ["client_id", "request_uri"]
+    r = b.login()
+    assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
+    r = b.get("/private/api/me", navigate=False)
+    assert r.status_code == 200 and r.json()["jkt"] == ec_thumbprint((KEYS / "ec-p256.pem").read_text())
+    envoy.assert_vm_healthy()
+
+
+def test_under_fapi2_an_idp_without_par_serves_no_login_and_says_what_it_lacks(procs):
+    _, envoy = start_fapi2(procs, "off")
+    r = Browser(envoy).get("/private/login")
+    assert r.status_code == 502 and "idp_not_fapi2" in r.text, r.text
+    assert "pushed_authorization_request_endpoint" in r.text
+    deadline = time.monotonic() + 5  # the log reaches us through a pipe
+    while "lacks pushed_authorization_request_endpoint" not in envoy.log():
+        assert time.monotonic() < deadline, envoy.log()[-2000:]
+        time.sleep(0.1)
+    envoy.assert_vm_healthy()

@@ -220,6 +220,15 @@ impl Metadata {
         let result = match what {
             Fetch::Discovery => Provider::from_discovery(config, answer.status, &answer.body)
                 .map(|p| {
+                    if !p.fapi2_lacks.is_empty() {
+                        host.log(
+                            Level::Error,
+                            &format!(
+                                "bff: profile \"fapi2\": the IdP's discovery lacks {}; logins are refused",
+                                p.fapi2_lacks.join(", ")
+                            ),
+                        );
+                    }
                     self.provider = Some(p);
                     self.provider_at = now;
                 })

@@ -30,6 +30,8 @@ pub struct Provider {
     /// RFC 9126: where authorization requests are pushed, and whether the IdP takes no other.
     pub par_endpoint: Option<AbsoluteUrl>,
     pub par_required: bool,
+    /// With `profile: "fapi2"`: what the metadata lacks for it (logins are refused, naming it).
+    pub fapi2_lacks: Vec<&'static str>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +46,9 @@ struct RawMetadata {
     authorization_response_iss_parameter_supported: Option<bool>,
     pushed_authorization_request_endpoint: Option<String>,
     require_pushed_authorization_requests: Option<bool>,
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    code_challenge_methods_supported: Option<Vec<String>>,
+    dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +106,7 @@ impl Provider {
             iss_parameter_supported: false,
             par_endpoint: e.par.clone(),
             par_required: false,
+            fapi2_lacks: Vec::new(),
         })
     }
 
@@ -126,7 +132,13 @@ impl Provider {
                 Some(url) => Ok(Some(url.clone())),
                 None => url(field, found),
             };
+        let fapi2_lacks = if config.fapi2 {
+            fapi2_lacks(config, &raw, e.par.is_some())
+        } else {
+            Vec::new()
+        };
         Ok(Provider {
+            fapi2_lacks,
             authorization_endpoint: pick(
                 &e.authorization,
                 "authorization_endpoint",
@@ -165,6 +177,34 @@ impl Provider {
     }
 }
 
+/// What FAPI 2.0 (Security Profile §5.3) needs of the IdP's metadata and `raw` does not say.
+fn fapi2_lacks(config: &Config, raw: &RawMetadata, par_configured: bool) -> Vec<&'static str> {
+    let has = |list: &Option<Vec<String>>, value: &str| {
+        list.as_ref().is_some_and(|l| l.iter().any(|v| v == value))
+    };
+    let mut lacks = Vec::new();
+    if raw.pushed_authorization_request_endpoint.is_none() && !par_configured {
+        lacks.push("pushed_authorization_request_endpoint");
+    }
+    if raw.authorization_response_iss_parameter_supported != Some(true) {
+        lacks.push("authorization_response_iss_parameter_supported");
+    }
+    if !has(&raw.code_challenge_methods_supported, "S256") {
+        lacks.push("code_challenge_methods_supported with S256");
+    }
+    if !has(
+        &raw.token_endpoint_auth_methods_supported,
+        config.client_auth.method(),
+    ) {
+        lacks.push("token_endpoint_auth_methods_supported with private_key_jwt");
+    }
+    let dpop_alg = config.dpop.as_ref().map_or("", |k| k.alg());
+    if !has(&raw.dpop_signing_alg_values_supported, dpop_alg) {
+        lacks.push("dpop_signing_alg_values_supported with the DPoP key's algorithm");
+    }
+    lacks
+}
+
 /// The test IdP's metadata, as discovery would give it.
 #[cfg(test)]
 pub fn test_provider() -> Provider {
@@ -179,6 +219,7 @@ pub fn test_provider() -> Provider {
         iss_parameter_supported: true,
         par_endpoint: Some(u("http://127.0.0.1:9000/request")),
         par_required: false,
+        fapi2_lacks: Vec::new(),
     }
 }
 
@@ -206,6 +247,42 @@ mod tests {
         o.remove("authorization_endpoint");
         o.remove("token_endpoint");
         config_from(v)
+    }
+
+    #[test]
+    fn under_fapi2_what_the_metadata_lacks_is_named() {
+        let mut v = crate::config::tests::private_key_jwt_json();
+        let o = v.as_object_mut().unwrap();
+        o.remove("authorization_endpoint");
+        o.remove("token_endpoint");
+        o.insert("profile".into(), json!("fapi2"));
+        o.insert(
+            "dpop_key".into(),
+            json!({"value": include_str!("../../tests/fixtures/keys/ed25519.pem")}),
+        );
+        let config = config_from(v);
+        let mut full = doc();
+        full["pushed_authorization_request_endpoint"] = json!("http://127.0.0.1:9000/request");
+        full["code_challenge_methods_supported"] = json!(["S256"]);
+        full["token_endpoint_auth_methods_supported"] =
+            json!(["client_secret_basic", "private_key_jwt"]);
+        full["dpop_signing_alg_values_supported"] = json!(["ES256", "EdDSA"]);
+        let p = Provider::from_discovery(&config, Some(200), full.to_string().as_bytes()).unwrap();
+        assert!(p.fapi2_lacks.is_empty(), "{:?}", p.fapi2_lacks);
+        let p = Provider::from_discovery(&config, Some(200), doc().to_string().as_bytes()).unwrap();
+        assert_eq!(
+            p.fapi2_lacks,
+            vec![
+                "pushed_authorization_request_endpoint",
+                "code_challenge_methods_supported with S256",
+                "token_endpoint_auth_methods_supported with private_key_jwt",
+                "dpop_signing_alg_values_supported with the DPoP key's algorithm",
+            ]
+        );
+        // Without the profile nothing is asked.
+        let p =
+            Provider::from_discovery(&discovery_only(), Some(200), doc().to_string().as_bytes());
+        assert!(p.unwrap().fapi2_lacks.is_empty());
     }
 
     #[test]
