@@ -15,8 +15,10 @@
 //! services that answer at once (dispatch an IdP call and get its token, shared data read and
 //! compare-and-swap, random bytes, count, log, nudge) go through the [`Host`] trait.
 //!
-//! **Where new work goes**: a new IdP call is built by the protocol code, dispatched here with
-//! its owner recorded in `calls`, and its answer parsed by the protocol code in
+//! **Where new work goes**: a new IdP call is built by the protocol code, dispatched through
+//! [`Engine::dispatch_idp`] (which adds client credentials and DPoP proofs as it leaves, and
+//! answers a nonce challenge) with its owner recorded in `calls`; a store call goes through
+//! `dispatch_store` (signed in to etcd when it wants a user), and its answer parsed by the protocol code in
 //! [`Engine::on_call_answer`] (a request's own call is an [`OwnCall`]). A new wait for what
 //! arrives for everyone is a [`Wait`] variant with its wake-up rule in [`Wait::wakeup`]. Both are tested natively in `tests.rs` with a fake clock and store.
 

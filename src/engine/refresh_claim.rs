@@ -22,6 +22,8 @@ use crate::route::RefreshNeeded;
 
 /// How often a replica reads the claim of another that is refreshing.
 pub const READ_EVERY_MS: u64 = 200;
+/// Claims made for one refresh at most (a key that keeps vanishing is a store to stop trusting).
+const MAX_CLAIMS: u8 = 3;
 
 const ALONE: &str = "refreshes go on with each process's claim alone";
 const WAIT: &str = "a refresh another replica claimed is read again";
@@ -36,6 +38,8 @@ pub(super) struct Claiming {
     give_up_ms: u64,
     /// A reader's next read (ms).
     read_at_ms: u64,
+    /// Claims made so far (the first, and one after each vanished key).
+    claims: u8,
 }
 
 enum Step {
@@ -65,6 +69,7 @@ impl Engine {
             retried: false,
             give_up_ms: host.now_ms().saturating_add(self.store_wait_ms()),
             read_at_ms: 0,
+            claims: 1,
         };
         self.claim_call(claiming, host);
     }
@@ -198,6 +203,11 @@ impl Engine {
         if host.now_ms() >= claiming.give_up_ms {
             return self.refreshed(&claiming.needed.id, Outcome::Unavailable, host);
         }
+        if claiming.claims >= MAX_CLAIMS {
+            self.store_failed("a refresh claim that keeps vanishing", ALONE, host);
+            return self.send_refresh(*claiming.needed, false, host);
+        }
+        claiming.claims += 1;
         claiming.step = Step::Lease;
         claiming.retried = false;
         self.claim_call(claiming, host);

@@ -129,19 +129,36 @@ mod tests {
         }
     }
 
+    /// `body` posted as client `client_id` to https://idp.example's token endpoint at
+    /// 1,800,000,000.
+    fn sent(
+        auth: &ClientAuth,
+        client_id: &str,
+        body: &str,
+        rng: &mut CountingRandom,
+    ) -> IdpRequest {
+        let mut r = form_post(body);
+        auth.authenticate(
+            &mut r,
+            client_id,
+            "https://idp.example",
+            "https://idp.example/token",
+            1_800_000_000,
+            rng,
+        )
+        .unwrap();
+        r
+    }
+
     #[test]
     fn a_secret_goes_in_the_basic_header() {
         let auth = ClientAuth::SecretBasic(Secret::new("s3:cr%t"));
-        let mut r = form_post("grant_type=refresh_token");
-        auth.authenticate(
-            &mut r,
+        let r = sent(
+            &auth,
             "bff",
-            "https://idp",
-            "https://idp/token",
-            1000,
+            "grant_type=refresh_token",
             &mut CountingRandom(1),
-        )
-        .unwrap();
+        );
         assert_eq!(
             r.headers,
             vec![(
@@ -160,16 +177,12 @@ mod tests {
             audience: Audience::Issuer,
         };
         let mut rng = CountingRandom(9);
-        let mut r = form_post("grant_type=authorization_code&code=c");
-        auth.authenticate(
-            &mut r,
+        let r = sent(
+            &auth,
             "bff client",
-            "https://idp.example",
-            "https://idp.example/token",
-            1_800_000_000,
+            "grant_type=authorization_code&code=c",
             &mut rng,
-        )
-        .unwrap();
+        );
         assert!(r.headers.is_empty(), "no secret anywhere");
         let form: Vec<(String, String)> =
             form_urlencoded::parse(r.body.as_deref().unwrap().as_bytes())
@@ -209,16 +222,7 @@ mod tests {
             key,
             audience: Audience::TokenEndpoint,
         };
-        let mut again = form_post("grant_type=refresh_token");
-        auth.authenticate(
-            &mut again,
-            "bff",
-            "https://idp.example",
-            "https://idp.example/token",
-            1_800_000_000,
-            &mut rng,
-        )
-        .unwrap();
+        let again = sent(&auth, "bff", "grant_type=refresh_token", &mut rng);
         let second = form_urlencoded::parse(again.body.as_deref().unwrap().as_bytes())
             .find(|(k, _)| k == "client_assertion")
             .unwrap()
@@ -230,16 +234,12 @@ mod tests {
         assert_eq!(claims["aud"], "https://idp.example/token");
         assert_ne!(claims["jti"], json!(jti));
         // A form that names the client already keeps one client_id.
-        let mut pushed = form_post("response_type=code&client_id=bff&state=s");
-        auth.authenticate(
-            &mut pushed,
+        let pushed = sent(
+            &auth,
             "bff",
-            "https://idp.example",
-            "https://idp.example/token",
-            1_800_000_000,
+            "response_type=code&client_id=bff&state=s",
             &mut rng,
-        )
-        .unwrap();
+        );
         let body = pushed.body.unwrap();
         let ids = form_urlencoded::parse(body.as_bytes()).filter(|(k, _)| k == "client_id");
         assert_eq!(ids.count(), 1);

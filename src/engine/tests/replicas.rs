@@ -15,6 +15,8 @@ struct FakeEtcd {
     leases: u64,
     /// With etcd's authentication on: the password, and the token it last gave.
     auth: Option<(String, Option<String>)>,
+    /// Every create-if-absent finds the key there, and then gone (a store not to trust).
+    vanishing: bool,
 }
 
 impl FakeEtcd {
@@ -56,6 +58,9 @@ impl FakeEtcd {
             "/v3/kv/put" => {
                 self.put(b64(&body["key"]), b64(&body["value"]), lease(body));
                 json!({"header": {}}).to_string()
+            }
+            "/v3/kv/txn" if self.vanishing => {
+                json!({"header": {}, "responses": [{"response_range": {}}]}).to_string()
             }
             "/v3/kv/txn" => {
                 let key = b64(&body["compare"][0]["key"]);
@@ -464,20 +469,24 @@ fn with_a_store_one_replica_refreshes_and_the_others_take_its_outcome() {
     assert_eq!(token_of(&settled(b.request(2, later))), "Bearer new-at");
 }
 
+/// A due session on two replicas: A claims the refresh in the store and sends it (unanswered),
+/// B finds A's claim and waits.
+fn a_refreshes_and_b_waits() -> (World, FakeEtcd, Worker, Worker) {
+    let (one, _two, mut etcd, mut a, mut b) = two_replicas();
+    due_calls_on(&mut [&mut a, &mut b], &due_session_cookie());
+    a.store_answers(Some(&mut etcd));
+    a.store_answers(Some(&mut etcd));
+    assert_eq!(token_calls_in_flight(&a), 1, "A won the claim");
+    b.store_answers(Some(&mut etcd));
+    b.store_answers(Some(&mut etcd));
+    assert_eq!(b.calls_to("/token"), 0, "B waits");
+    (one, etcd, a, b)
+}
+
 #[test]
 fn when_the_replica_that_claimed_a_refresh_dies_another_takes_over_after_its_lease() {
-    let (one, _two, mut etcd, mut a, mut b) = two_replicas();
-    let cookie = due_session_cookie();
-    due_calls_on(&mut [&mut a, &mut b], &cookie);
-    a.store_answers(Some(&mut etcd));
-    a.store_answers(Some(&mut etcd));
-    assert_eq!(
-        token_calls_in_flight(&a),
-        1,
-        "A won the claim, then died mid-refresh"
-    );
-    b.store_answers(Some(&mut etcd));
-    b.store_answers(Some(&mut etcd));
+    let (one, mut etcd, _a, mut b) = a_refreshes_and_b_waits();
+    // A died mid-refresh.
     // B reads the claim while A's lease lasts...
     for _ in 0..3 {
         one.advance_ms(READ_EVERY_MS);
@@ -538,13 +547,7 @@ fn in_store_key_of(w: &Worker, refresh_token: &str) -> String {
 
 #[test]
 fn a_replica_waiting_for_a_claim_that_never_ends_goes_on_with_the_current_token() {
-    let (one, _two, mut etcd, mut a, mut b) = two_replicas();
-    let cookie = due_session_cookie();
-    due_calls_on(&mut [&mut a, &mut b], &cookie);
-    a.store_answers(Some(&mut etcd));
-    a.store_answers(Some(&mut etcd));
-    b.store_answers(Some(&mut etcd));
-    b.store_answers(Some(&mut etcd));
+    let (one, mut etcd, _a, mut b) = a_refreshes_and_b_waits();
     // A's claim stays (its lease is renewed, say); B reads it until it gives up.
     let mut resumes = Vec::new();
     for _ in 0..1000 {
@@ -636,4 +639,21 @@ fn with_etcd_authentication_each_vm_signs_in_and_again_when_its_token_runs_out()
     assert_eq!(b.calls_to("/v3/auth/authenticate"), 1, "not again at once");
     let call = wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
     assert_eq!(token_of(&settled(b.request(2, call))), "Bearer fresh-at");
+}
+
+#[test]
+fn a_claim_that_keeps_vanishing_is_given_up_for_the_process_claim_alone() {
+    let (_one, _two, mut etcd, mut a, _b) = two_replicas();
+    etcd.vanishing = true;
+    due_calls_on(&mut [&mut a], &due_session_cookie());
+    let mut rounds = 0;
+    while token_calls_in_flight(&a) == 0 {
+        assert!(a.store_answers(Some(&mut etcd)) > 0, "stuck");
+        rounds += 1;
+    }
+    assert_eq!(
+        rounds, 6,
+        "three claims (a lease and a transaction each), then alone"
+    );
+    assert!(a.host.logs.iter().any(|l| l.contains("keeps vanishing")));
 }
