@@ -143,7 +143,7 @@ impl Engine {
                         .iter()
                         .filter_map(|(_, v)| DenyEntry::decode(std::str::from_utf8(v).ok()?))
                         .collect();
-                    deny::replace(host.store(), &self.ns, &entries, now);
+                    deny::merge_from_store(host.store(), &self.ns, &entries, now);
                     self.load_deny_list(host);
                     Ok(())
                 }

@@ -220,27 +220,29 @@ pub fn written(store: &dyn SharedStore, ns: &str, entry: &DenyEntry, now: u64) {
     });
 }
 
-/// The process's list becomes what the store holds plus what waits for it.
-pub fn replace(store: &dyn SharedStore, ns: &str, from_store: &[DenyEntry], now: u64) -> bool {
-    let key = key(ns);
-    let mut entries: Vec<DenyEntry> = Vec::new();
-    for e in from_store.iter().chain(&pending(store, ns, now)) {
-        if e.is_storable() && now < e.until && !entries.contains(e) {
-            entries.push(e.clone());
-        }
+/// A sync round: the process's list gains what the store holds and what waits for it. Nothing
+/// is dropped but what expired: the round's read may predate an entry recorded here since (a
+/// logout's put, a back-channel logout's transaction), and entries only ever end by expiry.
+/// Written by compare-and-swap, like every other change to the list.
+pub fn merge_from_store(
+    store: &dyn SharedStore,
+    ns: &str,
+    from_store: &[DenyEntry],
+    now: u64,
+) -> bool {
+    let mut new = from_store.to_vec();
+    new.extend(pending(store, ns, now));
+    let mut unchanged = false;
+    let written = store::update(store, &key(ns), |bytes| {
+        let merged = merged(bytes, &new, now);
+        // Unchanged: no new version, so no VM parses it again.
+        unchanged = merged == bytes;
+        (!unchanged).then_some(merged)
+    });
+    if written {
+        bump(store, ns);
     }
-    if entries.len() > MAX_ENTRIES {
-        entries.sort_by_key(|e| std::cmp::Reverse(e.until));
-        entries.truncate(MAX_ENTRIES);
-    }
-    let bytes = serialize(&entries);
-    // Unchanged: no new version, so no VM parses it again.
-    if store.get(&key).is_some_and(|(old, _)| old == bytes) {
-        return true;
-    }
-    let written = store.set(&key, &bytes, None).is_ok();
-    bump(store, ns);
-    written
+    written || unchanged
 }
 
 /// Whether this worker reads the store for the process now.
@@ -301,23 +303,27 @@ pub fn first_sight(store: &dyn SharedStore, ns: &str, jti: &str, until: u64, now
 
 /// Merges entries into the list under `key` (dropping the expired ones).
 fn merge_into(store: &dyn SharedStore, key: &str, new: &[DenyEntry], now: u64) -> bool {
-    store::update(store, key, |bytes| {
-        let mut entries = parse(bytes, now);
-        for e in new.iter().filter(|e| e.is_storable() && now < e.until) {
-            if !entries
-                .iter()
-                .any(|old| old.ended == e.ended && old.until >= e.until)
-            {
-                entries.retain(|old| old.ended != e.ended);
-                entries.push(e.clone());
-            }
+    store::update(store, key, |bytes| Some(merged(bytes, new, now)))
+}
+
+/// The list in `bytes` with `new` added (an entry replaces one for the same thing ending
+/// sooner), without what expired, at most [`MAX_ENTRIES`] (the soonest-ending go first).
+fn merged(bytes: &[u8], new: &[DenyEntry], now: u64) -> Vec<u8> {
+    let mut entries = parse(bytes, now);
+    for e in new.iter().filter(|e| e.is_storable() && now < e.until) {
+        if !entries
+            .iter()
+            .any(|old| old.ended == e.ended && old.until >= e.until)
+        {
+            entries.retain(|old| old.ended != e.ended);
+            entries.push(e.clone());
         }
-        if entries.len() > MAX_ENTRIES {
-            entries.sort_by_key(|e| std::cmp::Reverse(e.until));
-            entries.truncate(MAX_ENTRIES);
-        }
-        Some(serialize(&entries))
-    })
+    }
+    if entries.len() > MAX_ENTRIES {
+        entries.sort_by_key(|e| std::cmp::Reverse(e.until));
+        entries.truncate(MAX_ENTRIES);
+    }
+    serialize(&entries)
 }
 
 /// The process's list as of now, with the entry's version: `None` when it has not changed since
@@ -411,19 +417,45 @@ mod tests {
             1000
         ));
         // A sync round: the store has another replica's entry, not ours yet.
-        assert!(replace(&store, "ns", std::slice::from_ref(&remote), 1000));
+        assert!(merge_from_store(
+            &store,
+            "ns",
+            std::slice::from_ref(&remote),
+            1000
+        ));
         let (list, v1) = load(&store, "ns", None, 1000).unwrap();
         assert!(list.denies(&session("s-local", None, "a", 900)));
         assert!(list.denies(&session("x", Some("idp-remote"), "a", 900)));
         // The same again: no new version for the VMs to parse.
-        assert!(replace(&store, "ns", std::slice::from_ref(&remote), 1000));
+        assert!(merge_from_store(
+            &store,
+            "ns",
+            std::slice::from_ref(&remote),
+            1000
+        ));
         assert_eq!(load(&store, "ns", Some(v1), 1000), None);
         // Written: no longer pending, and the store's list has it.
         written(&store, "ns", &local, 1000);
         assert!(pending(&store, "ns", 1000).is_empty());
-        assert!(replace(&store, "ns", &[remote, local], 1000));
+        assert!(merge_from_store(
+            &store,
+            "ns",
+            &[remote.clone(), local.clone()],
+            1000
+        ));
         let (list, _) = load(&store, "ns", None, 1000).unwrap();
         assert!(list.denies(&session("s-local", None, "a", 900)));
+        // A round whose read predates an entry recorded here since (a back-channel logout's
+        // transaction, then the list) does not drop it: entries end only by expiry.
+        let fresh = entry(Ended::IdpSession("idp-fresh".into()), 2000);
+        assert!(record(&store, "ns", std::slice::from_ref(&fresh), 1000));
+        assert!(merge_from_store(&store, "ns", &[remote, local], 1000));
+        let (list, _) = load(&store, "ns", None, 1000).unwrap();
+        assert!(list.denies(&session("x", Some("idp-fresh"), "a", 900)));
+        // Expired ones go.
+        assert!(merge_from_store(&store, "ns", &[], 2000));
+        let (list, _) = load(&store, "ns", None, 2000).unwrap();
+        assert!(!list.denies(&session("x", Some("idp-fresh"), "a", 900)));
     }
 
     #[test]
