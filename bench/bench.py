@@ -9,6 +9,9 @@ are pinned to different CPUs when the machine has two or more.
     b  the floor: a minimal proxy-wasm filter (bench/floor-filter)
     c  Envoy's native OAuth2 filter with a valid session
     d  envoy-bff with a valid session and a fresh token
+    dp (d) with `dpop` on and an EC P-256 DPoP key: a DPoP-bound session (its own login), every
+       request goes on with `Authorization: DPoP` and a fresh ES256 proof
+    dq (dp) with an Ed25519 DPoP key: an EdDSA proof per request
     e  envoy-bff with a token due for refresh: every request refreshes at the test IdP
     f  envoy-bff's login callback (code exchange + ID token check), by a Python client
     p  (diagnostic) envoy-bff on a path outside its prefix: what it costs before any session work
@@ -23,6 +26,8 @@ are pinned to different CPUs when the machine has two or more.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import datetime
 import fcntl
 import hashlib
@@ -83,6 +88,8 @@ NAMES = {
     "b": "floor: minimal proxy-wasm filter",
     "c": "Envoy OAuth2 filter, valid session",
     "d": "envoy-bff, valid session, fresh token",
+    "dp": "envoy-bff, DPoP route, ES256 proof per request",
+    "dq": "envoy-bff, DPoP route, EdDSA proof per request",
     "s": "envoy-bff, valid session, store configured",
     "e": "envoy-bff, token due: refresh at the IdP",
     "es": "envoy-bff, token due: refresh claimed in etcd",
@@ -107,8 +114,20 @@ STORE = {"cluster": "etcd", "prefix": "bench/", "timeout_ms": 1500}
 STORE_VARIANTS = ("s", "es")
 # The variants where every request is a refresh, from a rotating pool of sessions.
 REFRESH_VARIANTS = ("e", "es")
-# Variant keys of two characters, read as one by --skip.
-TWO_CHAR_KEYS = ("es", "d0")
+# (dp) and (dq): (d) with DPoP (RFC 9449), `"dpop": true` and the key in the config itself
+# (`dpop_key.value`, the PEM text): every request is forwarded with `Authorization: DPoP` and a
+# proof signed for it, ES256 (an EC P-256 key) or EdDSA (Ed25519). Each logs in through its own
+# Envoy: the bundled IdP binds the token to the key the token request's proof names (its
+# IDP_DPOP "optional"), and the filter takes only a token_type DPoP answer with dpop on.
+KEYS = REPO / "tests" / "fixtures" / "keys"
+DPOP_KEYS = {"dp": KEYS / "ec-p256.pem", "dq": KEYS / "ed25519.pem"}
+DPOP_ALGS = {"dp": "ES256", "dq": "EdDSA"}
+DPOP_VARIANTS = tuple(DPOP_KEYS)
+# Their ratios: over the floor, over the Bearer route (d), and EdDSA's proof over ES256's.
+DPOP_PAIRS = (("dp", "b"), ("dq", "b"), ("dp", "d"), ("dq", "d"), ("dq", "dp"))
+# Variant keys of two characters, read as one by --skip ("dp" is the variant dp: d and p are
+# "d,p" or "pd").
+TWO_CHAR_KEYS = ("es", "d0", "dp", "dq")
 
 
 def log(msg: str) -> None:
@@ -185,6 +204,12 @@ def wasm_filter(name: str, module: Path, configuration: str = "", env_keys=()) -
 def bff_filter(issuer: str, module: Path = WASM, **overrides) -> dict:
     config = filter_config(issuer, **overrides)
     return wasm_filter("bff", module, json.dumps(config), ("BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS"))
+
+
+def dpop_settings(key: str) -> dict:
+    """What (dp) and (dq) add to (d)'s filter configuration: DPoP on, the variant's key as the
+    PEM text itself (json.dumps escapes it), so the Envoy needs no environment variable."""
+    return {"dpop": True, "dpop_key": {"value": DPOP_KEYS[key].read_text()}}
 
 
 def oauth2_filter(issuer: str) -> tuple[dict, list]:
@@ -336,6 +361,16 @@ def oauth2_login(envoy: Envoy) -> str:
     return cookie_header(b.jar, OAUTH2_COOKIES)
 
 
+def jwt_header(token: str) -> dict:
+    """A compact JWS's protected header (not verified), or {} when it is not one."""
+    part = token.split(".", 1)[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, binascii.Error):
+        return {}
+    return header if isinstance(header, dict) else {}
+
+
 def check_variant(key: str, envoy: Envoy, cookie: str | None) -> str:
     """One request through the echo route: the variant does what we think it does."""
     headers = dict(API_HEADERS)
@@ -348,10 +383,29 @@ def check_variant(key: str, envoy: Envoy, cookie: str | None) -> str:
         raise RuntimeError(f"variant {key}: {r.status_code} {r.text[:300]}")
     seen = r.json()["headers"]
     auth = seen.get("authorization", "")
-    # (d0) and (s) must do what (d) does, (es) what (e) does.
-    kind = {"d0": "d", "s": "d", "es": "e"}.get(key, key)
-    if kind in ("c", "d", "e", "k") and not auth.startswith("Bearer "):
+    # (d0), (s), (dp) and (dq) must do what (d) does (but dp and dq with DPoP), (es) what (e) does.
+    kind = {"d0": "d", "s": "d", "es": "e", "dp": "d", "dq": "d"}.get(key, key)
+    dpop = key in DPOP_VARIANTS
+    if kind in ("c", "d", "e", "k") and not dpop and not auth.startswith("Bearer "):
         raise RuntimeError(f"variant {key}: no bearer token upstream: {sorted(seen)}")
+    if dpop:
+        # Authorization: DPoP <token> and a proof in `dpop`, a JWT signed with the variant's key
+        # (its header says typ dpop+jwt and the key's alg; the upstream does not verify it).
+        proof = seen.get("dpop", "")
+        if not auth.startswith("DPoP ") or not proof:
+            raise RuntimeError(f"variant {key}: expected Authorization: DPoP and a dpop header "
+                               f"upstream, got authorization {auth.split(' ', 1)[0]!r}, headers "
+                               f"{sorted(seen)}")
+        header = jwt_header(proof)
+        if header.get("typ") != "dpop+jwt" or header.get("alg") != DPOP_ALGS[key]:
+            raise RuntimeError(f"variant {key}: the dpop header is not a {DPOP_ALGS[key]} "
+                               f"proof: its header is {header}")
+        # A proof per request: a second request gets another one (a new jti, signed anew).
+        again = requests.get(envoy.url(echo + "/check"), headers=headers, allow_redirects=False,
+                             timeout=20)
+        if again.status_code != 200 or again.json()["headers"].get("dpop", proof) == proof:
+            raise RuntimeError(f"variant {key}: a second request did not get a new proof "
+                               f"({again.status_code})")
     if key == "b" and FLOOR_IO and (not auth.startswith("Bearer floor-") or SESSION in seen.get("cookie", "")):
         raise RuntimeError("variant b: the I/O floor did not set the token or left the cookie")
     if key == "b" and not FLOOR_IO and "x-floor" not in seen:
@@ -483,7 +537,7 @@ def wrk(pin: Pinning, envoy: Envoy, cookie: str | None, duration: int, connectio
 
 # What the instruction mode counts: the variants that send one fixed request. (e) and (f) need
 # a new session or code for every request.
-INSTR_VARIANTS = ("a", "b", "c", "d", "d0", "s", "p", "k")
+INSTR_VARIANTS = ("a", "b", "c", "d", "d0", "dp", "dq", "s", "p", "k")
 CALLGRIND = WORK / "callgrind"
 
 
@@ -683,14 +737,17 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     """Every fixed-request variant under callgrind; a variant that fails is left out with its
     reason, the others go on."""
     keys = [k for k in INSTR_VARIANTS if k in variants]
-    # One Envoy each, but (p) on (d)'s, as in the wrk runs. Tuples: "d0" is two characters.
+    # One Envoy each, but (p) on (d)'s, as in the wrk runs. Tuples: "d0", "dp", "dq" are two
+    # characters.
     groups = [(k, "p") if k == "d" and "p" in keys else (k,) for k in keys if k != "p"]
     CALLGRIND.mkdir(parents=True, exist_ok=True)
     version = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()
     # Roughly, as seen here with the default counts: each Envoy's start-up under valgrind
     # (compiling a wasm module takes a while; envoy-bff then fetches the discovery document),
-    # then ~27 s per variant measured.
-    startup = {"a": 20, "b": 60, "c": 35, "d": 100, "d0": 100, "s": 100, "k": 100}
+    # then ~27 s per variant measured ((dp) and (dq) sign a proof per request: their counted
+    # requests take longer than that, by how much the first run's wall_s will tell).
+    startup = {"a": 20, "b": 60, "c": 35, "d": 100, "d0": 100, "dp": 100, "dq": 100, "s": 100,
+               "k": 100}
     estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
     log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
         f"{args.instructions_warmup} warm-up requests, then {args.instructions_repeats} x "
@@ -703,7 +760,9 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     wall: dict[str, float] = {}
     for group in groups:
         t0 = time.monotonic()
-        label = "".join(group)  # "dp", as the JSON's wall_s has always said
+        # "d+p" for (d)'s Envoy, which also measures (p): "dp" (what wall_s said before the
+        # DPoP variants) is now (dp)'s.
+        label = "+".join(group)
         http_filters, secrets_ = filters[group[0]]
         try:
             count_envoy(args, procs, group[0], group, http_filters, secrets_, cookies, hosts,
@@ -729,7 +788,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                         log(f"warning: variant {k}'s store sync did not work under callgrind: its "
                             "idle rate lacks some of the sync's work")
         log(f"instructions: Envoy {group[0]} ({', '.join(group)}) took {wall[label]:.0f}s")
-    # (d0) is measured after (p) but reported beside (d).
+    # In INSTR_VARIANTS' order: (d0), (dp), (dq) beside (d).
     counts = {k: counts[k] for k in INSTR_VARIANTS if k in counts}
 
     def summary(key: str) -> tuple[dict, dict, dict]:
@@ -741,7 +800,8 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                 return None
             return round(added[x] / added[y], 4)
         pairs = (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("k", "b"), ("k", "d"),
-                 ("s", "b"), ("s", "d")) + (BEFORE_PAIRS if "d0" in keys else ())
+                 ("s", "b"), ("s", "d")) + (BEFORE_PAIRS if "d0" in keys else ()) + (
+            DPOP_PAIRS if any(k in keys for k in DPOP_VARIANTS) else ())
         ratios = {f"{x}/{y}": ratio(x, y) for x, y in pairs}
         return per, added, ratios
     per, added, ratios = summary("per_request")
@@ -768,6 +828,10 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
         # With --before: the module (d0) ran, and what the change adds per request (d - d0).
         **({"before_module": str(args.before)} if "d0" in keys else {}),
         **({"d_minus_d0": round(per["d"] - per["d0"], 1)} if "d" in per and "d0" in per else {}),
+        # DPoP: what a proof per request adds to the Bearer route (signing it, the longer
+        # headers), per key; and EdDSA's over ES256's.
+        **{f"{x}_minus_{y}": round(per[x] - per[y], 1)
+           for x, y in (("dp", "d"), ("dq", "d"), ("dq", "dp")) if x in per and y in per},
         "repeats": {k: [round(x, 1) for x in c["per_request"]] for k, c in counts.items()},
         # (max - min) / median of the repeats: how far to trust the last digits.
         "spread": {k: round((max(c["per_request"]) - min(c["per_request"]))
@@ -785,7 +849,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
 
 
 def name_width(keys) -> int:
-    """The variant column: 40 characters, or the longest name shown ((es)'s is 45)."""
+    """The variant column: 40 characters, or the longest name shown ((dp)'s and (dq)'s are 46)."""
     return max([40] + [len(NAMES[k]) for k in keys if k in NAMES])
 
 
@@ -841,6 +905,8 @@ def print_instructions(ins: dict) -> None:
         print(f"d/d0 the change, after over before:   {num('d/d0')}   (d - d0: "
               f"{'n/a' if diff is None else f'{diff:+,.0f}'} instructions per request)")
         print(f"d0 = {ins['before_module']}; d = {WASM}")
+    print_dpop_lines(num, lambda x, y: ins.get(f"{x}_minus_{y}"),
+                     "instructions", "{:+,.0f}", ins["per_request"])
     print("instr/request = Envoy's instructions in a counted window, minus its idle rate (instr/s, "
           "counted with no requests) times the window's length, over the requests")
     unc = ins["uncorrected"]["ratios"]
@@ -849,6 +915,31 @@ def print_instructions(ins: dict) -> None:
     print("instructions are not time: no kernel work, no cache misses or stalls, and the code "
           "valgrind's CPU model makes libraries and V8 choose (see bench/README.md)")
     print()
+
+
+def print_dpop_lines(num, minus, unit: str, fmt: str, present) -> None:
+    """The DPoP ratios, for the instruction summary and the wrk report: `num(key)` prints a
+    ratio ("dp/d"), `minus(x, y)` is x - y per request (or None), in `unit`, printed with `fmt`;
+    the lines of the variants in `present` only."""
+    def diff(x: str, y: str) -> str:
+        value = minus(x, y)
+        return "n/a" if value is None else fmt.format(value)
+    lines = []
+    if "dp" in present:
+        lines.append(f"dp/b  a DPoP route (ES256 proof) over the floor: {num('dp/b')}")
+    if "dq" in present:
+        lines.append(f"dq/b  a DPoP route (EdDSA proof) over the floor: {num('dq/b')}")
+    if "dp" in present and "d" in present:
+        lines.append(f"dp/d  a DPoP route (ES256 proof) over a Bearer one: {num('dp/d')}   (dp - d: "
+                     f"{diff('dp', 'd')} {unit} per request: one ES256 signature, the longer headers)")
+    if "dq" in present and "d" in present:
+        lines.append(f"dq/d  a DPoP route (EdDSA proof) over a Bearer one: {num('dq/d')}   (dq - d: "
+                     f"{diff('dq', 'd')} {unit} per request: one EdDSA signature, the longer headers)")
+    if "dp" in present and "dq" in present:
+        lines.append(f"dq/dp EdDSA proof over ES256: {num('dq/dp')}   (dq - dp: {diff('dq', 'dp')} "
+                     f"{unit} per request)")
+    for line in lines:
+        print(line)
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -895,8 +986,8 @@ def machine_info() -> dict:
 
 
 def skip_keys(text: str) -> list[str]:
-    """--skip's variants: letters, "es" and "d0" read as one; commas and spaces separate too
-    ("ces": c and es; "e,s" or "se": e and s)."""
+    """--skip's variants: letters, "es", "d0", "dp" and "dq" read as one; commas and spaces
+    separate too ("ces": c and es; "e,s" or "se": e and s; "dp": dp; "d,p" or "pd": d and p)."""
     keys = []
     for word in text.replace(",", " ").split():
         i = 0
@@ -930,8 +1021,9 @@ def main(argv=None) -> int:
                     help="how the IdP signs ID tokens (RS256); matters for e and f")
     ap.add_argument("--no-pin", action="store_true", help="do not pin Envoy and wrk to separate CPUs")
     ap.add_argument("--skip", default="",
-                    help="variants to leave out, e.g. --skip cp; es is read as one variant "
-                         "(--skip es), so e and s are --skip e,s (commas and spaces also separate)")
+                    help="variants to leave out, e.g. --skip cp; es, dp, dq and d0 are read as "
+                         "one variant each (--skip es, --skip dp), so e and s are --skip e,s and "
+                         "d and p --skip d,p (commas and spaces also separate)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.png go")
     ap.add_argument("--floor-io", action="store_true",
                     help="make (b) the floor doing envoy-bff's unavoidable host I/O (read :path and "
@@ -1049,11 +1141,12 @@ def main(argv=None) -> int:
     etcd = None
     try:
         # Every Envoy but (p)'s, which is (d)'s.
-        envoy_keys = ["a", "b", "c", "d", "e", "k", "s", "es"] + (["d0"] if args.before else [])
+        envoy_keys = (["a", "b", "c", "d", "e", "k", "s", "es"] + list(DPOP_VARIANTS)
+                      + (["d0"] if args.before else []))
         ports = {k: free_port() for k in envoy_keys}
         idp = start_idp(procs, [f"http://127.0.0.1:{ports['c']}/callback"]
                         + [f"http://127.0.0.1:{ports[k]}/private/callback"
-                           for k in envoy_keys if k in ("d", "e", "d0", "s", "es")],
+                           for k in envoy_keys if k in ("d", "e", "d0", "s", "es") + DPOP_VARIANTS],
                         client_secret=CLIENT_SECRET,
                         env_overrides={"IDP_ID_TOKEN_ALG": args.id_token_alg})
         echo_port = start_echo(procs)
@@ -1084,6 +1177,9 @@ def main(argv=None) -> int:
         filters["s"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], store=STORE)], None)
         filters["es"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], store=STORE,
                                      session={"refresh_leeway_s": 86400})], None)
+        # (d) with DPoP, one key each (not --d-config's settings either).
+        for k in DPOP_VARIANTS:
+            filters[k] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], **dpop_settings(k))], None)
         if args.before:
             filters["d0"] = ([bff_filter(idp.issuer, loaded["envoy_bff.before.wasm"])], None)
         envoys: dict[str, Envoy] = {}
@@ -1109,12 +1205,24 @@ def main(argv=None) -> int:
         if "d0" in envoys:
             # Its own login: the change may have changed the session cookie.
             cookies["d0"] = bff_login(envoys["d0"])
+        for k in DPOP_VARIANTS:
+            if k in envoys:
+                # Its own login, through its own Envoy: the token is bound to this variant's key
+                # (a login there succeeds only with a token_type DPoP answer). (d)'s session holds
+                # a Bearer token, which a DPoP route must not be given.
+                cookies[k] = bff_login(envoys[k])
         if "s" in envoys:
             # (d)'s cookie, so (s) sends (d)'s very request; its own login only without (d),
             # and then (a) and (b) send (s)'s.
             cookies["s"] = cookies["d"] if "d" in envoys else bff_login(envoys["s"])
             if "d" not in envoys:
                 cookies["a"] = cookies["b"] = cookies["s"]
+        if "d" not in envoys and "s" not in envoys:
+            # Without both, (a) and (b) send (dp)'s request (or (dq)'s), as they would (d)'s.
+            for k in DPOP_VARIANTS:
+                if k in envoys:
+                    cookies["a"] = cookies["b"] = cookies[k]
+                    break
         if "c" in envoys:
             try:
                 cookies["c"] = oauth2_login(envoys["c"])
@@ -1255,8 +1363,8 @@ def main(argv=None) -> int:
                 return check
             e_check = refresh_check("e") if "e" in variants else None
             es_check = refresh_check("es") if "es" in variants else None
-            wasm_stats = {k: stats(envoys[k], "wasm") for k in ("b", "d", "e", "d0", "k", "s", "es")
-                          if k in variants}
+            wasm_stats = {k: stats(envoys[k], "wasm")
+                          for k in ("b", "d", "e", "d0", "dp", "dq", "k", "s", "es") if k in variants}
             for k in wasm_stats:
                 if k in variants:
                     envoys[k].assert_vm_healthy()
@@ -1274,6 +1382,9 @@ def main(argv=None) -> int:
                                            policies=CLIENT_POLICIES)], None)
             cg_filters["s"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], idp_timeout_ms=60000,
                                            store=STORE)], None)
+            for k in DPOP_VARIANTS:
+                cg_filters[k] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], idp_timeout_ms=60000,
+                                             **dpop_settings(k))], None)
             if args.before:
                 cg_filters["d0"] = ([bff_filter(idp.issuer, loaded["envoy_bff.before.wasm"],
                                                 idp_timeout_ms=60000)], None)
@@ -1376,7 +1487,8 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
     ratios = {}
     for key, tag in (("added_us_cpu", "cpu"), ("added_us_throughput", "throughput")):
         for x, y in (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("e", "b"), ("k", "b"),
-                     ("s", "b"), ("s", "d"), ("es", "e")) + (BEFORE_PAIRS if "d0" in out else ()):
+                     ("s", "b"), ("s", "d"), ("es", "e")) + (BEFORE_PAIRS if "d0" in out else ()) + (
+                        DPOP_PAIRS if any(k in out for k in DPOP_VARIANTS) else ()):
             ratios[f"{x}/{y} {tag}"] = ratio(x, y, key)
     d_b = ratios.get("d/b cpu")
     # What the store adds per refresh: (es)'s Envoy CPU per request minus (e)'s (both are one
@@ -1386,6 +1498,16 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
         ce, ces = out["e"]["envoy_cpu_us_per_req"], out["es"]["envoy_cpu_us_per_req"]
         store_per_refresh = {"median": ces["median"] - ce["median"], "best": ces["min"] - ce["min"],
                              "runs": [x - y for x, y in zip(ces["runs"], ce["runs"])]}
+    # What a DPoP proof per request adds to the Bearer route: (dp)'s and (dq)'s Envoy CPU per
+    # request minus (d)'s (the same request but the cookie), and EdDSA's minus ES256's; of the
+    # medians, of the lowest values, per round.
+    dpop_per_request = {}
+    for x, y in (("dp", "d"), ("dq", "d"), ("dq", "dp")):
+        if x in out and y in out:
+            cx, cy = out[x]["envoy_cpu_us_per_req"], out[y]["envoy_cpu_us_per_req"]
+            dpop_per_request[f"{x}-{y}"] = {"median": cx["median"] - cy["median"],
+                                           "best": cx["min"] - cy["min"],
+                                           "runs": [a - b for a, b in zip(cx["runs"], cy["runs"])]}
     return {
         "date": started.isoformat(timespec="seconds"),
         "machine": info,
@@ -1393,6 +1515,10 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
                      "connections": args.connections, "wrk_threads": 1, "envoy_concurrency": 1,
                      "rounds": args.repeats, "pinned": not args.no_pin,
                      "id_token_alg": args.id_token_alg, "floor": "io" if FLOOR_IO else "plain", "e_session_slice": slice_size,
+                     **({"dpop_keys": {k: {"alg": DPOP_ALGS[k],
+                                           "key": str(DPOP_KEYS[k].relative_to(REPO))}
+                                       for k in DPOP_VARIANTS if k in out}}
+                        if any(k in out for k in DPOP_VARIANTS) else {}),
                      **({"store": {**STORE, "etcd_members": 1}}
                         if any(k in out for k in STORE_VARIANTS) else {}),
                      "upstream": "direct_response (Envoy answers 200 'ok' itself)",
@@ -1417,6 +1543,7 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
         "refresh_check": e_check,
         "refresh_check_es": es_check,
         "store_added_us_per_refresh": store_per_refresh,
+        **({"dpop_added_us_per_request": dpop_per_request} if dpop_per_request else {}),
         "login_callback": f_result,
         "memory": {"before_load": memory_before, "after_load": memory_after},
         "wasm_stats": wasm_stats,
@@ -1524,7 +1651,19 @@ def print_report(rep: dict) -> None:
         print(f"d/d0 the change, after over before:   CPU {fmt('d/d0 cpu')};  1/throughput "
               f"{fmt('d/d0 throughput')}")
         print(f"     d0 = {rep['before_module']}; d = {WASM}")
-    best = {key: r.get(f"{key} cpu") for key in ("d/b", "d/c", "c/b", "p/b") + store + before}
+    dpop = tuple(f"{x}/{y}" for x, y in DPOP_PAIRS if x in v and y in v)
+    if dpop:
+        dpr = rep.get("dpop_added_us_per_request") or {}
+
+        def cpu_diff(x: str, y: str) -> float | None:
+            d_ = dpr.get(f"{x}-{y}")
+            return None if d_ is None else d_["median"]
+        print_dpop_lines(lambda key: f"CPU {fmt(f'{key} cpu')}", cpu_diff, "us of Envoy CPU",
+                         "{:+.1f}", v)
+        if dpr:
+            print("      lowest values: " + ", ".join(
+                f"{key.replace('-', ' - ')} {x['best']:+.1f} us" for key, x in dpr.items()))
+    best = {key: r.get(f"{key} cpu") for key in ("d/b", "d/c", "c/b", "p/b") + store + before + dpop}
     print("on the lowest values instead:  CPU " + ", ".join(
         f"{key} {num(x['of_best']) if x else 'n/a'}" for key, x in best.items()))
     if m.get("cpu_busy_before_start", 0) > 0.25:
@@ -1601,11 +1740,12 @@ def chart(rep: dict, path: Path) -> None:
     from matplotlib.patches import Patch
 
     v = rep["variants"]
-    keys = [k for k in ("b", "c", "d", "d0", "s", "p", "k", "e", "es") if k in v and "added_us_cpu" in v[k]]
+    keys = [k for k in ("b", "c", "d", "d0", "dp", "dq", "s", "p", "k", "e", "es")
+            if k in v and "added_us_cpu" in v[k]]
     if not keys:
         return
     colors = {"b": "#9e9e9e", "c": "#ef8a17", "d": "#2a7ab0", "d0": "#7fa7c4", "p": "#9dc3e6",
-              "k": "#4caf50", "s": "#1f5f8b",
+              "k": "#4caf50", "s": "#1f5f8b", "dp": "#8e6bb8", "dq": "#b39ddb",
               "e": "#5b8db8", "es": "#3d6f99"}
     labels = {k: f"{k}: {v[k]['name']}" + (" (diagnostic)" if k == "p" else "") for k in keys}
     fig, ax = plt.subplots(figsize=(11, 5.2))
@@ -1656,11 +1796,19 @@ def chart(rep: dict, path: Path) -> None:
     store_line = bool(r.get("s/b cpu") or r.get("es/e cpu"))
     if store_line:
         box += (f"\ns/b: {ratio_text('s/b cpu')};  es/e: {ratio_text('es/e cpu')}")
+    dpop_line = bool(r.get("dp/d cpu") or r.get("dq/d cpu"))
+    if dpop_line:
+        box += (f"\ndp/d: {ratio_text('dp/d cpu')};  dq/d: {ratio_text('dq/d cpu')};  "
+                f"dq/dp: {ratio_text('dq/dp cpu')}")
     ins = rep.get("instructions")
+    ins_rows = 0
     if ins:
-        # The callgrind counts: no noise, but instructions, not time.
-        box += "\nadded instructions (callgrind): " + ", ".join(
-            f"{key} {x:.2f}" for key, x in ins["ratios"].items() if x is not None)
+        # The callgrind counts: no noise, but instructions, not time. Eight ratios a line (with
+        # d0's or the DPoP variants' there are more).
+        items = [f"{key} {x:.2f}" for key, x in ins["ratios"].items() if x is not None]
+        rows = [", ".join(items[i:i + 8]) for i in range(0, len(items), 8)] or [""]
+        ins_rows = len(rows)
+        box += "\nadded instructions (callgrind): " + "\n    ".join(rows)
     ax.text(0.99, 0.97, box,
             transform=ax.transAxes, ha="right", va="top", fontsize=8,
             bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#999"})
@@ -1677,7 +1825,8 @@ def chart(rep: dict, path: Path) -> None:
                  f"{m['nproc']} CPUs ({m['cpu_model']})", fontsize=10)
     # More lines in the box (the store's ratios, the instruction ratios) need room above the
     # floor's label.
-    ax.set_ylim(-0.7, len(keys) - 0.05 + (0.3 if ins else 0) + (0.3 if store_line else 0))
+    ax.set_ylim(-0.7, len(keys) - 0.05 + 0.3 * ins_rows + (0.3 if store_line else 0)
+                + (0.3 if dpop_line else 0))
     from matplotlib.lines import Line2D
     ax.legend(handles=[
         Patch(facecolor="#777", edgecolor="#333",
