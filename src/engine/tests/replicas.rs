@@ -1,3 +1,5 @@
+//! Compiled for tests only (`#[cfg(test)] mod tests;` in engine/mod.rs, this its submodule): it
+//! may unwrap and panic.
 //! The engine with a store (etcd, faked here as far as the filter uses it): the deny list and
 //! back-channel logout across replicas, and one refresh per session across replicas.
 
