@@ -10,8 +10,10 @@
 //! a file it cannot read exits 2. The secrets themselves are not needed: every environment
 //! variable the configuration reads (`{"env": "NAME"}`, by default `BFF_CLIENT_SECRET` and
 //! `BFF_COOKIE_KEYS`) is answered with a placeholder that is a valid value for either (a
-//! base64 32-byte key), and the names read are listed on stderr, so they can be compared with
-//! what `vm_config.environment_variables` (or the WasmPlugin's `vmConfig.env`) provides.
+//! base64 32-byte key), a name ending in `_KEY` (`BFF_CLIENT_KEY`, `BFF_DPOP_KEY`: a private
+//! key) with a test Ed25519 key, and the names read are listed on stderr, so they can be
+//! compared with what `vm_config.environment_variables` (or the WasmPlugin's `vmConfig.env`)
+//! provides.
 
 use envoy_bff::config::Config;
 use std::cell::RefCell;
@@ -20,6 +22,10 @@ use std::process::ExitCode;
 
 /// 32 bytes (0, 1, …, 31), base64: a well-formed cookie key, and as good a client secret as any.
 const PLACEHOLDER: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A private key (the tests' published one, protecting nothing) for `private_key_jwt`'s and
+/// DPoP's keys.
+const PLACEHOLDER_KEY: &str = include_str!("../tests/fixtures/keys/ed25519.pem");
 
 fn read_input(path: Option<&str>) -> std::io::Result<Vec<u8>> {
     match path {
@@ -50,7 +56,12 @@ fn main() -> ExitCode {
     let read = RefCell::new(Vec::<String>::new());
     let env = |name: &str| {
         read.borrow_mut().push(name.to_string());
-        Some(PLACEHOLDER.to_string())
+        let value = if name.ends_with("_KEY") {
+            PLACEHOLDER_KEY
+        } else {
+            PLACEHOLDER
+        };
+        Some(value.to_string())
     };
     let result = Config::parse(&json, &env);
     let names = read.into_inner();

@@ -3,7 +3,7 @@
 //! name of its field, all at once, so one Envoy restart shows them all.
 
 use crate::oidc::auth_params;
-use crate::oidc::client_auth::{Audience, ClientAuth};
+use crate::oidc::client_auth::{Audience, ClientAuth, TlsCertificate};
 use crate::oidc::signing_key::SigningKey;
 use crate::policy::{PathPolicy, Policies, Policy};
 use crate::secret::Secret;
@@ -78,6 +78,7 @@ struct RawConfig {
     pushed_authorization_requests: Option<bool>,
     id_token_signing_algs: Option<Vec<String>>,
     idp_cluster: Option<String>,
+    idp_mtls_cluster: Option<String>,
     idp_authority: Option<String>,
     idp_timeout_ms: Option<u64>,
     client_id: Option<String>,
@@ -85,6 +86,7 @@ struct RawConfig {
     client_auth: Option<String>,
     client_key: Option<RawSecret>,
     client_key_id: Option<String>,
+    client_certificate: Option<RawSecret>,
     client_assertion_audience: Option<String>,
     jwks_path: Option<String>,
     dpop: Option<bool>,
@@ -313,6 +315,9 @@ pub struct Config {
     pub jwks_min_refetch: u64,
     pub endpoints: Endpoints,
     pub idp_cluster: String,
+    /// With mutual-TLS client authentication: the cluster (presenting the client certificate)
+    /// that calls which authenticate go through; by default `idp_cluster`.
+    pub idp_mtls_cluster: Option<String>,
     /// `:authority` for calls to the IdP; by default each URL's own host.
     pub idp_authority: Option<String>,
     pub idp_timeout: Duration,
@@ -712,6 +717,7 @@ impl Config {
                 jwks_min_refetch: idp.jwks_min_refetch,
                 endpoints: idp.endpoints,
                 idp_cluster: idp.cluster,
+                idp_mtls_cluster: idp.mtls_cluster,
                 idp_authority: idp.authority,
                 idp_timeout: idp.timeout,
                 client_id: idp.client_id,
@@ -771,6 +777,7 @@ struct Idp {
     jwks_min_refetch: u64,
     endpoints: Endpoints,
     cluster: String,
+    mtls_cluster: Option<String>,
     authority: Option<String>,
     timeout: Duration,
     client_id: String,
@@ -799,6 +806,13 @@ impl RawConfig {
         let timeout_ms = p.between("idp_timeout_ms", self.idp_timeout_ms, 5000, 100..=60_000);
         let client_id = p.required("client_id", self.client_id.take());
         let client_auth = self.client_auth(p, env);
+        let mtls_cluster = self.idp_mtls_cluster.take();
+        if mtls_cluster.is_some() && !client_auth.as_ref().is_some_and(ClientAuth::is_mutual_tls) {
+            p.add(
+                "idp_mtls_cluster",
+                "is used only with client_auth \"tls_client_auth\" or \"self_signed_tls_client_auth\"",
+            );
+        }
         Idp {
             issuer,
             discovery,
@@ -806,6 +820,7 @@ impl RawConfig {
             jwks_min_refetch,
             endpoints,
             cluster,
+            mtls_cluster,
             authority: self.idp_authority.take(),
             timeout: Duration::from_millis(timeout_ms),
             client_id,
@@ -830,49 +845,67 @@ impl RawConfig {
                 Audience::Issuer
             }
         };
-        // FAPI 2.0 takes a key (mTLS client authentication is the cluster's, see README).
+        // FAPI 2.0 takes a key or a client certificate (the IdP cluster's TLS, see README).
         let default = match self.profile.as_deref() {
             Some("fapi2") => "private_key_jwt",
             _ => "client_secret_basic",
         };
-        match self.client_auth.take().as_deref().or(Some(default)) {
-            None | Some("client_secret_basic") => {
-                for (field, given) in [
-                    ("client_key", self.client_key.is_some()),
-                    ("client_key_id", self.client_key_id.is_some()),
-                ] {
-                    if given {
-                        p.add(field, "is used only with client_auth \"private_key_jwt\"");
-                    }
-                }
+        let method = self.client_auth.take();
+        let method = method.as_deref().unwrap_or(default);
+        let takes_key = method == "private_key_jwt";
+        for (field, given) in [
+            ("client_key", self.client_key.is_some()),
+            ("client_key_id", self.client_key_id.is_some()),
+            ("client_certificate", self.client_certificate.is_some()),
+        ] {
+            if given && !takes_key {
+                p.add(field, "is used only with client_auth \"private_key_jwt\"");
+            }
+        }
+        if method != "client_secret_basic" && self.client_secret.is_some() {
+            p.add(
+                "client_secret",
+                format!("is not used with client_auth {method:?} (remove it)"),
+            );
+        }
+        match method {
+            "client_secret_basic" => {
                 let secret = self.client_secret.take();
                 p.secret("client_secret", secret, DEFAULT_CLIENT_SECRET_ENV, env)
                     .map(ClientAuth::SecretBasic)
             }
-            Some("private_key_jwt") => {
-                if self.client_secret.is_some() {
-                    p.add(
-                        "client_secret",
-                        "is not used with client_auth \"private_key_jwt\" (remove it)",
-                    );
-                }
+            "private_key_jwt" => {
                 let key = self.client_key.take();
                 let text = p.secret("client_key", key, DEFAULT_CLIENT_KEY_ENV, env)?;
-                match SigningKey::parse(text.expose(), self.client_key_id.as_deref()) {
-                    Ok(key) => Some(ClientAuth::PrivateKeyJwt {
-                        key: Rc::new(key),
-                        audience,
-                    }),
-                    Err(e) => {
-                        p.add("client_key", e.to_string());
-                        None
+                let key = SigningKey::parse(text.expose(), self.client_key_id.as_deref())
+                    .map_err(|e| p.add("client_key", e.to_string()))
+                    .ok()?;
+                let key = match self.client_certificate.take() {
+                    // A certificate is public, but read like the key (it may sit next to it).
+                    Some(raw) => {
+                        let pem = p.secret("client_certificate", Some(raw), "", env)?;
+                        key.with_certificate(pem.expose())
+                            .map_err(|e| p.add("client_certificate", e.to_string()))
+                            .ok()?
                     }
-                }
+                    None => key,
+                };
+                Some(ClientAuth::PrivateKeyJwt {
+                    key: Rc::new(key),
+                    audience,
+                })
             }
-            Some(other) => {
+            "tls_client_auth" => Some(ClientAuth::MutualTls(TlsCertificate::Pki)),
+            "self_signed_tls_client_auth" => {
+                Some(ClientAuth::MutualTls(TlsCertificate::SelfSigned))
+            }
+            other => {
                 p.add(
                     "client_auth",
-                    format!("{other:?} is not \"client_secret_basic\" or \"private_key_jwt\""),
+                    format!(
+                        "{other:?} is not \"client_secret_basic\", \"private_key_jwt\", \
+                         \"tls_client_auth\" or \"self_signed_tls_client_auth\""
+                    ),
                 );
                 None
             }
@@ -1355,7 +1388,8 @@ fn check_profile(
             if matches!(idp.client_auth, Some(ClientAuth::SecretBasic(_))) {
                 p.add(
                     "client_auth",
-                    "must be \"private_key_jwt\" with profile \"fapi2\" (FAPI 2.0 §5.3.3.4)",
+                    "must be \"private_key_jwt\", \"tls_client_auth\" or \
+                     \"self_signed_tls_client_auth\" with profile \"fapi2\" (FAPI 2.0 §5.3.3.4)",
                 );
             }
             for (field, on) in switches {
@@ -1579,6 +1613,13 @@ pub(crate) mod tests {
             .0
     }
 
+    /// The problems `v` has, as start-up prints them.
+    fn error_text(v: &serde_json::Value, env: &dyn Fn(&str) -> Option<String>) -> String {
+        Config::parse(v.to_string().as_bytes(), env)
+            .unwrap_err()
+            .to_string()
+    }
+
     fn fields(errors: &[FieldError]) -> Vec<&str> {
         errors.iter().map(|e| e.field.as_str()).collect()
     }
@@ -1669,9 +1710,7 @@ pub(crate) mod tests {
         v.as_object_mut().unwrap().remove("client_key");
         v["client_secret"] = serde_json::json!({"value": "s"});
         v["client_assertion_audience"] = serde_json::json!("everyone");
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &no_env);
         for expected in [
             "client_key: environment variable BFF_CLIENT_KEY is not set",
             "client_secret: is not used with client_auth \"private_key_jwt\"",
@@ -1679,11 +1718,31 @@ pub(crate) mod tests {
         ] {
             assert!(text.contains(expected), "{expected} in {text}");
         }
+        // A certificate for the key is taken; one for another key is named.
+        let mut v = private_key_jwt_json();
+        let cert = include_str!("../tests/fixtures/keys/ec-p256.crt");
+        v["client_certificate"] = serde_json::json!({ "value": cert });
+        let c = config_from(v.clone());
+        let ClientAuth::PrivateKeyJwt { key, .. } = &c.client_auth else {
+            panic!("{:?}", c.client_auth)
+        };
+        assert!(key.published_jwk().get("x5t#S256").is_some());
+        v["client_certificate"] = serde_json::json!({"env": "BFF_CLIENT_CERT"});
+        let text = error_text(&v, &no_env);
+        assert!(
+            text.contains("client_certificate: environment variable BFF_CLIENT_CERT is not set"),
+            "{text}"
+        );
+        v["client_certificate"] =
+            serde_json::json!({ "value": include_str!("../tests/fixtures/keys/rsa-2048.crt") });
+        let text = error_text(&v, &no_env);
+        assert!(
+            text.contains("client_certificate: is a certificate for another key"),
+            "{text}"
+        );
         let mut v = private_key_jwt_json();
         v["client_key"] = serde_json::json!({"value": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----"});
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &no_env);
         assert!(
             text.contains("client_key: is a PEM private key") && !text.contains("MIIB"),
             "{text}"
@@ -1691,18 +1750,19 @@ pub(crate) mod tests {
         let mut v = minimal_json();
         v["client_auth"] = serde_json::json!("client_secret_jwt");
         v["jwks_path"] = serde_json::json!("/private/keys");
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &no_env);
         assert!(
             text.contains("client_auth: \"client_secret_jwt\" is not"),
             "{text}"
         );
         let mut v = minimal_json();
         v["jwks_path"] = serde_json::json!("/private/keys");
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        v["client_certificate"] = serde_json::json!({"env": "BFF_CLIENT_CERT"});
+        let text = error_text(&v, &no_env);
+        assert!(
+            text.contains("client_certificate: is used only with client_auth \"private_key_jwt\""),
+            "{text}"
+        );
         assert!(
             text.contains("jwks_path: is served only with client_auth"),
             "{text}"
@@ -1732,11 +1792,9 @@ pub(crate) mod tests {
         off["pushed_authorization_requests"] = serde_json::json!(false);
         off["discovery"] = serde_json::json!(false);
         off["jwks_uri"] = serde_json::json!("http://127.0.0.1:9000/jwks");
-        let text = Config::parse(off.to_string().as_bytes(), &env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&off, &env);
         for expected in [
-            "client_auth: must be \"private_key_jwt\" with profile \"fapi2\"",
+            "client_auth: must be \"private_key_jwt\", \"tls_client_auth\" or \"self_signed_tls_client_auth\" with profile \"fapi2\"",
             "dpop: cannot be false",
             "pushed_authorization_requests: cannot be false",
             "pushed_authorization_request_endpoint: is required with profile \"fapi2\"",
@@ -1744,13 +1802,48 @@ pub(crate) mod tests {
             assert!(text.contains(expected), "{expected} in {text}");
         }
         v["profile"] = serde_json::json!("fapi1");
-        let text = Config::parse(v.to_string().as_bytes(), &env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &env);
         assert!(
             text.contains("profile: \"fapi1\" is not \"fapi2\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn mutual_tls_takes_no_secret_and_may_have_its_own_cluster() {
+        let mut v = minimal_json();
+        v.as_object_mut().unwrap().remove("client_secret");
+        v["client_auth"] = serde_json::json!("tls_client_auth");
+        v["idp_mtls_cluster"] = serde_json::json!("idp_mtls");
+        let c = config_from(v.clone());
+        assert_eq!(c.client_auth.method(), "tls_client_auth");
+        assert_eq!(c.idp_mtls_cluster.as_deref(), Some("idp_mtls"));
+        assert_eq!(c.idp_cluster, "idp");
+        v["client_auth"] = serde_json::json!("self_signed_tls_client_auth");
+        assert_eq!(
+            config_from(v.clone()).client_auth.method(),
+            "self_signed_tls_client_auth"
+        );
+        // FAPI 2.0 takes it in place of a key (the DPoP key is still needed).
+        let mut fapi = v.clone();
+        fapi["profile"] = serde_json::json!("fapi2");
+        let ed = include_str!("../tests/fixtures/keys/ed25519.pem").to_string();
+        let env = move |name: &str| (name == "BFF_DPOP_KEY").then(|| ed.clone());
+        let c = Config::parse(fapi.to_string().as_bytes(), &env).unwrap();
+        assert!(c.fapi2 && c.client_auth.is_mutual_tls());
+        // A secret or a key beside it is a mistake, and so is the cluster without it.
+        v["client_secret"] = serde_json::json!({"value": "s"});
+        v["client_key_id"] = serde_json::json!("k");
+        let text = error_text(&v, &no_env);
+        for expected in [
+            "client_secret: is not used with client_auth \"self_signed_tls_client_auth\"",
+            "client_key_id: is used only with client_auth \"private_key_jwt\"",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        let mut v = minimal_json();
+        v["idp_mtls_cluster"] = serde_json::json!("idp_mtls");
+        assert_eq!(fields(&errors_of(v)), ["idp_mtls_cluster"]);
     }
 
     #[test]
@@ -1764,26 +1857,20 @@ pub(crate) mod tests {
         assert_eq!(c.upstream_token.name, "authorization");
         assert_eq!(c.upstream_token.value(&Secret::new("t")), "DPoP t");
         assert!(config_from(minimal_json()).dpop.is_none());
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &no_env);
         assert!(
             text.contains("dpop_key: environment variable BFF_DPOP_KEY is not set"),
             "{text}"
         );
         v["upstream_token"] = serde_json::json!({"header": "x-token"});
-        let text = Config::parse(v.to_string().as_bytes(), &env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &env);
         assert!(
             text.contains("upstream_token: is Authorization: DPoP"),
             "{text}"
         );
         let mut v = minimal_json();
         v["dpop_key"] = serde_json::json!({"value": "x"});
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &no_env);
         assert!(
             text.contains("dpop_key: is used only with \"dpop\": true"),
             "{text}"
@@ -1801,17 +1888,13 @@ pub(crate) mod tests {
             (auth.username.as_str(), auth.password.expose()),
             ("bff", "pw")
         );
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &no_env);
         assert!(
             text.contains("store.password: environment variable BFF_STORE_PASSWORD is not set"),
             "{text}"
         );
         v["store"] = serde_json::json!({"cluster": "etcd", "password": {"env": "X"}});
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &no_env);
         assert!(
             text.contains("store.password: needs store.username"),
             "{text}"
@@ -1870,9 +1953,7 @@ pub(crate) mod tests {
     fn key_material_never_appears_in_errors() {
         let mut v = minimal_json();
         v["cookie_keys"] = serde_json::json!({"value": "dG9vLXNob3J0LXNlY3JldA=="});
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &no_env);
         assert!(text.contains("cookie_keys"));
         assert!(!text.contains("dG9vLXNob3J0LXNlY3JldA"));
     }
@@ -1881,9 +1962,7 @@ pub(crate) mod tests {
     fn unknown_fields_and_bad_json_are_named() {
         let mut v = minimal_json();
         v["isuer"] = serde_json::json!("x");
-        let text = Config::parse(v.to_string().as_bytes(), &no_env)
-            .unwrap_err()
-            .to_string();
+        let text = error_text(&v, &no_env);
         assert!(text.contains("unknown field `isuer`"), "{text}");
         let text = Config::parse(b"{", &no_env).unwrap_err().to_string();
         assert!(text.contains("(json)"), "{text}");

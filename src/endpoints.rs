@@ -22,7 +22,7 @@ pub fn client_jwks(config: &Config, method: &str) -> Reply {
     }
     let keys: Vec<serde_json::Value> = match &config.client_auth {
         ClientAuth::PrivateKeyJwt { key, .. } => vec![key.published_jwk()],
-        ClientAuth::SecretBasic(_) => Vec::new(),
+        ClientAuth::SecretBasic(_) | ClientAuth::MutualTls(_) => Vec::new(),
     };
     Reply {
         status: 200,

@@ -7,8 +7,9 @@ deploy/istio/.
   pluginConfig) passes the filter's own check, `Config::parse`, through
   examples/check_config.rs (built once per session, then its executable run per case: what
   `cargo run --quiet --example check_config` runs, without a rebuild between cases);
-- the secrets reach the filter by the names it reads (BFF_CLIENT_SECRET, BFF_COOKIE_KEYS), and
-  on Istio from the Secret;
+- the secrets reach the filter by the names it reads (BFF_CLIENT_SECRET, BFF_COOKIE_KEYS; for
+  envoy/envoy.fapi2.yaml BFF_CLIENT_KEY, BFF_DPOP_KEY, BFF_COOKIE_KEYS), and on Istio from the
+  Secret;
 - envoy/envoy.cors-example.yaml passes `envoy --mode validate`, and on a running Envoy the CORS
   filter answers preflights before the bff filter sees them;
 - deploy/replicas/ (three BFF Envoys sharing a three-member etcd, behind an Envoy load
@@ -69,6 +70,8 @@ TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Upstre
 
 # The filter's defaults for client_secret and cookie_keys (src/config.rs).
 SECRET_ENV = {"BFF_CLIENT_SECRET", "BFF_COOKIE_KEYS"}
+# ... and for client_key and dpop_key, with no secret (envoy/envoy.fapi2.yaml).
+FAPI2_ENV = {"BFF_CLIENT_KEY", "BFF_DPOP_KEY", "BFF_COOKIE_KEYS"}
 
 
 # --- reading the files ---------------------------------------------------------------------
@@ -318,8 +321,8 @@ def test_the_filter_accepts_the_configuration_and_gets_its_secrets(check_config,
                                                                    provided):
     read = run_check_config(check_config, config_json)
     # The names the filter reads are its defaults, and the deployment provides exactly them.
-    assert read == SECRET_ENV, f"the configuration makes the filter read {read}"
-    assert provided == SECRET_ENV, f"the VM gets {provided}, the filter reads {read}"
+    assert read in (SECRET_ENV, FAPI2_ENV), f"the configuration makes the filter read {read}"
+    assert provided == read, f"the VM gets {provided}, the filter reads {read}"
     config = json.loads(config_json)
     assert "client_secret" not in config and "cookie_keys" not in config, (
         "secrets belong in the environment, not in a shipped configuration")

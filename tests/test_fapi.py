@@ -9,20 +9,35 @@
 - DPoP (RFC 9449): the session's tokens are bound to the filter's DPoP key; every upstream
   request carries a fresh proof that a checking API (tests/upstream/dpop_api.py) accepts, and a
   replayed proof is refused; refresh and revocation carry proofs; the IdP's nonce challenge is
-  answered; a token the IdP did not bind is refused."""
+  answered; a token the IdP did not bind is refused.
+- Mutual-TLS client authentication (RFC 8705 §2): the IdP cluster's TLS presents the client
+  certificate (Envoy's, not the filter's), the filter names the client; through the IdP's
+  mtls_endpoint_aliases (§5), and under profile "fapi2" in place of private_key_jwt.
+- The shipped envoy/envoy.fapi2.yaml validates, and run on loopback against the bundled IdP in
+  its FAPI 2.0 shape it logs in and serves DPoP-checked API calls."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from harness import SESSION
-from harness.envoy import Browser, discovery_only, query_of, start_envoy
+from harness.envoy import (ENVOY_BIN, SECRETS, WASM, Browser, discovery_only, on_loopback,
+                           query_of, run_envoy, start_envoy)
 from harness.idp import start_idp
-from harness.procs import free_port
+from harness.jws import b64url_encode
+from harness.procs import REPO, free_port
+from harness.tls import Authority, self_signed, tls_cluster
 from harness.upstream import start_dpop_api, start_echo
 
 KEYS = Path(__file__).parent / "fixtures" / "keys"
@@ -66,6 +81,29 @@ def test_a_login_a_refresh_and_a_logout_authenticate_with_the_key(procs, key_fil
     logout_url = b.get("/private/session", navigate=False).json()["logout_url"]
     assert b.get(logout_url).status_code == 302
     assert idp.stats()["revocations"] == before["revocations"] + 1
+    envoy.assert_vm_healthy()
+
+
+def test_an_entra_shaped_assertion_names_the_certificate_and_the_token_endpoint(procs):
+    """Microsoft Entra ID's certificate credentials: PS256, `x5t#S256` of the certificate in
+    the header, `aud` the token endpoint. The bundled IdP accepts that audience too."""
+    port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"],
+                    env_overrides={"IDP_CLIENT_AUTH": "private_key_jwt",
+                                   "IDP_CLIENT_JWKS_URI": f"http://127.0.0.1:{port}/private/jwks"})
+    config = discovery_only(idp.issuer, client_auth="private_key_jwt",
+                            client_certificate={"env": "BFF_CLIENT_CERT"},
+                            client_assertion_audience="token_endpoint")
+    envoy = start_envoy(procs, config, start_echo(procs), idp.port, port=port,
+                        extra_env={"BFF_CLIENT_KEY": (KEYS / "rsa-2048.pem").read_text(),
+                                   "BFF_CLIENT_CERT": (KEYS / "rsa-2048.crt").read_text()})
+    (key,) = Browser(envoy).get("/private/jwks", navigate=False).json()["keys"]
+    der = base64.b64decode("".join(
+        line for line in (KEYS / "rsa-2048.crt").read_text().splitlines() if "-----" not in line))
+    assert key["x5t#S256"] == b64url_encode(hashlib.sha256(der).digest())
+    b = Browser(envoy)
+    r = b.login()
+    assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
     envoy.assert_vm_healthy()
 
 
@@ -128,12 +166,6 @@ def test_pushing_to_an_idp_without_a_par_endpoint_gets_the_documented_error(proc
 
 def ec_thumbprint(pem: str) -> str:
     """RFC 7638 thumbprint of an EC P-256 key's public half (what a DPoP-bound token names)."""
-    import hashlib
-    import json
-
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    from harness.jws import b64url_encode
     numbers = load_pem_private_key(pem.encode(), None).public_key().public_numbers()
     members = {"crv": "P-256", "kty": "EC", "x": b64url_encode(numbers.x.to_bytes(32, "big")),
                "y": b64url_encode(numbers.y.to_bytes(32, "big"))}
@@ -242,4 +274,144 @@ def test_under_fapi2_an_idp_without_par_serves_no_login_and_says_what_it_lacks(p
     while "lacks pushed_authorization_request_endpoint" not in envoy.log():
         assert time.monotonic() < deadline, envoy.log()[-2000:]
         time.sleep(0.1)
+    envoy.assert_vm_healthy()
+
+
+# --- mutual-TLS client authentication (RFC 8705) -------------------------------------------------
+
+def start_mtls(procs, tmp_path, client_auth: str, present: str, overrides: dict = (),
+               config: dict = ()):
+    """The IdP with a tls_* client and an https listener asking for certificates; Envoy whose
+    `idp_mtls` cluster presents `present` ("ca": issued by the IdP's trusted CA for
+    bff.client.test, "self": the self-signed one the IdP registered, "none": no certificate)."""
+    ca = Authority(tmp_path)
+    server, issued = ca.server(), ca.client("bff.client.test")
+    own = self_signed(tmp_path, "self-signed", "bff.client.test")
+    port, mtls_port = free_port(), free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"],
+                    post_logout_redirect_uris=[f"http://127.0.0.1:{port}/"],
+                    env_overrides={"IDP_CLIENT_AUTH": client_auth,
+                                   "IDP_MTLS_PORT": str(mtls_port),
+                                   "IDP_MTLS_CERT": str(server.cert),
+                                   "IDP_MTLS_KEY": str(server.key),
+                                   "IDP_MTLS_CA": str(ca.pem.cert),
+                                   "IDP_CLIENT_CERT_SAN_DNS": "bff.client.test",
+                                   "IDP_CLIENT_CERT": str(own.cert),
+                                   **dict(overrides)})
+    client = {"ca": issued, "self": own, "none": None}[present]
+    cluster = tls_cluster("idp_mtls", mtls_port, ca.pem.cert, client)
+    api = start_dpop_api(procs) if dict(config).get("profile") else start_echo(procs)
+    envoy = start_envoy(procs, discovery_only(idp.issuer, client_auth=client_auth,
+                                              idp_mtls_cluster="idp_mtls", **dict(config)),
+                        api, idp.port, port=port, clusters=[cluster],
+                        extra_env={"BFF_DPOP_KEY": (KEYS / "ed25519.pem").read_text()})
+    return idp, envoy, mtls_port
+
+
+def test_a_certificate_from_the_clusters_tls_authenticates_through_the_idps_aliases(procs,
+                                                                                   tmp_path):
+    idp, envoy, mtls_port = start_mtls(procs, tmp_path, "tls_client_auth", "ca",
+                                       overrides={"IDP_ACCESS_TOKEN_TTL": "65"})
+    aliases = idp.discovery()["mtls_endpoint_aliases"]
+    assert aliases["token_endpoint"] == f"https://127.0.0.1:{mtls_port}/token"
+    b = Browser(envoy)
+    r = b.login()
+    assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
+    before = idp.stats()
+    assert before["token_requests"] == 1
+    time.sleep(6.2)  # due 5 s after the login (65 s tokens, 60 s leeway)
+    r = b.get("/private/api/me", navigate=False)
+    assert r.status_code == 200, r.text
+    assert idp.stats()["refresh_requests"] == before["refresh_requests"] + 1
+    logout_url = b.get("/private/session", navigate=False).json()["logout_url"]
+    assert b.get(logout_url).status_code == 302
+    assert idp.stats()["revocations"] == before["revocations"] + 1
+    assert envoy.counters()["refreshes_ok"] == 1
+    envoy.assert_vm_healthy()
+
+
+@pytest.mark.parametrize("client_auth", ["tls_client_auth", "self_signed_tls_client_auth"])
+def test_without_the_certificate_the_login_gets_the_documented_error(procs, tmp_path,
+                                                                    client_auth):
+    _, envoy, _ = start_mtls(procs, tmp_path, client_auth, "none")
+    r = Browser(envoy).login()
+    assert r.status_code == 502, (r.status_code, r.text)
+    assert "token_exchange_failed" in r.text and "invalid_client" in r.text, r.text
+    envoy.assert_vm_healthy()
+
+
+def test_the_fapi2_profile_takes_a_self_signed_certificate_in_place_of_a_key(procs, tmp_path):
+    """profile fapi2 with self_signed_tls_client_auth: PAR, DPoP and the certificate; the
+    proofs name the aliases' URLs, where the calls go."""
+    idp, envoy, _ = start_mtls(procs, tmp_path, "self_signed_tls_client_auth", "self",
+                               overrides={"IDP_PAR": "required", "IDP_DPOP": "required"},
+                               config={"profile": "fapi2"})
+    assert "pushed_authorization_request_endpoint" in idp.discovery()["mtls_endpoint_aliases"]
+    b = Browser(envoy)
+    start = b.get("/private/login")
+    assert start.status_code == 302, start.text
+    assert sorted(query_of(start.headers["location"])) == ["client_id", "request_uri"]
+    r = b.login()
+    assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
+    r = b.get("/private/api/me", navigate=False)
+    assert r.status_code == 200 and r.json()["jkt"], r.text
+    assert "BEGIN" not in envoy.log()
+    envoy.assert_vm_healthy()
+
+
+# --- the shipped envoy/envoy.fapi2.yaml ---------------------------------------------------------
+
+FAPI2_YAML = REPO / "envoy" / "envoy.fapi2.yaml"
+FAPI2_ENV = {"BFF_CLIENT_KEY": (KEYS / "ed25519.pem").read_text(),
+             "BFF_DPOP_KEY": (KEYS / "ec-p256.pem").read_text(),
+             "BFF_COOKIE_KEYS": SECRETS["BFF_COOKIE_KEYS"]}
+
+
+def test_the_fapi2_example_validates_with_its_keys_from_the_environment():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+
+    def run(extra: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ENVOY_BIN), "--mode", "validate", "-c", str(FAPI2_YAML)],
+                              cwd=REPO, env={**env, **extra}, capture_output=True, text=True,
+                              timeout=120)
+
+    result = run(FAPI2_ENV)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "configured for issuer https://login.bank.example.com" in result.stderr
+    without_dpop_key = run({k: v for k, v in FAPI2_ENV.items() if k != "BFF_DPOP_KEY"})
+    assert without_dpop_key.returncode != 0
+    assert "dpop_key: environment variable BFF_DPOP_KEY is not set" in without_dpop_key.stderr
+    assert "BEGIN" not in result.stderr + without_dpop_key.stderr
+
+
+def test_the_fapi2_example_logs_in_on_loopback_against_an_idp_in_fapi2_shape(procs):
+    """The file as shipped but for addresses and names: the IdP is the bundled one requiring
+    PAR, private_key_jwt (reading the filter's jwks_path) and DPoP with nonces; the API checks
+    every proof."""
+    bootstrap = yaml.safe_load(FAPI2_YAML.read_text())
+    port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"],
+                    env_overrides={"IDP_PAR": "required", "IDP_DPOP": "nonce",
+                                   "IDP_CLIENT_AUTH": "private_key_jwt",
+                                   "IDP_CLIENT_JWKS_URI": f"http://127.0.0.1:{port}/private/jwks"},
+                    client_id="bank-spa-bff")
+    api = start_dpop_api(procs)
+    on_loopback(bootstrap, port, free_port(), {"api": api, "idp": idp.port})
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    wasm = hcm["typed_config"]["http_filters"][0]["typed_config"]["config"]
+    config = json.loads(wasm["configuration"]["value"])
+    config["issuer"] = idp.issuer
+    wasm["configuration"]["value"] = json.dumps(config)
+    wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    envoy = run_envoy(procs, bootstrap, "envoy-fapi2", env=FAPI2_ENV, concurrency=1)
+    b = Browser(envoy)
+    start = b.get("/private/login")
+    assert start.status_code == 302, start.text
+    assert sorted(query_of(start.headers["location"])) == ["client_id", "request_uri"]
+    r = b.login()
+    assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
+    (key,) = b.get("/private/jwks", navigate=False).json()["keys"]
+    assert key["kid"] == config["client_key_id"]
+    r = b.get("/private/api/accounts", navigate=False)
+    assert r.status_code == 200 and r.json()["jkt"] == ec_thumbprint(FAPI2_ENV["BFF_DPOP_KEY"])
     envoy.assert_vm_healthy()

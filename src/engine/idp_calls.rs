@@ -62,7 +62,12 @@ impl Engine {
                 .map_err(unsigned)?;
             signed.headers.push((dpop::HEADER, proof));
         }
-        let token = host.dispatch(&config.idp_cluster, &signed, config.idp_timeout)?;
+        // With mutual TLS, the cluster whose TLS presents the client certificate.
+        let cluster = config
+            .idp_mtls_cluster
+            .as_ref()
+            .unwrap_or(&config.idp_cluster);
+        let token = host.dispatch(cluster, &signed, config.idp_timeout)?;
         if config.dpop.is_some() {
             let request = request.clone();
             self.with_proof.insert(token, Sent { request, again });

@@ -1,6 +1,9 @@
 //! How the filter authenticates itself at the IdP's token and revocation endpoints: with the
 //! client secret (`client_secret_basic`, RFC 6749 §2.3.1) or with a key of its own
-//! (`private_key_jwt`, RFC 7523 §2.2 and OIDC Core §9: a short-lived JWT signed with it).
+//! (`private_key_jwt`, RFC 7523 §2.2 and OIDC Core §9: a short-lived JWT signed with it), or
+//! by the client certificate the IdP cluster's TLS presents (`tls_client_auth`,
+//! `self_signed_tls_client_auth`, RFC 8705 §2: the filter then names itself, and Envoy proves
+//! it).
 //!
 //! Applied when a call is sent ([`ClientAuth::authenticate`]), not when it is built: an
 //! assertion must be fresh, and a refresh may be sent a while after it was decided.
@@ -28,6 +31,15 @@ pub enum Audience {
     TokenEndpoint,
 }
 
+/// How the IdP checks the certificate of a mutual-TLS client (RFC 8705 §2.1, §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsCertificate {
+    /// Issued by a CA the IdP trusts, matched on a registered subject or name.
+    Pki,
+    /// Registered as it is (in the client's JWK Set).
+    SelfSigned,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientAuth {
     SecretBasic(Secret),
@@ -35,6 +47,8 @@ pub enum ClientAuth {
         key: Rc<SigningKey>,
         audience: Audience,
     },
+    /// The certificate is the IdP cluster's (its `transport_socket`), not the filter's.
+    MutualTls(TlsCertificate),
 }
 
 impl ClientAuth {
@@ -43,7 +57,14 @@ impl ClientAuth {
         match self {
             ClientAuth::SecretBasic(_) => "client_secret_basic",
             ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
+            ClientAuth::MutualTls(TlsCertificate::Pki) => "tls_client_auth",
+            ClientAuth::MutualTls(TlsCertificate::SelfSigned) => "self_signed_tls_client_auth",
         }
+    }
+
+    /// Whether the calls that authenticate go to the IdP's `mtls_endpoint_aliases` (RFC 8705 §5).
+    pub fn is_mutual_tls(&self) -> bool {
+        matches!(self, ClientAuth::MutualTls(_))
     }
 
     /// Adds the client's credentials to a form POST to `endpoint`.
@@ -68,22 +89,33 @@ impl ClientAuth {
                     Audience::TokenEndpoint => token_endpoint,
                 };
                 let jwt = assertion(key, client_id, aud, now, rng)?;
-                let body = request.body.get_or_insert_with(String::new);
-                // A pushed authorization request carries it already (as a parameter must
-                // appear once).
-                let has_client_id =
-                    form_urlencoded::parse(body.as_bytes()).any(|(k, _)| k == "client_id");
-                let mut form = form_urlencoded::Serializer::for_suffix(std::mem::take(body), 0);
-                if !has_client_id {
-                    form.append_pair("client_id", client_id);
-                }
-                form.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE)
-                    .append_pair("client_assertion", &jwt);
-                *body = form.finish();
+                add_to_form(
+                    request,
+                    client_id,
+                    &[
+                        ("client_assertion_type", CLIENT_ASSERTION_TYPE),
+                        ("client_assertion", &jwt),
+                    ],
+                );
             }
+            // RFC 8705 §2: the client_id names the client whose certificate TLS showed.
+            ClientAuth::MutualTls(_) => add_to_form(request, client_id, &[]),
         }
         Ok(())
     }
+}
+
+/// Appends `client_id` (unless the form has it: a pushed authorization request does, and a
+/// parameter must appear once) and `pairs` to the request's form.
+fn add_to_form(request: &mut IdpRequest, client_id: &str, pairs: &[(&str, &str)]) {
+    let body = request.body.get_or_insert_with(String::new);
+    let has_client_id = form_urlencoded::parse(body.as_bytes()).any(|(k, _)| k == "client_id");
+    let mut form = form_urlencoded::Serializer::for_suffix(std::mem::take(body), 0);
+    if !has_client_id {
+        form.append_pair("client_id", client_id);
+    }
+    form.extend_pairs(pairs);
+    *body = form.finish();
 }
 
 /// A client assertion (RFC 7523 §3): `iss` = `sub` = the client id, `aud`, a random `jti`,
@@ -243,5 +275,26 @@ mod tests {
         let body = pushed.body.unwrap();
         let ids = form_urlencoded::parse(body.as_bytes()).filter(|(k, _)| k == "client_id");
         assert_eq!(ids.count(), 1);
+    }
+
+    #[test]
+    fn a_mutual_tls_client_only_names_itself() {
+        for (kind, method) in [
+            (TlsCertificate::Pki, "tls_client_auth"),
+            (TlsCertificate::SelfSigned, "self_signed_tls_client_auth"),
+        ] {
+            let auth = ClientAuth::MutualTls(kind);
+            assert_eq!(auth.method(), method);
+            let mut rng = CountingRandom(1);
+            let r = sent(&auth, "bff client", "grant_type=refresh_token", &mut rng);
+            assert!(r.headers.is_empty(), "no secret, no assertion");
+            assert_eq!(
+                r.body.as_deref(),
+                Some("grant_type=refresh_token&client_id=bff+client")
+            );
+            let pushed = sent(&auth, "bff", "client_id=bff&state=s", &mut rng);
+            assert_eq!(pushed.body.as_deref(), Some("client_id=bff&state=s"));
+            assert_eq!(rng.0, 1, "nothing random");
+        }
     }
 }

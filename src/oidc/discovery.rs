@@ -2,6 +2,7 @@
 //! configuration fixes statically.
 
 use crate::config::Config;
+use crate::oidc::client_auth::{ClientAuth, TlsCertificate};
 use crate::url::AbsoluteUrl;
 use serde::Deserialize;
 use std::fmt;
@@ -49,6 +50,15 @@ struct RawMetadata {
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
     code_challenge_methods_supported: Option<Vec<String>>,
     dpop_signing_alg_values_supported: Option<Vec<String>>,
+    mtls_endpoint_aliases: Option<MtlsAliases>,
+}
+
+/// RFC 8705 §5: where a client that authenticates by mutual TLS sends its calls.
+#[derive(Deserialize)]
+struct MtlsAliases {
+    token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
+    pushed_authorization_request_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +132,8 @@ impl Provider {
             Some(200) => {}
             Some(s) => return Err(DiscoveryError::Status(s)),
         }
-        let raw: RawMetadata = serde_json::from_slice(body).map_err(|_| DiscoveryError::NotJson)?;
+        let mut raw: RawMetadata =
+            serde_json::from_slice(body).map_err(|_| DiscoveryError::NotJson)?;
         if raw.issuer.as_deref() != Some(config.issuer.as_str()) {
             return Err(DiscoveryError::IssuerMismatch);
         }
@@ -132,6 +143,9 @@ impl Provider {
                 Some(url) => Ok(Some(url.clone())),
                 None => url(field, found),
             };
+        if config.client_auth.is_mutual_tls() {
+            use_mtls_aliases(&mut raw);
+        }
         let fapi2_lacks = if config.fapi2 {
             fapi2_lacks(config, &raw, e.par.is_some())
         } else {
@@ -177,6 +191,26 @@ impl Provider {
     }
 }
 
+/// A client authenticating by mutual TLS uses the IdP's aliases where it announces them
+/// (RFC 8705 §5): the main endpoints may not ask for a client certificate.
+fn use_mtls_aliases(raw: &mut RawMetadata) {
+    let Some(aliases) = raw.mtls_endpoint_aliases.take() else {
+        return;
+    };
+    for (endpoint, alias) in [
+        (&mut raw.token_endpoint, aliases.token_endpoint),
+        (&mut raw.revocation_endpoint, aliases.revocation_endpoint),
+        (
+            &mut raw.pushed_authorization_request_endpoint,
+            aliases.pushed_authorization_request_endpoint,
+        ),
+    ] {
+        if alias.is_some() {
+            *endpoint = alias;
+        }
+    }
+}
+
 /// What FAPI 2.0 (Security Profile §5.3) needs of the IdP's metadata and `raw` does not say.
 fn fapi2_lacks(config: &Config, raw: &RawMetadata, par_configured: bool) -> Vec<&'static str> {
     let has = |list: &Option<Vec<String>>, value: &str| {
@@ -196,7 +230,15 @@ fn fapi2_lacks(config: &Config, raw: &RawMetadata, par_configured: bool) -> Vec<
         &raw.token_endpoint_auth_methods_supported,
         config.client_auth.method(),
     ) {
-        lacks.push("token_endpoint_auth_methods_supported with private_key_jwt");
+        lacks.push(match config.client_auth {
+            ClientAuth::MutualTls(TlsCertificate::Pki) => {
+                "token_endpoint_auth_methods_supported with tls_client_auth"
+            }
+            ClientAuth::MutualTls(TlsCertificate::SelfSigned) => {
+                "token_endpoint_auth_methods_supported with self_signed_tls_client_auth"
+            }
+            _ => "token_endpoint_auth_methods_supported with private_key_jwt",
+        });
     }
     let dpop_alg = config.dpop.as_ref().map_or("", |k| k.alg());
     if !has(&raw.dpop_signing_alg_values_supported, dpop_alg) {
@@ -283,6 +325,43 @@ mod tests {
         let p =
             Provider::from_discovery(&discovery_only(), Some(200), doc().to_string().as_bytes());
         assert!(p.unwrap().fapi2_lacks.is_empty());
+    }
+
+    #[test]
+    fn a_mutual_tls_client_uses_the_aliases_and_no_other_client_does() {
+        let mut v = minimal_json();
+        let o = v.as_object_mut().unwrap();
+        o.remove("authorization_endpoint");
+        o.remove("token_endpoint");
+        o.remove("client_secret");
+        o.insert("client_auth".into(), json!("tls_client_auth"));
+        let mtls = config_from(v);
+        let mut d = doc();
+        d["revocation_endpoint"] = json!("http://127.0.0.1:9000/revoke");
+        d["pushed_authorization_request_endpoint"] = json!("http://127.0.0.1:9000/request");
+        d["mtls_endpoint_aliases"] = json!({
+            "token_endpoint": "https://mtls.example/token",
+            "pushed_authorization_request_endpoint": "https://mtls.example/par",
+            "userinfo_endpoint": "https://mtls.example/me",
+        });
+        let body = d.to_string();
+        let p = Provider::from_discovery(&mtls, Some(200), body.as_bytes()).unwrap();
+        assert_eq!(p.token_endpoint.to_string(), "https://mtls.example/token");
+        assert_eq!(
+            p.par_endpoint.unwrap().to_string(),
+            "https://mtls.example/par"
+        );
+        // No alias: the main endpoint.
+        assert_eq!(
+            p.revocation_endpoint.unwrap().to_string(),
+            "http://127.0.0.1:9000/revoke"
+        );
+        assert_eq!(p.authorization_endpoint.path(), "/auth");
+        let p = Provider::from_discovery(&discovery_only(), Some(200), body.as_bytes()).unwrap();
+        assert_eq!(p.token_endpoint.to_string(), "http://127.0.0.1:9000/token");
+        d["mtls_endpoint_aliases"] = json!({"token_endpoint": "not a url"});
+        let bad = Provider::from_discovery(&mtls, Some(200), d.to_string().as_bytes());
+        assert_eq!(bad.unwrap_err(), DiscoveryError::BadUrl("token_endpoint"));
     }
 
     #[test]

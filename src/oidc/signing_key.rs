@@ -25,6 +25,8 @@ enum Key {
 pub struct SigningKey {
     key: Key,
     kid: String,
+    /// The SHA-256 thumbprint of a certificate for the key (RFC 7515 §4.1.8), when one is given.
+    x5t_s256: Option<String>,
 }
 
 impl fmt::Debug for SigningKey {
@@ -50,6 +52,10 @@ pub enum KeyError {
     Unsupported(String),
     /// An RSA key shorter than 2048 bits.
     TooShort(usize),
+    /// The certificate is not a PEM certificate.
+    NotACertificate,
+    /// The certificate is for another key.
+    CertificateMismatch,
 }
 
 impl fmt::Display for KeyError {
@@ -65,6 +71,12 @@ impl fmt::Display for KeyError {
             ),
             KeyError::TooShort(bits) => {
                 write!(f, "is a {bits}-bit RSA key; it must have at least {MIN_RSA_BITS} bits")
+            }
+            KeyError::NotACertificate => {
+                f.write_str("is not a PEM certificate (\"BEGIN CERTIFICATE\")")
+            }
+            KeyError::CertificateMismatch => {
+                f.write_str("is a certificate for another key than the private key")
             }
         }
     }
@@ -115,12 +127,43 @@ impl SigningKey {
         let mut parsed = SigningKey {
             key,
             kid: String::new(),
+            x5t_s256: None,
         };
         parsed.kid = match kid.map(str::to_string).or(own_kid) {
             Some(kid) => kid,
             None => parsed.thumbprint(),
         };
         Ok(parsed)
+    }
+
+    /// Binds a certificate of the key (PEM): its SHA-256 thumbprint goes into every JWT's
+    /// header and the published JWK as `x5t#S256`, as Microsoft Entra ID's certificate
+    /// credentials want.
+    pub fn with_certificate(mut self, pem: &str) -> Result<SigningKey, KeyError> {
+        let (label, der) = p256::pkcs8::der::pem::decode_vec(pem.trim().as_bytes())
+            .map_err(|_| KeyError::NotACertificate)?;
+        if label != "CERTIFICATE" {
+            return Err(KeyError::NotACertificate);
+        }
+        // DER is canonical and a certificate holds its SubjectPublicKeyInfo as it is: the key
+        // is the certificate's exactly when its SPKI is found in it (no X.509 parser needed).
+        let spki = self.public_key_der().ok_or(KeyError::CertificateMismatch)?;
+        if !der.windows(spki.len()).any(|w| w == spki.as_slice()) {
+            return Err(KeyError::CertificateMismatch);
+        }
+        self.x5t_s256 = Some(b64(&Sha256::digest(&der)));
+        Ok(self)
+    }
+
+    /// The public key as a DER SubjectPublicKeyInfo (RFC 5280 §4.1.2.7).
+    fn public_key_der(&self) -> Option<Vec<u8>> {
+        use p256::pkcs8::EncodePublicKey;
+        let document = match &self.key {
+            Key::Es256(k) => k.verifying_key().to_public_key_der(),
+            Key::EdDsa(k) => k.verifying_key().to_public_key_der(),
+            Key::Ps256(k) => k.to_public_key().to_public_key_der(),
+        };
+        document.ok().map(|d| d.as_bytes().to_vec())
     }
 
     fn from_pem(pem: &str) -> Result<Key, KeyError> {
@@ -255,6 +298,9 @@ impl SigningKey {
         m.insert("kid".into(), json!(self.kid));
         m.insert("alg".into(), json!(self.alg()));
         m.insert("use".into(), json!("sig"));
+        if let Some(x5t) = &self.x5t_s256 {
+            m.insert("x5t#S256".into(), json!(x5t));
+        }
         Value::Object(m)
     }
 
@@ -300,6 +346,9 @@ impl SigningKey {
         header.insert("alg".into(), json!(self.alg()));
         if with_kid {
             header.insert("kid".into(), json!(self.kid));
+            if let Some(x5t) = &self.x5t_s256 {
+                header.insert("x5t#S256".into(), json!(x5t));
+            }
         }
         let signing_input = format!(
             "{}.{}",
@@ -477,5 +526,61 @@ mod tests {
         assert!(key
             .jwt(Map::new(), &json!({}), false, &mut BrokenRandom)
             .is_ok());
+    }
+
+    #[test]
+    fn a_certificate_of_the_key_is_named_by_its_sha_256_thumbprint() {
+        let cert = include_str!("../../tests/fixtures/keys/rsa-2048.crt");
+        let key = SigningKey::parse(RSA, Some("k")).unwrap();
+        let key = key.with_certificate(cert).unwrap();
+        // The thumbprint is of the certificate's DER: the PEM's base64 body, decoded.
+        let body: String = cert.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        let expected = b64(&Sha256::digest(&der));
+        let jwt = key
+            .jwt(Map::new(), &json!({}), true, &mut CountingRandom(1))
+            .unwrap();
+        let header: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(jwt.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            header,
+            json!({"alg": "PS256", "kid": "k", "x5t#S256": expected})
+        );
+        assert_eq!(key.published_jwk()["x5t#S256"], json!(expected));
+        // Another key's certificate, or no certificate at all, is refused.
+        let ec_cert = include_str!("../../tests/fixtures/keys/ec-p256.crt");
+        let again = SigningKey::parse(RSA, None).unwrap();
+        assert_eq!(
+            again.with_certificate(ec_cert).unwrap_err(),
+            KeyError::CertificateMismatch
+        );
+        let ec = SigningKey::parse(EC, None).unwrap();
+        assert!(ec.with_certificate(ec_cert).is_ok());
+        for not_a_cert in [
+            RSA,
+            "",
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----",
+        ] {
+            let key = SigningKey::parse(ED, None).unwrap();
+            assert_eq!(
+                key.with_certificate(not_a_cert).unwrap_err(),
+                KeyError::NotACertificate
+            );
+        }
+        // A DPoP proof (no kid) does not name the certificate.
+        let key = SigningKey::parse(RSA, None)
+            .unwrap()
+            .with_certificate(cert)
+            .unwrap();
+        let proof = key
+            .jwt(Map::new(), &json!({}), false, &mut CountingRandom(1))
+            .unwrap();
+        assert!(!proof.starts_with(&b64(br#"{"alg":"PS256","x5t"#)));
     }
 }

@@ -33,7 +33,22 @@
 //                                  is posted there (OIDC Back-Channel Logout 1.0)
 //   IDP_CLIENT_AUTH                the main client's token_endpoint_auth_method: client_secret_basic
 //                                  (default) or private_key_jwt (RFC 7523: the client signs an
-//                                  assertion with its own key, found at IDP_CLIENT_JWKS_URI)
+//                                  assertion with its own key, found at IDP_CLIENT_JWKS_URI), or
+//                                  tls_client_auth / self_signed_tls_client_auth (RFC 8705: the
+//                                  client's TLS certificate, on the IDP_MTLS_PORT listener)
+//   IDP_MTLS_PORT                  with a tls_* client: a second listener, https, asking every
+//                                  client for a certificate (verified against IDP_MTLS_CA, not
+//                                  required: an anonymous client is refused by the token
+//                                  endpoint, not by TLS); IDP_MTLS_CERT / IDP_MTLS_KEY are its
+//                                  own certificate and key (PEM files). It serves the same
+//                                  provider; the issuer and every endpoint stay on IDP_PORT,
+//                                  and discovery announces the token, revocation and PAR
+//                                  endpoints on the https listener as mtls_endpoint_aliases
+//                                  (RFC 8705 §5)
+//   IDP_CLIENT_CERT_SAN_DNS        with tls_client_auth: the dNSName the client's certificate
+//                                  must carry (tls_client_auth_san_dns)
+//   IDP_CLIENT_CERT                with self_signed_tls_client_auth: the client's certificate
+//                                  (a PEM file), registered as is (a JWK with x5c)
 //   IDP_CLIENT_JWKS_URI            with private_key_jwt: where the client's public keys are
 //                                  (the filter serves them at its jwks_path), read when needed
 //   IDP_PAR                        pushed authorization requests (RFC 9126): "on" (default: the
@@ -99,6 +114,7 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as path from 'node:path';
 
 import Provider, { errors, interactionPolicy } from 'oidc-provider';
@@ -159,11 +175,51 @@ if (!['optional', 'required', 'nonce', 'off'].includes(DPOP)) {
 const PAR = env('IDP_PAR', 'on');
 if (!['on', 'required', 'off'].includes(PAR)) fail('IDP_PAR must be on, required or off');
 const CLIENT_AUTH = env('IDP_CLIENT_AUTH', 'client_secret_basic');
-if (!['client_secret_basic', 'private_key_jwt'].includes(CLIENT_AUTH)) {
-  fail('IDP_CLIENT_AUTH must be client_secret_basic or private_key_jwt');
-}
+const CLIENT_AUTHS = ['client_secret_basic', 'private_key_jwt', 'tls_client_auth',
+  'self_signed_tls_client_auth'];
+if (!CLIENT_AUTHS.includes(CLIENT_AUTH)) fail(`IDP_CLIENT_AUTH must be one of ${CLIENT_AUTHS.join(', ')}`);
 const CLIENT_JWKS_URI = env('IDP_CLIENT_JWKS_URI', '');
 if (CLIENT_AUTH === 'private_key_jwt' && !CLIENT_JWKS_URI) fail('private_key_jwt needs IDP_CLIENT_JWKS_URI');
+const MTLS = CLIENT_AUTH.endsWith('tls_client_auth');
+const MTLS_PORT = Number(env('IDP_MTLS_PORT', '0'));
+if (MTLS && !(Number.isInteger(MTLS_PORT) && MTLS_PORT > 0)) fail(`${CLIENT_AUTH} needs IDP_MTLS_PORT`);
+
+function readFile(name) {
+  const file = env(name, '');
+  if (!file) fail(`${CLIENT_AUTH} needs ${name}`);
+  return fs.readFileSync(file);
+}
+
+// The main client's credentials, as oidc-provider registers them.
+function clientCredentials() {
+  switch (CLIENT_AUTH) {
+    case 'client_secret_basic':
+      return { client_secret: CLIENT_SECRET };
+    case 'private_key_jwt':
+      return { jwks_uri: CLIENT_JWKS_URI };
+    case 'tls_client_auth':
+      return { tls_client_auth_san_dns: env('IDP_CLIENT_CERT_SAN_DNS', '') || fail('tls_client_auth needs IDP_CLIENT_CERT_SAN_DNS') };
+    default: {
+      const cert = new crypto.X509Certificate(readFile('IDP_CLIENT_CERT'));
+      const key = { ...cert.publicKey.export({ format: 'jwk' }), x5c: [cert.raw.toString('base64')] };
+      return { jwks: { keys: [key] } };
+    }
+  }
+}
+
+// RFC 8705 §2: the certificate the client showed on the https listener (none on plain http).
+const mtlsFeature = {
+  enabled: MTLS,
+  tlsClientAuth: true,
+  selfSignedTlsClientAuth: true,
+  getCertificate: (ctx) => ctx.req.socket.getPeerX509Certificate?.(),
+  certificateAuthorized: (ctx) => ctx.req.socket.authorized === true,
+  certificateSubjectMatches(ctx, property, expected) {
+    const names = ctx.req.socket.getPeerX509Certificate?.()?.subjectAltName?.split(', ') ?? [];
+    return property === 'tls_client_auth_san_dns' && names.includes(`DNS:${expected}`);
+  },
+};
+const mtlsOrigin = `https://127.0.0.1:${MTLS_PORT}`;
 const BACKCHANNEL_LOGOUT_URI = env('IDP_BACKCHANNEL_LOGOUT_URI', '');
 const CLIENT_CREDENTIALS_TTL = envJson('IDP_CLIENT_CREDENTIALS_TTL', {});
 const ACR_PWD = 'urn:example:pwd';
@@ -345,9 +401,7 @@ const configuration = {
   clients: [
     {
       client_id: CLIENT_ID,
-      ...(CLIENT_AUTH === 'client_secret_basic'
-        ? { client_secret: CLIENT_SECRET }
-        : { jwks_uri: CLIENT_JWKS_URI }),
+      ...clientCredentials(),
       client_name: `${CLIENT_ID} (BFF test client)`,
       redirect_uris: REDIRECT_URIS,
       post_logout_redirect_uris: POST_LOGOUT_REDIRECT_URIS,
@@ -489,6 +543,7 @@ const configuration = {
       requirePushedAuthorizationRequests: PAR === 'required',
     },
     clientCredentials: { enabled: true },
+    mTLS: mtlsFeature,
     backchannelLogout: { enabled: true },
     userinfo: { enabled: true },
     rpInitiatedLogout: {
@@ -506,6 +561,21 @@ const configuration = {
   },
 
   clientBasedCORS: () => false,
+
+  clientAuthMethods: ['client_secret_basic', 'client_secret_jwt', 'client_secret_post',
+    'private_key_jwt', 'none', ...(MTLS ? ['tls_client_auth', 'self_signed_tls_client_auth'] : [])],
+
+  ...(MTLS
+    ? {
+      discovery: {
+        mtls_endpoint_aliases: {
+          token_endpoint: `${mtlsOrigin}/token`,
+          revocation_endpoint: `${mtlsOrigin}/token/revocation`,
+          ...(PAR !== 'off' ? { pushed_authorization_request_endpoint: `${mtlsOrigin}/request` } : {}),
+        },
+      },
+    }
+    : {}),
 
   // oidc-provider refuses to call special-use addresses (its SSRF protection, a dispatcher it
   // adds to fetch), loopback included; the tests' back-channel logout endpoints are on
@@ -736,7 +806,7 @@ const providerCallback = provider.callback();
 
 // Room for long URLs: an end_session request with bob's ID token as id_token_hint is ~11 KB,
 // close to Node's default 16 KB header limit once cookies are added.
-const server = http.createServer({ maxHeaderSize: 64 * 1024 }, async (req, res) => {
+async function handle(req, res) {
   const { pathname } = new URL(req.url, 'http://idp.invalid');
   try {
     if (req.method === 'GET' && pathname === '/test/stats') {
@@ -778,15 +848,36 @@ const server = http.createServer({ maxHeaderSize: 64 * 1024 }, async (req, res) 
       res.destroy();
     }
   }
-});
+}
 
-server.listen(PORT, HOST, () => {
-  process.stdout.write(`IDP READY ${ISSUER}\n`);
+const servers = [http.createServer({ maxHeaderSize: 64 * 1024 }, handle)];
+if (MTLS) {
+  servers.push(https.createServer({
+    maxHeaderSize: 64 * 1024,
+    cert: readFile('IDP_MTLS_CERT'),
+    key: readFile('IDP_MTLS_KEY'),
+    ...(env('IDP_MTLS_CA', '') ? { ca: readFile('IDP_MTLS_CA') } : {}),
+    requestCert: true,
+    rejectUnauthorized: false,
+  }, handle));
+}
+let listening = 0;
+servers.forEach((server, i) => {
+  server.listen(i === 0 ? PORT : MTLS_PORT, HOST, () => {
+    listening += 1;
+    if (listening === servers.length) process.stdout.write(`IDP READY ${ISSUER}\n`);
+  });
 });
 
 function shutdown() {
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
+  let open = servers.length;
+  for (const server of servers) {
+    server.close(() => {
+      open -= 1;
+      if (open === 0) process.exit(0);
+    });
+    server.closeAllConnections();
+  }
   setTimeout(() => process.exit(0), 2000).unref();
 }
 process.on('SIGTERM', shutdown);

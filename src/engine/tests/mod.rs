@@ -29,6 +29,8 @@ struct FakeHost {
     sent: Vec<(u32, IdpRequest)>,
     /// Every path this host ever sent a call to.
     history: Vec<String>,
+    /// The cluster each of them went through.
+    clusters: Vec<String>,
     refuse_dispatch: bool,
     counted: Vec<Counter>,
     logs: Vec<String>,
@@ -53,12 +55,13 @@ impl Host for FakeHost {
         request: &IdpRequest,
         _: Duration,
     ) -> Result<u32, String> {
-        assert!(cluster == "idp" || cluster == "etcd", "{cluster}");
+        assert!(["idp", "idp_mtls", "etcd"].contains(&cluster), "{cluster}");
         if self.refuse_dispatch {
             return Err("BadArgument".into());
         }
         self.next_token += 1;
         self.history.push(request.path.clone());
+        self.clusters.push(cluster.to_string());
         self.sent.push((self.next_token, request.clone()));
         Ok(self.next_token)
     }
@@ -104,6 +107,7 @@ impl World {
             next_token: 0,
             sent: Vec::new(),
             history: Vec::new(),
+            clusters: Vec::new(),
             refuse_dispatch: false,
             counted: Vec::new(),
             logs: Vec::new(),
@@ -779,6 +783,45 @@ fn calls_to_the_token_endpoint_carry_the_clients_credentials_made_when_sent() {
     let keys: serde_json::Value = serde_json::from_str(&jwks.body).unwrap();
     assert_eq!(keys["keys"][0]["kid"], "bff-1");
     assert!(keys["keys"][0].get("d").is_none(), "never the private part");
+}
+
+#[test]
+fn a_mutual_tls_client_names_itself_and_authenticates_through_its_own_cluster() {
+    let cookie = due_session_cookie();
+    let mut v = minimal_json();
+    v.as_object_mut().unwrap().remove("client_secret");
+    v["client_auth"] = json!("tls_client_auth");
+    v["idp_mtls_cluster"] = json!("idp_mtls");
+    let world = World::new();
+    let mut w = world.worker(v);
+    w.learn_provider();
+    let call = wire("/private/api", &[API, CSRF, ("cookie", &cookie)]);
+    assert_eq!(w.request(1, call), Handled::Paused);
+    w.engine.on_queue_nudged(&mut w.host);
+    let (_, sent) = w.call_to("/token");
+    assert!(sent.headers.iter().all(|(n, _)| *n != "authorization"));
+    let form: HashMap<String, String> =
+        form_urlencoded::parse(sent.body.as_deref().unwrap().as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(form["client_id"], "bff");
+    assert!(!form.contains_key("client_assertion"));
+    // Discovery and the JWKS through the main cluster; the grant through the certificate's.
+    let through: Vec<(&str, &str)> = w
+        .host
+        .history
+        .iter()
+        .zip(&w.host.clusters)
+        .map(|(path, cluster)| (path.as_str(), cluster.as_str()))
+        .collect();
+    assert_eq!(
+        through,
+        [
+            ("/.well-known/openid-configuration", "idp"),
+            ("/jwks", "idp"),
+            ("/token", "idp_mtls")
+        ]
+    );
 }
 
 #[test]
