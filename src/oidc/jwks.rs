@@ -7,9 +7,9 @@
 //! are left out on purpose: their curve arithmetic would grow the wasm module a lot (P-384
 //! alone by ~150 KB), they are rare for ID tokens, and OIDC Core §15.1 only requires RS256.
 
+use super::rsa_key::RsaKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rsa::{BigUint, RsaPublicKey};
 use serde::Deserialize;
 use std::fmt;
 
@@ -85,7 +85,8 @@ impl fmt::Display for Alg {
 /// A public key, decoded and checked once when the set is parsed.
 #[derive(Clone)]
 pub(crate) enum KeyMaterial {
-    Rsa(RsaPublicKey),
+    /// With its Montgomery constants: computed here, once per key, not per token.
+    Rsa(RsaKey),
     P256(p256::ecdsa::VerifyingKey),
     Ed25519(ed25519_dalek::VerifyingKey),
 }
@@ -168,11 +169,6 @@ struct RawJwk {
     y: Option<String>,
 }
 
-/// RSA moduli we accept: RFC 7518 §3.3 requires at least 2048 bits; the upper bound keeps a
-/// verification cheap (the `rsa` crate's default is 4096, some IdPs use more).
-const RSA_MIN_BITS: usize = 2048;
-const RSA_MAX_BITS: usize = 8192;
-
 /// Key parameters are base64url without padding (RFC 7518 §6); a padded value is tolerated,
 /// since it comes from the IdP, not from the token.
 fn b64(value: Option<&String>) -> Option<Vec<u8>> {
@@ -199,12 +195,7 @@ impl RawJwk {
         };
         let material = match (self.kty.as_str(), self.crv.as_deref()) {
             ("RSA", _) => {
-                let n = BigUint::from_bytes_be(&b64(self.n.as_ref())?);
-                let e = BigUint::from_bytes_be(&b64(self.e.as_ref())?);
-                if n.bits() < RSA_MIN_BITS {
-                    return None;
-                }
-                KeyMaterial::Rsa(RsaPublicKey::new_with_max_size(n, e, RSA_MAX_BITS).ok()?)
+                KeyMaterial::Rsa(RsaKey::new(&b64(self.n.as_ref())?, &b64(self.e.as_ref())?)?)
             }
             ("EC", Some("P-256")) => KeyMaterial::P256(
                 p256::ecdsa::VerifyingKey::from_sec1_bytes(&uncompressed_point(&self, 32)?).ok()?,

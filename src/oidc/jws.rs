@@ -5,11 +5,8 @@
 use crate::oidc::jwks::{Alg, Jwk, Jwks, KeyMaterial};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rsa::traits::PublicKeyParts;
-use rsa::{BigUint, Pkcs1v15Sign, Pss, RsaPublicKey};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::fmt;
 
 /// A JWS whose signature one of the IdP's keys made.
@@ -167,42 +164,11 @@ fn candidates<'a>(jwks: &'a Jwks, alg: Alg, kid: Option<&str>) -> Result<Vec<&'a
     }
 }
 
-/// RSASSA verification (RFC 8017 §8.1.2, §8.2.2). The signature must be exactly as long as
-/// the modulus and, as an integer, below it (RSAVP1, §5.2.2 step 1): the `rsa` crate checks
-/// the range for PKCS#1 v1.5 but not for PSS, where `s + n` would otherwise verify too.
-fn rsa_verifies(key: &RsaPublicKey, alg: Alg, input: &[u8], signature: &[u8]) -> bool {
-    if signature.len() != key.size() || BigUint::from_bytes_be(signature) >= *key.n() {
-        return false;
-    }
-    // PSS salt length = hash length, MGF1 with the same hash (RFC 7518 §3.5).
-    let result = match alg {
-        Alg::Rs256 => key.verify(
-            Pkcs1v15Sign::new::<Sha256>(),
-            &Sha256::digest(input),
-            signature,
-        ),
-        Alg::Rs384 => key.verify(
-            Pkcs1v15Sign::new::<Sha384>(),
-            &Sha384::digest(input),
-            signature,
-        ),
-        Alg::Rs512 => key.verify(
-            Pkcs1v15Sign::new::<Sha512>(),
-            &Sha512::digest(input),
-            signature,
-        ),
-        Alg::Ps256 => key.verify(Pss::new::<Sha256>(), &Sha256::digest(input), signature),
-        Alg::Ps384 => key.verify(Pss::new::<Sha384>(), &Sha384::digest(input), signature),
-        Alg::Ps512 => key.verify(Pss::new::<Sha512>(), &Sha512::digest(input), signature),
-        Alg::Es256 | Alg::EdDsa => return false,
-    };
-    result.is_ok()
-}
-
 fn signature_verifies(key: &Jwk, alg: Alg, input: &[u8], signature: &[u8]) -> bool {
     use p256::ecdsa::signature::Verifier as _;
     match (&key.material, alg) {
-        (KeyMaterial::Rsa(rsa), _) => rsa_verifies(rsa, alg, input, signature),
+        // Length, range (s < n), padding and hash: src/oidc/rsa_key.rs.
+        (KeyMaterial::Rsa(rsa), _) => rsa.verify(alg, input, signature),
         // JWS carries ECDSA signatures as R ‖ S, each the curve's size (RFC 7518 §3.4), not
         // DER: `from_slice` takes exactly 64 bytes.
         (KeyMaterial::P256(vk), Alg::Es256) => p256::ecdsa::Signature::from_slice(signature)
@@ -259,8 +225,11 @@ mod tests {
     use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
     use rsa::rand_core::OsRng;
     use rsa::signature::{RandomizedSigner, SignatureEncoding, Signer};
+    use rsa::traits::PublicKeyParts;
+    use rsa::BigUint;
     use rsa::RsaPrivateKey;
     use serde_json::json;
+    use sha2::{Sha256, Sha384, Sha512};
 
     fn b64(bytes: impl AsRef<[u8]>) -> String {
         URL_SAFE_NO_PAD.encode(bytes)

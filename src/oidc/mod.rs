@@ -14,5 +14,6 @@ pub mod jws;
 pub mod logout_token;
 pub mod par;
 pub mod pkce;
+pub mod rsa_key;
 pub mod signing_key;
 pub mod token;
