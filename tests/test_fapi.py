@@ -252,14 +252,21 @@ def start_fapi2(procs, par: str):
     return idp, envoy
 
 
-def test_the_fapi2_profile_logs_in_through_par_with_a_key_and_dpop(procs):
-    idp, envoy = start_fapi2(procs, "required")
+def logged_in_through_par(envoy) -> Browser:
+    """A browser logged in through `envoy`, whose login was pushed: the redirect to the IdP has
+    only client_id and request_uri."""
     b = Browser(envoy)
     start = b.get("/private/login")
     assert start.status_code == 302, start.text
     assert sorted(query_of(start.headers["location"])) == ["client_id", "request_uri"]
     r = b.login()
     assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
+    return b
+
+
+def test_the_fapi2_profile_logs_in_through_par_with_a_key_and_dpop(procs):
+    idp, envoy = start_fapi2(procs, "required")
+    b = logged_in_through_par(envoy)
     r = b.get("/private/api/me", navigate=False)
     assert r.status_code == 200 and r.json()["jkt"] == ec_thumbprint((KEYS / "ec-p256.pem").read_text())
     envoy.assert_vm_healthy()
@@ -347,12 +354,7 @@ def test_the_fapi2_profile_takes_a_self_signed_certificate_in_place_of_a_key(pro
                                overrides={"IDP_PAR": "required", "IDP_DPOP": "required"},
                                config={"profile": "fapi2"})
     assert "pushed_authorization_request_endpoint" in idp.discovery()["mtls_endpoint_aliases"]
-    b = Browser(envoy)
-    start = b.get("/private/login")
-    assert start.status_code == 302, start.text
-    assert sorted(query_of(start.headers["location"])) == ["client_id", "request_uri"]
-    r = b.login()
-    assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
+    b = logged_in_through_par(envoy)
     r = b.get("/private/api/me", navigate=False)
     assert r.status_code == 200 and r.json()["jkt"], r.text
     assert "BEGIN" not in envoy.log()
@@ -404,12 +406,7 @@ def test_the_fapi2_example_logs_in_on_loopback_against_an_idp_in_fapi2_shape(pro
     wasm["configuration"]["value"] = json.dumps(config)
     wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
     envoy = run_envoy(procs, bootstrap, "envoy-fapi2", env=FAPI2_ENV, concurrency=1)
-    b = Browser(envoy)
-    start = b.get("/private/login")
-    assert start.status_code == 302, start.text
-    assert sorted(query_of(start.headers["location"])) == ["client_id", "request_uri"]
-    r = b.login()
-    assert r.status_code == 302 and SESSION in b.jar, (r.status_code, r.text)
+    b = logged_in_through_par(envoy)
     (key,) = b.get("/private/jwks", navigate=False).json()["keys"]
     assert key["kid"] == config["client_key_id"]
     r = b.get("/private/api/accounts", navigate=False)

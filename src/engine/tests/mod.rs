@@ -735,6 +735,13 @@ fn logout_request(cookie: &str) -> Vec<u8> {
     ])
 }
 
+/// A call's form body, by parameter name.
+fn form_of(request: &IdpRequest) -> HashMap<String, String> {
+    form_urlencoded::parse(request.body.as_deref().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
 #[test]
 fn calls_to_the_token_endpoint_carry_the_clients_credentials_made_when_sent() {
     let cookie = due_session_cookie();
@@ -759,10 +766,7 @@ fn calls_to_the_token_endpoint_carry_the_clients_credentials_made_when_sent() {
     w.engine.on_queue_nudged(&mut w.host);
     let (_, sent) = w.call_to("/token");
     assert!(sent.headers.iter().all(|(n, _)| *n != "authorization"));
-    let form: HashMap<String, String> =
-        form_urlencoded::parse(sent.body.as_deref().unwrap().as_bytes())
-            .into_owned()
-            .collect();
+    let form = form_of(&sent);
     assert_eq!(form["grant_type"], "refresh_token");
     assert_eq!(form["client_id"], "bff");
     let payload = form["client_assertion"].split('.').nth(1).unwrap();
@@ -800,10 +804,7 @@ fn a_mutual_tls_client_names_itself_and_authenticates_through_its_own_cluster() 
     w.engine.on_queue_nudged(&mut w.host);
     let (_, sent) = w.call_to("/token");
     assert!(sent.headers.iter().all(|(n, _)| *n != "authorization"));
-    let form: HashMap<String, String> =
-        form_urlencoded::parse(sent.body.as_deref().unwrap().as_bytes())
-            .into_owned()
-            .collect();
+    let form = form_of(&sent);
     assert_eq!(form["client_id"], "bff");
     assert!(!form.contains_key("client_assertion"));
     // Discovery and the JWKS through the main cluster; the grant through the certificate's.
