@@ -12,6 +12,8 @@ are pinned to different CPUs when the machine has two or more.
     dp (d) with `dpop` on and an EC P-256 DPoP key: a DPoP-bound session (its own login), every
        request goes on with `Authorization: DPoP` and a fresh ES256 proof
     dq (dp) with an Ed25519 DPoP key: an EdDSA proof per request
+    g  (d) with 10,000 users: every request carries another of 10,000 sessions, in turn, so the
+       VM's cache of opened sessions (1,024) never answers; (instruction counts only)
     e  envoy-bff with a token due for refresh: every request refreshes at the test IdP
     f  envoy-bff's login callback (code exchange + ID token check), by a Python client
     p  (diagnostic) envoy-bff on a path outside its prefix: what it costs before any session work
@@ -21,6 +23,8 @@ are pinned to different CPUs when the machine has two or more.
        the IdP's grant, lease, put)
     d0 (with --before PATH) (d) through another envoy_bff.wasm, e.g. the last commit's: a change's
        cost, before and after, in one run
+    h  (with the instruction counts) one ID-token signature check per algorithm, in Node's V8
+       under callgrind (bench/signatures.py; no Envoy)
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ from harness.idp import login_at_idp, start_idp  # noqa: E402
 from harness.procs import Process, ProcessGroup, free_port  # noqa: E402
 from harness.upstream import start_echo  # noqa: E402
 
+import signatures  # noqa: E402  (bench/signatures.py, variant h)
+
 # The bench's client secret: plain, unlike the tests' (harness.CLIENT_SECRET, with ':', '/', '%'
 # and '+'), with which the login through Envoy's OAuth2 filter (c) failed ("OAuth flow failed").
 CLIENT_SECRET = "bff-secret"
@@ -81,6 +87,7 @@ API_HEADERS = {"Accept": "application/json", "Sec-Fetch-Mode": "cors", "X-CSRF":
 # The cookies the native OAuth2 filter (1.40) keeps a session in.
 OAUTH2_COOKIES = ("BearerToken", "OauthHMAC", "OauthExpires", "IdToken", "RefreshToken")
 TARGET_RATIO = 1.25
+G_TARGET_RATIO = 2.0
 FLOOR_IO = False
 
 NAMES = {
@@ -88,6 +95,7 @@ NAMES = {
     "b": "floor: minimal proxy-wasm filter",
     "c": "Envoy OAuth2 filter, valid session",
     "d": "envoy-bff, valid session, fresh token",
+    "g": "envoy-bff, 10,000 sessions in turn",
     "dp": "envoy-bff, DPoP route, ES256 proof per request",
     "dq": "envoy-bff, DPoP route, EdDSA proof per request",
     "s": "envoy-bff, valid session, store configured",
@@ -336,6 +344,18 @@ def cookie_header(jar: dict[str, str], names=None) -> str:
     return "; ".join(f"{k}={v}" for k, v in jar.items() if names is None or k in names)
 
 
+def many_sessions(cookie: str, n: int) -> list[str]:
+    """(g)'s Cookie headers: (d)'s, with its session sealed anew `n` times (bench/reseal, the
+    filter's own sealing): `n` users' sessions of the same size and contents."""
+    jar = dict(part.split("=", 1) for part in cookie.split("; "))
+    out = subprocess.run([str(RESEAL), SESSION, KEY_A, str(n)], input=jar[SESSION],
+                         capture_output=True, text=True, check=True, timeout=120)
+    values = out.stdout.split()
+    if len(set(values)) != n:
+        raise RuntimeError(f"bench/reseal gave {len(set(values))} distinct sessions, not {n}")
+    return [cookie_header({**jar, SESSION: v}) for v in values]
+
+
 def bff_login(envoy: Envoy) -> str:
     """A whole login through envoy-bff; returns the session's Cookie header."""
     b = Browser(envoy)
@@ -384,7 +404,7 @@ def check_variant(key: str, envoy: Envoy, cookie: str | None) -> str:
     seen = r.json()["headers"]
     auth = seen.get("authorization", "")
     # (d0), (s), (dp) and (dq) must do what (d) does (but dp and dq with DPoP), (es) what (e) does.
-    kind = {"d0": "d", "s": "d", "es": "e", "dp": "d", "dq": "d"}.get(key, key)
+    kind = {"d0": "d", "s": "d", "es": "e", "dp": "d", "dq": "d", "g": "d"}.get(key, key)
     dpop = key in DPOP_VARIANTS
     if kind in ("c", "d", "e", "k") and not dpop and not auth.startswith("Bearer "):
         raise RuntimeError(f"variant {key}: no bearer token upstream: {sorted(seen)}")
@@ -537,7 +557,10 @@ def wrk(pin: Pinning, envoy: Envoy, cookie: str | None, duration: int, connectio
 
 # What the instruction mode counts: the variants that send one fixed request. (e) and (f) need
 # a new session or code for every request.
-INSTR_VARIANTS = ("a", "b", "c", "d", "d0", "dp", "dq", "s", "p", "k")
+INSTR_VARIANTS = ("a", "b", "c", "d", "g", "d0", "dp", "dq", "s", "p", "k")
+# (g): this many sessions, each sealed anew from (d)'s (bench/reseal), sent in turn on (d)'s Envoy.
+G_SESSIONS = 10_000
+RESEAL = REPO / "target" / "release" / "reseal"
 CALLGRIND = WORK / "callgrind"
 
 
@@ -593,13 +616,20 @@ class KeepAlive:
     the same headers, wrk's Envoy's Host (the OAuth2 filter's HMAC covers the host), and none of
     the headers http.client would add by itself."""
 
-    def __init__(self, port: int, path: str, headers: dict, timeout: float = 120):
+    def __init__(self, port: int, path: str, headers: dict, timeout: float = 120,
+                 cookies: list[str] | None = None):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         self.path, self.headers = path, headers
+        # (g): a Cookie header per request, in turn.
+        self.cookies, self.sent = cookies, 0
 
     def get(self) -> tuple[int, bytes, list]:
         self.conn.putrequest("GET", self.path, skip_host=True, skip_accept_encoding=True)
-        for k, v in self.headers.items():
+        headers = self.headers
+        if self.cookies:
+            headers = {**headers, "Cookie": self.cookies[self.sent % len(self.cookies)]}
+            self.sent += 1
+        for k, v in headers.items():
             self.conn.putheader(k, v)
         self.conn.endheaders()
         r = self.conn.getresponse()
@@ -677,7 +707,10 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
     try:
         for k in keys:
             headers = {"Host": hosts[k], **API_HEADERS}
-            if cookies[k]:
+            rotation = cookies[k] if isinstance(cookies[k], list) else None
+            if rotation:
+                headers["Cookie"] = rotation[0]
+            elif cookies[k]:
                 headers["Cookie"] = cookies[k]
             path = PASS_PATH if k == "p" else BENCH_PATH
             # Up when the measured request answers 200: start-up under valgrind takes 30-60 s,
@@ -701,7 +734,7 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
                 time.sleep(2)
             # One connection for everything, as wrk keeps its connections: no connection set-up
             # in the counts. The warm-up lets V8 and the caches (Envoy's, the filter's) settle.
-            client = KeepAlive(envoy.port, path, headers)
+            client = KeepAlive(envoy.port, path, headers, cookies=rotation)
             try:
                 client.send(args.instructions_warmup)
                 n = args.instructions_requests
@@ -739,7 +772,9 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     keys = [k for k in INSTR_VARIANTS if k in variants]
     # One Envoy each, but (p) on (d)'s, as in the wrk runs. Tuples: "d0", "dp", "dq" are two
     # characters.
-    groups = [(k, "p") if k == "d" and "p" in keys else (k,) for k in keys if k != "p"]
+    # (g) on (d)'s too: the same filter, other cookies.
+    on_d = tuple(x for x in ("p", "g") if x in keys)
+    groups = [("d", *on_d) if k == "d" else (k,) for k in keys if k not in on_d]
     CALLGRIND.mkdir(parents=True, exist_ok=True)
     version = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()
     # Roughly, as seen here with the default counts: each Envoy's start-up under valgrind
@@ -747,7 +782,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     # then ~27 s per variant measured ((dp) and (dq) sign a proof per request: their counted
     # requests take longer than that, by how much the first run's wall_s will tell).
     startup = {"a": 20, "b": 60, "c": 35, "d": 100, "d0": 100, "dp": 100, "dq": 100, "s": 100,
-               "k": 100}
+               "k": 100, "g": 100}
     estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
     log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
         f"{args.instructions_warmup} warm-up requests, then {args.instructions_repeats} x "
@@ -800,7 +835,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                 return None
             return round(added[x] / added[y], 4)
         pairs = (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("k", "b"), ("k", "d"),
-                 ("s", "b"), ("s", "d")) + (BEFORE_PAIRS if "d0" in keys else ()) + (
+                 ("s", "b"), ("s", "d"), ("g", "b"), ("g", "d")) + (BEFORE_PAIRS if "d0" in keys else ()) + (
             DPOP_PAIRS if any(k in keys for k in DPOP_VARIANTS) else ())
         ratios = {f"{x}/{y}": ratio(x, y) for x, y in pairs}
         return per, added, ratios
@@ -820,6 +855,8 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
         "added": rounded(added),
         "ratios": ratios,
         "target_met": None if ratios["d/b"] is None else ratios["d/b"] <= TARGET_RATIO,
+        # Issue 16: many users (every request a cache miss) within twice the floor.
+        "many_users_target_met": None if ratios["g/b"] is None else ratios["g/b"] <= G_TARGET_RATIO,
         # The store's acceptance: the authenticated path within the target with `store` set.
         "store_target_met": None if ratios["s/b"] is None else ratios["s/b"] <= TARGET_RATIO,
         **({"s_minus_d": round(per["s"] - per["d"], 1)} if "s" in per and "d" in per else {}),
@@ -889,6 +926,11 @@ def print_instructions(ins: dict) -> None:
     print(f"d/c  envoy-bff over OAuth2:     {num('d/c')}")
     print(f"c/b  OAuth2 over the floor:     {num('c/b')}")
     print(f"p/b  envoy-bff passing through: {num('p/b')}")
+    if "g" in ins["per_request"]:
+        gmet = ins.get("many_users_target_met")
+        print(f"g/b  {G_SESSIONS:,} sessions in turn:  {num('g/b')}   (target <= {G_TARGET_RATIO}: "
+              f"{'n/a' if gmet is None else 'met' if gmet else 'NOT met'} on instructions; g/d "
+              f"{num('g/d')}: what a session cache miss costs)")
     if "s" in ins["per_request"]:
         smet = ins.get("store_target_met")
         sdiff = ins.get("s_minus_d")
@@ -1046,6 +1088,11 @@ def main(argv=None) -> int:
                     help="settings merged into (d)'s filter configuration only, e.g. "
                          "'{\"upstream_step_up\": true}' with --before set to the same module: "
                          "d/d0 is then what the setting costs")
+    ap.add_argument("--signatures-before", type=Path, metavar="DIR",
+                    help="with the instruction counts: (h) also for the filter crate in DIR (a "
+                         "checkout of another commit, e.g. a git worktree), before/after per check")
+    ap.add_argument("--signature-checks", type=int, default=100,
+                    help="checks per counted run of (h) (100)")
     ap.add_argument("--before", type=Path, metavar="PATH",
                     help="another envoy_bff.wasm (e.g. the last commit's): adds (d0), (d) through "
                          "it on its own Envoy, to the wrk rounds and the instruction counts, with "
@@ -1123,7 +1170,10 @@ def main(argv=None) -> int:
 
     skipped: dict[str, str] = {k: "left out with --skip" for k in skip_keys(args.skip)
                                if k in NAMES and k != "a"}
+    if not args.instructions_only:
+        skipped.setdefault("g", "counted with --instructions-only only")
     if "d" in skipped:
+        skipped.setdefault("g", "needs (d)'s Envoy and session")
         skipped.setdefault("p", "needs (d)")
         skipped.setdefault("k", "needs (d)'s session")
     if args.instructions_only:
@@ -1202,6 +1252,9 @@ def main(argv=None) -> int:
         if "d" in envoys:
             cookies["d"] = bff_login(envoys["d"])
             cookies["a"] = cookies["b"] = cookies["p"] = cookies["k"] = cookies["d"]
+            if "g" not in skipped:
+                envoys["g"] = envoys["d"]
+                cookies["g"] = many_sessions(cookies["d"], G_SESSIONS)
         if "d0" in envoys:
             # Its own login: the change may have changed the session cookie.
             cookies["d0"] = bff_login(envoys["d0"])
@@ -1271,7 +1324,11 @@ def main(argv=None) -> int:
 
         variants = [k for k in NAMES if k not in skipped]
         for k in variants:
-            if k not in REFRESH_VARIANTS:
+            if k == "g":
+                # The first and the last of its sessions do what (d)'s does.
+                for cookie in (cookies[k][0], cookies[k][-1]):
+                    check_variant(k, envoys[k], cookie)
+            elif k not in REFRESH_VARIANTS:
                 check_variant(k, envoys[k], cookies[k])
         log("every variant checked once through the echo upstream: " + ", ".join(variants))
 
@@ -1395,6 +1452,13 @@ def main(argv=None) -> int:
         if etcd is not None:
             etcd.stop()  # its members are stopped already; this removes its data dir
 
+    # (h): no Envoy, after every Envoy is gone.
+    signature_checks = None
+    if args.instructions and "h" not in skip_keys(args.skip):
+        log("variant h: one ID-token signature check per algorithm, in Node's V8 under callgrind")
+        signature_checks = signatures.measure(args.signature_checks, args.instructions_repeats,
+                                              args.signatures_before, log)
+
     args.out.mkdir(parents=True, exist_ok=True)
     if args.instructions_only:
         # No wrk numbers: a report of its own, so results/latest.json (the wrk run we kept)
@@ -1409,11 +1473,14 @@ def main(argv=None) -> int:
             **({"before_module": str(args.before)} if args.before else {}),
             **({"d_config": args.d_config} if args.d_config else {}),
             "instructions": instructions,
+            "signature_checks": signature_checks,
         }
         print()
         print(f"envoy-bff instruction counts, {report['date']}, Envoy {info['envoy_version']}, git "
               f"{info['git_commit'][:12]}{' + uncommitted changes' if info['git_dirty'] else ''}")
         print_instructions(instructions)
+        if signature_checks:
+            signatures.print_table(signature_checks)
         (args.out / "instructions.json").write_text(json.dumps(report, indent=1) + "\n")
         log(f"wrote {args.out / 'instructions.json'}")
         return 0
@@ -1427,7 +1494,11 @@ def main(argv=None) -> int:
         report["d_config"] = args.d_config
     if instructions is not None:
         report["instructions"] = instructions
+    if signature_checks is not None:
+        report["signature_checks"] = signature_checks
     print_report(report)
+    if signature_checks is not None:
+        signatures.print_table(signature_checks)
     (args.out / "latest.json").write_text(json.dumps(report, indent=1) + "\n")
     chart(report, args.out / "latest.png")
     log(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.png'}")
