@@ -18,7 +18,6 @@ crate is also built against that checkout's filter: the change's cost per check,
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import re
 import shutil
@@ -33,15 +32,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from harness.jws import b64url_encode as b64  # noqa: E402
 CRATE = BENCH / "sigcheck"
 KEYS = REPO / "tests" / "fixtures" / "keys"
 WORK = BENCH / ".work" / "sigcheck"
 ALGS = ("RS256", "PS256", "ES256", "EdDSA")
 NODE_FLAGS = ("--disable-warning=ExperimentalWarning", "--no-liftoff", "--no-wasm-lazy-compilation")
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def token_and_jwks(alg: str) -> tuple[str, str]:

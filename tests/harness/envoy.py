@@ -59,7 +59,7 @@ IDLE_CLOSE_FIRST = {
 }
 
 
-def _cluster(name: str, port: int, timeout_s: float = 2) -> dict:
+def static_cluster(name: str, port: int, timeout_s: float = 2) -> dict:
     cluster = {
         "name": name,
         "type": "STATIC",
@@ -157,7 +157,7 @@ def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_p
         ],
     }
     return loopback_bootstrap("main", listen_port, admin_port, hcm,
-                              [_cluster("api", upstream_port), _cluster("idp", idp_port),
+                              [static_cluster("api", upstream_port), static_cluster("idp", idp_port),
                                *clusters])
 
 

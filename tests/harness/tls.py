@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .envoy import IDLE_CLOSE_FIRST
+from .envoy import IDLE_CLOSE_FIRST, static_cluster
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def self_signed(directory: Path, name: str, dns: str) -> Pem:
 
 
 def tls_cluster(name: str, port: int, trusted_ca: Path, client: Pem | None) -> dict:
-    """A STATIC Envoy cluster to 127.0.0.1:`port` over TLS, checking the server against
+    """The harness's STATIC cluster to 127.0.0.1:`port`, over TLS, checking the server against
     `trusted_ca` and presenting `client` (none: an anonymous TLS client)."""
     common = {"validation_context": {"trusted_ca": {"filename": str(trusted_ca)},
                                      "match_typed_subject_alt_names": [{
@@ -85,14 +85,7 @@ def tls_cluster(name: str, port: int, trusted_ca: Path, client: Pem | None) -> d
         common["tls_certificates"] = [{"certificate_chain": {"filename": str(client.cert)},
                                        "private_key": {"filename": str(client.key)}}]
     return {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
-        },
+        **static_cluster(name, port),
         # As for the plain IdP cluster: Envoy closes an idle connection before Node does.
         "typed_extension_protocol_options": IDLE_CLOSE_FIRST,
         "transport_socket": {
