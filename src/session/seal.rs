@@ -6,12 +6,15 @@
 //! XChaCha20-Poly1305: wasm has no AES instructions, and ChaCha20 in portable code is several
 //! times faster than table-free software AES (see README, "Why XChaCha20-Poly1305"). The
 //! 192-bit nonce makes random nonces safe for any number of cookies under one key.
+//! The keystream is computed four blocks at a time with wasm SIMD (`xchacha20`); the AEAD
+//! construction around it is the `chacha20poly1305` crate's.
 
+use super::xchacha20::XChaCha20Poly1305;
 use crate::random::{Random, RandomUnavailable};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::{Tag, XNonce};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -206,22 +209,27 @@ impl KeyRing {
             .iter()
             .find(|k| k.id.as_bytes() == kid)
             .ok_or(OpenError::UnknownKey)?;
-        let blob = URL_SAFE_NO_PAD
+        let mut blob = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| OpenError::Malformed)?;
-        if blob.len() < NONCE_LEN + TAG_LEN {
+        let len = blob.len();
+        if len < NONCE_LEN + TAG_LEN {
             return Err(OpenError::Malformed);
         }
-        let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
+        // Opened where it lies: no second copy of the ciphertext.
+        let (nonce, rest) = blob.split_at_mut(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at_mut(len - NONCE_LEN - TAG_LEN);
         key.cipher
-            .decrypt(
+            .decrypt_in_place_detached(
                 XNonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad: name.as_bytes(),
-                },
+                name.as_bytes(),
+                ciphertext,
+                Tag::from_slice(tag),
             )
-            .map_err(|_| OpenError::Forged)
+            .map_err(|_| OpenError::Forged)?;
+        blob.copy_within(NONCE_LEN..len - TAG_LEN, 0);
+        blob.truncate(len - NONCE_LEN - TAG_LEN);
+        Ok(blob)
     }
 
     /// Whether `sealed` was made with the sealing key (false means: re-seal when next written).
