@@ -189,7 +189,7 @@ impl KeyRing {
         Ok(format!(
             "{VERSION}.{}.{}",
             key.id,
-            URL_SAFE_NO_PAD.encode(blob)
+            base64_simd::URL_SAFE_NO_PAD.encode_to_string(blob)
         ))
     }
 
@@ -209,8 +209,8 @@ impl KeyRing {
             .iter()
             .find(|k| k.id.as_bytes() == kid)
             .ok_or(OpenError::UnknownKey)?;
-        let mut blob = URL_SAFE_NO_PAD
-            .decode(body)
+        let mut blob = base64_simd::URL_SAFE_NO_PAD
+            .decode_to_vec(body)
             .map_err(|_| OpenError::Malformed)?;
         let len = blob.len();
         if len < NONCE_LEN + TAG_LEN {
@@ -314,6 +314,22 @@ mod tests {
         ] {
             assert!(r.open("c", garbage.as_bytes()).is_err(), "{garbage:?}");
         }
+    }
+
+    #[test]
+    fn only_canonical_unpadded_base64url_opens() {
+        let r = ring(KEY_A);
+        // 24 + 4 + 16 = 44 bytes: 59 characters, the last with two spare (zero) bits.
+        let sealed = r.seal("c", b"data", &mut CountingRandom(0)).unwrap();
+        assert!(r.open("c", sealed.as_bytes()).is_ok());
+        assert!(r.open("c", format!("{sealed}=").as_bytes()).is_err());
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut bytes = sealed.into_bytes();
+        let last = bytes.last_mut().unwrap();
+        let value = alphabet.iter().position(|c| c == last).unwrap();
+        assert_eq!(value & 3, 0, "the spare bits are zero");
+        *last = alphabet[value | 1];
+        assert_eq!(r.open("c", &bytes), Err(OpenError::Malformed));
     }
 
     #[test]
