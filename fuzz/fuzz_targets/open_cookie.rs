@@ -1,13 +1,13 @@
 //! The Cookie header as any client may send it → the session (chunks joined), the login
 //! transaction and the header that goes upstream. Input: the `state` the callback would
 //! carry, a newline, the Cookie header as bytes (and, all of it, a differential check of
-//! `byte_loops`).
+//! `byte_loops`, and the session's plaintext form, which no forged cookie reaches: `wire`).
 
 #![no_main]
 
 use envoy_bff::config::Config;
 use envoy_bff::session::cookie::{self, Jar};
-use envoy_bff::session::{KeyRing, LoginTransaction, Session};
+use envoy_bff::session::{wire, KeyRing, LoginTransaction, Session};
 use envoy_bff::byte_loops;
 use envoy_bff_fuzz::{config, CountingRandom, COOKIE_KEYS, DEFAULT_NOW};
 use libfuzzer_sys::fuzz_target;
@@ -24,6 +24,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(byte_loops::is_ascii(data), data.is_ascii());
     if let (Some(x), Some(y)) = (data.get(1..), data.get(..data.len().saturating_sub(1))) {
         assert_eq!(byte_loops::eq(x, y), x == y);
+    }
+    // Whatever decodes as a session's plaintext encodes back to the same session.
+    if let Some(s) = wire::decode(data) {
+        assert_eq!(wire::encode(&s).as_deref().and_then(wire::decode), Some(s));
     }
     // The state is text; the Cookie header is bytes, as the host hands it over.
     let (state, header) = match data.iter().position(|&b| b == b'\n') {

@@ -1,23 +1,25 @@
 //! What the session cookie holds, and the rules of its life. Every API call opens it, so it
-//! keeps only what the filter needs, under one-letter names.
+//! keeps only what the filter needs (sealed in the form of `wire`; the one-letter names are
+//! those of the JSON form cookies had before, still read).
 
 use super::chunks;
 use super::cookie::{self, Jar};
 use super::seal::{KeyRing, SealError};
+use super::wire;
 use crate::config::{CookieSettings, SessionLifetime};
 use crate::random::Random;
 use crate::secret::Secret;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::borrow::Cow;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Session {
     #[serde(rename = "a")]
     pub access_token: Secret,
     /// Unix seconds when the access token expires.
     #[serde(rename = "x")]
     pub access_expires_at: u64,
-    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "r", default)]
     pub refresh_token: Option<Secret>,
     /// The ID token's `sub`.
     #[serde(rename = "s")]
@@ -32,7 +34,7 @@ pub struct Session {
     /// The ID token, verified before it was sealed here: the user's claims (session
     /// endpoint, rules, claim headers) and `id_token_hint` at logout. Kept whole rather than
     /// as claims plus token, which would double the cookie.
-    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "i", default)]
     pub id_token: Option<Secret>,
     /// A random id for this session, handed to the SPA for logout links (`?sid=`): a
     /// cross-site page cannot know it, so it cannot log the user out.
@@ -40,7 +42,7 @@ pub struct Session {
     pub sid: String,
     /// The IdP's session id (the ID token's `sid`, OIDC Back-Channel Logout 1.0 §2.1), when it
     /// sends one: a back-channel logout naming it ends this session.
-    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "p", default)]
     pub idp_sid: Option<String>,
 }
 
@@ -121,8 +123,8 @@ impl Session {
 
     /// Opens a sealed value (already joined from its chunks).
     pub fn open_sealed(keys: &KeyRing, name: &str, sealed: &[u8]) -> Result<Session, NoSession> {
-        let json = keys.open(name, sealed).map_err(|_| NoSession::Unreadable)?;
-        serde_json::from_slice(&json).map_err(|_| NoSession::Unreadable)
+        let plain = keys.open(name, sealed).map_err(|_| NoSession::Unreadable)?;
+        wire::decode(&plain).ok_or(NoSession::Unreadable)
     }
 
     /// Whether the session is still alive at `now`, and what it needs.
@@ -160,8 +162,8 @@ impl Session {
         name: &str,
         rng: &mut dyn Random,
     ) -> Result<String, SealError> {
-        let json = serde_json::to_vec(self).map_err(|_| SealError::Cipher)?;
-        keys.seal(name, &json, rng)
+        let plain = wire::encode(self).ok_or(SealError::Cipher)?;
+        keys.seal(name, &plain, rng)
     }
 
     /// The `Set-Cookie` headers that store this session (in chunks when large) and delete

@@ -7,6 +7,7 @@ pub mod cookie;
 pub mod deny;
 pub mod seal;
 pub mod transaction;
+pub mod wire;
 pub mod xchacha20;
 
 pub use contents::{NoSession, Session};
