@@ -12,8 +12,8 @@
 //! runs them natively and in V8).
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-use chacha20::cipher::consts::U1;
-use chacha20::cipher::consts::{U10, U24, U32, U64};
+use chacha20::cipher::consts::{U1, U10};
+use chacha20::cipher::consts::{U24, U32, U64};
 use chacha20::cipher::generic_array::GenericArray;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use chacha20::cipher::{consts::U4, ParBlocks};
@@ -61,9 +61,8 @@ fn le_words<const N: usize>(bytes: &[u8]) -> [u32; N] {
 impl KeyIvInit for XChaCha20Core {
     fn new(key: &GenericArray<u8, U32>, iv: &GenericArray<u8, U24>) -> Self {
         let (head, tail) = iv.split_at(16);
-        let subkey = chacha20::hchacha::<U10>(key, GenericArray::from_slice(head));
+        let [k0, k1, k2, k3, k4, k5, k6, k7] = subkey(key, head);
         let [c0, c1, c2, c3] = CONSTANTS;
-        let [k0, k1, k2, k3, k4, k5, k6, k7] = le_words::<8>(&subkey);
         let [n0, n1] = le_words::<2>(tail);
         // Word 12 is the counter, from 0; word 13 the zero half of the padded nonce.
         let state = [c0, c1, c2, c3, k0, k1, k2, k3, k4, k5, k6, k7, 0, 0, n0, n1];
@@ -163,6 +162,13 @@ macro_rules! twenty_rounds {
     };
 }
 
+/// HChaCha20 of the key and the nonce's first 16 bytes, as words: the crate's.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn subkey(key: &GenericArray<u8, U32>, nonce_head: &[u8]) -> [u32; 8] {
+    let subkey = chacha20::hchacha::<U10>(key, GenericArray::from_slice(nonce_head));
+    le_words::<8>(&subkey)
+}
+
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 fn one_block(state: &[u32; 16], out: &mut Block<Backend<'_>>) {
     fn xor(a: u32, b: u32) -> u32 {
@@ -183,11 +189,11 @@ fn one_block(state: &[u32; 16], out: &mut Block<Backend<'_>>) {
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-use simd::one_block;
+use simd::{one_block, subkey};
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
-    use super::{Backend, Block, ParBlocks};
+    use super::{Backend, Block, GenericArray, ParBlocks, U32};
     use core::arch::wasm32::*;
 
     /// Rotations by whole bytes are one byte shuffle; the others shift twice and or.
@@ -214,17 +220,9 @@ mod simd {
         }
     }
 
-    /// One block, its rows in four vectors: a column round, then a diagonal round with the
-    /// rows turned so the diagonals line up as columns (and back).
-    pub(super) fn one_block(state: &[u32; 16], out: &mut Block<Backend<'_>>) {
-        let [s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15] = *state;
-        let s = [
-            u32x4(s0, s1, s2, s3),
-            u32x4(s4, s5, s6, s7),
-            u32x4(s8, s9, s10, s11),
-            u32x4(s12, s13, s14, s15),
-        ];
-        let [mut a, mut b, mut c, mut d] = s;
+    /// The 20 rounds of one block, its rows in four vectors: a column round, then a diagonal
+    /// round with the rows turned so the diagonals line up as columns (and back).
+    fn rounds_by_rows([mut a, mut b, mut c, mut d]: [v128; 4]) -> [v128; 4] {
         for _ in 0..10 {
             quarter(&mut a, &mut b, &mut c, &mut d);
             b = i32x4_shuffle::<1, 2, 3, 0>(b, b);
@@ -235,9 +233,41 @@ mod simd {
             c = i32x4_shuffle::<2, 3, 0, 1>(c, c);
             d = i32x4_shuffle::<1, 2, 3, 0>(d, d);
         }
-        for ((o, row), s) in out.chunks_exact_mut(16).zip([a, b, c, d]).zip(s) {
+        [a, b, c, d]
+    }
+
+    pub(super) fn one_block(state: &[u32; 16], out: &mut Block<Backend<'_>>) {
+        let [s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15] = *state;
+        let s = [
+            u32x4(s0, s1, s2, s3),
+            u32x4(s4, s5, s6, s7),
+            u32x4(s8, s9, s10, s11),
+            u32x4(s12, s13, s14, s15),
+        ];
+        for ((o, row), s) in out.chunks_exact_mut(16).zip(rounds_by_rows(s)).zip(s) {
             store(o, u32x4_add(row, s));
         }
+    }
+
+    /// HChaCha20: the 20 rounds over the constants, the key and the nonce's first 16 bytes,
+    /// without the final addition; the subkey is the first and the last row.
+    pub(super) fn subkey(key: &GenericArray<u8, U32>, nonce_head: &[u8]) -> [u32; 8] {
+        let [c0, c1, c2, c3] = super::CONSTANTS;
+        let [k0, k1, k2, k3, k4, k5, k6, k7] = super::le_words::<8>(key);
+        let [n0, n1, n2, n3] = super::le_words::<4>(nonce_head);
+        let [a, _, _, d] = rounds_by_rows([
+            u32x4(c0, c1, c2, c3),
+            u32x4(k0, k1, k2, k3),
+            u32x4(k4, k5, k6, k7),
+            u32x4(n0, n1, n2, n3),
+        ]);
+        let lane = |v: v128, i: usize| match i {
+            0 => u32x4_extract_lane::<0>(v),
+            1 => u32x4_extract_lane::<1>(v),
+            2 => u32x4_extract_lane::<2>(v),
+            _ => u32x4_extract_lane::<3>(v),
+        };
+        std::array::from_fn(|i| if i < 4 { lane(a, i) } else { lane(d, i - 4) })
     }
 
     /// Four consecutive blocks: lane k of `x[i]` is word i of block k.
@@ -276,6 +306,7 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chacha20::cipher::consts::U10;
     use chacha20::cipher::{StreamCipher, StreamCipherSeek};
     use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 
@@ -315,6 +346,20 @@ mod tests {
                 b.apply_keystream(&mut theirs);
                 assert_eq!(ours, theirs, "seed {seed}, length {len}, from byte {start}");
             }
+        }
+    }
+
+    #[test]
+    fn the_subkey_is_the_crates_hchacha20() {
+        for seed in 0..20u32 {
+            let key = bytes(seed, 32);
+            let nonce = bytes(seed + 50, 16);
+            let theirs = chacha20::hchacha::<U10>(key[..].into(), nonce[..].into());
+            assert_eq!(
+                subkey(key[..].into(), &nonce),
+                le_words::<8>(&theirs),
+                "seed {seed}"
+            );
         }
     }
 
