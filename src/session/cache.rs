@@ -5,6 +5,10 @@
 //! same session every time, so the result can be kept: a hit is a hash lookup. Lifetime and
 //! expiry are still checked on every request against the clock, and a cookie that does not
 //! open is never remembered (an attacker's garbage cannot fill the cache).
+//!
+//! Full, it evicts by second chance (the CLOCK algorithm): the oldest entry goes unless it
+//! was used since it was cached or last spared, so a user who keeps calling the API stays
+//! while sessions seen once make room. A hit only sets a flag.
 
 use super::contents::{NoSession, Session};
 use super::cookie::Jar;
@@ -12,6 +16,7 @@ use super::deny::DenyList;
 use super::seal::KeyRing;
 use crate::byte_loops;
 use std::borrow::Borrow;
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::rc::Rc;
@@ -106,12 +111,18 @@ impl HeadHasher {
     }
 }
 
+struct Entry {
+    session: Rc<Session>,
+    /// Used since it was cached or last spared by eviction.
+    used: Cell<bool>,
+}
+
 pub struct SessionCache {
     /// Sessions ended before their cookie: an opened session they name is no session.
     pub denied: DenyList,
     capacity: usize,
-    entries: HashMap<Sealed, Rc<Session>, BuildHasherDefault<HeadHasher>>,
-    /// Insertion order, for eviction (oldest first).
+    entries: HashMap<Sealed, Entry, BuildHasherDefault<HeadHasher>>,
+    /// Insertion order, for eviction (oldest first; a spared entry goes to the back).
     order: VecDeque<Sealed>,
 }
 
@@ -152,24 +163,43 @@ impl SessionCache {
     ) -> Result<Rc<Session>, NoSession> {
         let sealed = Session::sealed_in(name, jar)?;
         let value: &[u8] = &sealed;
-        if let Some(session) = self.entries.get(&value as &dyn SealedValue) {
-            return self.unless_denied(session);
+        if let Some(entry) = self.entries.get(&value as &dyn SealedValue) {
+            entry.used.set(true);
+            return self.unless_denied(&entry.session);
         }
         let session = Rc::new(Session::open_sealed(keys, name, value)?);
         if !self.denied.is_empty() && self.denied.denies(&session) {
             return Err(NoSession::LoggedOut);
         }
         if self.capacity > 0 {
-            let key = Sealed(Rc::from(value));
             if self.entries.len() >= self.capacity {
-                if let Some(oldest) = self.order.pop_front() {
-                    self.entries.remove(&oldest);
-                }
+                self.evict_one();
             }
+            let key = Sealed(Rc::from(value));
             self.order.push_back(key.clone());
-            self.entries.insert(key, Rc::clone(&session));
+            let entry = Entry {
+                session: Rc::clone(&session),
+                used: Cell::new(false),
+            };
+            self.entries.insert(key, entry);
         }
         Ok(session)
+    }
+}
+
+impl SessionCache {
+    /// Removes the oldest entry not used since it was cached or last spared; the used ones
+    /// it passes lose their flag and go to the back. Ends within one round of the queue.
+    fn evict_one(&mut self) {
+        while let Some(oldest) = self.order.pop_front() {
+            match self.entries.get(&oldest) {
+                Some(entry) if entry.used.replace(false) => self.order.push_back(oldest),
+                _ => {
+                    self.entries.remove(&oldest);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -211,6 +241,47 @@ mod tests {
         let second = cache.open(&keys, N, &jar(&a)).unwrap();
         assert!(Rc::ptr_eq(&first, &second));
         assert_eq!(first.subject, "alice");
+    }
+
+    #[test]
+    fn eviction_spares_the_sessions_in_use() {
+        let keys = KeyRing::from_base64_list(KEY_A).unwrap();
+        let mut cache = SessionCache::new(3);
+        let [a, b, c, d, e] = ["a", "bb", "ccc", "dddd", "eeeee"].map(|w| cookie(w, &keys));
+        for x in [&a, &b, &c] {
+            cache.open(&keys, N, &jar(x)).unwrap();
+        }
+        let first_a = cache.open(&keys, N, &jar(&a)).unwrap(); // a is in use
+        cache.open(&keys, N, &jar(&d)).unwrap(); // full: a is spared, b (the next oldest) goes
+        assert_eq!(cache.len(), 3);
+        assert!(Rc::ptr_eq(
+            &first_a,
+            &cache.open(&keys, N, &jar(&a)).unwrap()
+        ));
+        cache.open(&keys, N, &jar(&e)).unwrap(); // c goes (a was used again, but c is older)
+        assert!(Rc::ptr_eq(
+            &first_a,
+            &cache.open(&keys, N, &jar(&a)).unwrap()
+        ));
+        // b and c were evicted: opened anew, they are other sessions than before.
+        let order: Vec<String> = cache
+            .order
+            .iter()
+            .map(|k| String::from_utf8_lossy(&k.0).into_owned())
+            .collect();
+        assert_eq!(order.len(), 3);
+        for gone in [&b, &c] {
+            let value = gone.split_once('=').unwrap().1;
+            assert!(!order.iter().any(|k| k == value));
+        }
+        // When every entry is in use, one round clears the flags and the oldest goes.
+        let mut all_used = SessionCache::new(2);
+        for x in [&a, &b, &a, &b] {
+            all_used.open(&keys, N, &jar(x)).unwrap();
+        }
+        all_used.open(&keys, N, &jar(&c)).unwrap();
+        assert_eq!(all_used.len(), 2);
+        assert_eq!(all_used.order.len(), 2);
     }
 
     #[test]
