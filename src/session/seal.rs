@@ -4,7 +4,7 @@
 //! associated data so a value cannot be moved into another cookie.
 //!
 //! XChaCha20-Poly1305: wasm has no AES instructions, and ChaCha20 in portable code is several
-//! times faster than table-free software AES (see README, "Why XChaCha20-Poly1305"). The
+//! times faster than table-free software AES (see README, *Cookies*, "Sealing"). The
 //! 192-bit nonce makes random nonces safe for any number of cookies under one key.
 //! The keystream is computed four blocks at a time with wasm SIMD (`xchacha20`); the AEAD
 //! construction around it is the `chacha20poly1305` crate's.
