@@ -17,6 +17,7 @@ use crate::random;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
 use crate::session::cookie::{self, Jar};
+use crate::session::kept_id_token::KeptIdToken;
 use crate::session::{LoginTransaction, Session, TransactionError};
 use crate::url::{query_of, AbsoluteUrl};
 
@@ -402,7 +403,7 @@ fn try_finish(
         subject: claims.subject,
         created: now,
         last_seen: now,
-        id_token: Some(id_token.clone()),
+        id_token: Some(KeptIdToken::new(id_token.expose())),
         sid: random::token(ctx.rng, 16)
             .map_err(|_| Failure::Internal("no randomness for the session"))?,
         idp_sid: claims

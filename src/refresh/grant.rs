@@ -9,6 +9,7 @@ use crate::oidc::id_token::{self, Binding};
 use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::oidc::token::{self, TokenError};
 use crate::refresh::Outcome;
+use crate::session::kept_id_token::KeptIdToken;
 use crate::session::Session;
 
 /// The refresh-token grant for this session, if it has a refresh token.
@@ -75,7 +76,7 @@ pub fn finish_refresh(
             Binding::Subject(&session.subject),
         );
         match checked {
-            Ok(_) => renewed.id_token = Some(id_token.clone()),
+            Ok(_) => renewed.id_token = Some(KeptIdToken::new(id_token.expose())),
             // Keys rotated since we last read them (or none read yet): the access token is
             // still good (it came straight from the token endpoint); keep the claims we have.
             Err(e) if e.is_unknown_key() => {}
@@ -107,7 +108,7 @@ mod tests {
             subject: "alice".into(),
             created: 500,
             last_seen: 900,
-            id_token: Some(Secret::new(test_signer::sign(
+            id_token: Some(KeptIdToken::new(&test_signer::sign(
                 &json!({"sub": "alice", "name": "Alice"}),
             ))),
             sid: "sid-1".into(),

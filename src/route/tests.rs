@@ -5,6 +5,7 @@ use crate::oidc::discovery::test_provider;
 use crate::random::CountingRandom;
 use crate::refresh::{Outcome, RefreshId};
 use crate::secret::Secret;
+use crate::session::kept_id_token::KeptIdToken;
 use crate::session::KeyRing;
 
 pub fn headers(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -369,7 +370,7 @@ fn claims_go_upstream_as_headers_and_rules_decide() {
     v["bypass"] = serde_json::json!(["/private/healthz"]);
     let c = config_from(v);
     let mut s = refreshable(5000);
-    s.id_token = Some(Secret::new(crate::oidc::id_token::test_signer::sign(
+    s.id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
         &serde_json::json!({"sub": "alice", "groups": ["staff", "beta"]}),
     )));
     let cookie = cookie_of(&s);
@@ -510,7 +511,7 @@ fn a_rule_wanting_a_stronger_login_asks_for_a_step_up() {
     v["rules"] = serde_json::json!([{"prefix": "/private/refund", "acr": ["urn:example:mfa"], "max_auth_age_s": 300}]);
     let c = config_from(v);
     let mut s = refreshable(5000);
-    s.id_token = Some(Secret::new(crate::oidc::id_token::test_signer::sign(
+    s.id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
         &serde_json::json!({"sub": "alice", "acr": "urn:example:pwd", "auth_time": 900}),
     )));
     let cookie = cookie_of(&s);

@@ -4,6 +4,7 @@
 
 use super::chunks;
 use super::cookie::{self, Jar};
+use super::kept_id_token::KeptIdToken;
 use super::seal::{KeyRing, SealError};
 use super::wire;
 use crate::config::{CookieSettings, SessionLifetime};
@@ -35,7 +36,7 @@ pub struct Session {
     /// endpoint, rules, claim headers) and `id_token_hint` at logout. Kept whole rather than
     /// as claims plus token, which would double the cookie.
     #[serde(rename = "i", default)]
-    pub id_token: Option<Secret>,
+    pub id_token: Option<KeptIdToken>,
     /// A random id for this session, handed to the SPA for logout links (`?sid=`): a
     /// cross-site page cannot know it, so it cannot log the user out.
     #[serde(rename = "d", default)]
@@ -91,12 +92,9 @@ pub fn user_claims(
 impl Session {
     /// The user's claims, from the sealed ID token (protocol claims left out).
     pub fn claims(&self) -> serde_json::Map<String, serde_json::Value> {
-        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        use base64::Engine;
         self.id_token
             .as_ref()
-            .and_then(|t| t.expose().split('.').nth(1))
-            .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
+            .and_then(KeptIdToken::payload)
             .and_then(|json| serde_json::from_slice(&json).ok())
             .map(|all| user_claims(&all))
             .unwrap_or_default()
@@ -280,7 +278,7 @@ mod tests {
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         let mut s = session();
         let groups: Vec<String> = (0..400).map(|i| format!("team-{i}-readers")).collect();
-        s.id_token = Some(Secret::new(crate::oidc::id_token::test_signer::sign(
+        s.id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
             &json!({"sub": "alice", "groups": groups}),
         )));
         let cookies = s
@@ -372,7 +370,7 @@ mod tests {
     fn claims_come_from_the_sealed_id_token() {
         let mut s = session();
         assert!(s.claims().is_empty());
-        s.id_token = Some(Secret::new(crate::oidc::id_token::test_signer::sign(
+        s.id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
             &json!({"iss": "x", "nonce": "n", "sub": "alice", "email": "a@x"}),
         )));
         assert_eq!(

@@ -5,6 +5,7 @@ pub mod chunks;
 pub mod contents;
 pub mod cookie;
 pub mod deny;
+pub mod kept_id_token;
 pub mod seal;
 pub mod transaction;
 pub mod wire;

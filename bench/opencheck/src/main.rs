@@ -18,6 +18,7 @@ use chacha20::cipher::{KeyIvInit, StreamCipher};
 use envoy_bff::random::{Random, RandomUnavailable};
 use envoy_bff::secret::Secret;
 use envoy_bff::session::cache::SessionCache;
+use envoy_bff::session::kept_id_token::KeptIdToken;
 use envoy_bff::session::cookie::Jar;
 use envoy_bff::session::xchacha20::XChaCha20;
 use envoy_bff::session::{KeyRing, Session};
@@ -46,7 +47,7 @@ impl Random for XorShift {
 fn session() -> Session {
     let claims = r#"{"iss":"http://127.0.0.1:9000","sub":"alice-sub-0001","aud":"bff","exp":4102444800,"iat":1800000000,"nonce":"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn","at_hash":"hhhhhhhhhhhhhhhhhhhhhh","sid":"ssssssssssssssssssssssssssssssssssss","auth_time":1800000000,"email":"alice@example.com"}"#;
     let payload = base64_simd::URL_SAFE_NO_PAD.encode_to_string(claims);
-    let id_token = format!("eyJhbGciOiJSUzI1NiIsImtpZCI6ImsiLCJ0eXAiOiJKV1QifQ.{payload}.{}", "S".repeat(342));
+    let id_token = format!("eyJhbGciOiJSUzI1NiIsImtpZCI6ImsiLCJ0eXAiOiJKV1QifQ.{payload}.{}", "S".repeat(341) + "A");
     Session {
         access_token: Secret::new("A".repeat(43)),
         access_expires_at: 4_102_444_800,
@@ -54,7 +55,7 @@ fn session() -> Session {
         subject: "alice-sub-0001".into(),
         created: 1_800_000_000,
         last_seen: 1_800_000_000,
-        id_token: Some(Secret::new(id_token)),
+        id_token: Some(KeptIdToken::new(&id_token)),
         sid: "x".repeat(22),
         idp_sid: Some("s".repeat(36)),
     }
