@@ -33,8 +33,9 @@ pub struct Session {
     #[serde(rename = "l", default)]
     pub last_seen: u64,
     /// The ID token, verified before it was sealed here: the user's claims (session
-    /// endpoint, rules, claim headers) and `id_token_hint` at logout. Kept whole rather than
-    /// as claims plus token, which would double the cookie.
+    /// endpoint, rules, claim headers) and `id_token_hint` at logout. Kept whole (as its
+    /// parts' bytes: `kept_id_token`) rather than as claims plus token, which would double
+    /// the cookie.
     #[serde(rename = "i", default)]
     pub id_token: Option<KeptIdToken>,
     /// A random id for this session, handed to the SPA for logout links (`?sid=`): a

@@ -13,7 +13,7 @@ use super::xchacha20::XChaCha20Poly1305;
 use crate::random::{Random, RandomUnavailable};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XNonce};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -171,21 +171,17 @@ impl KeyRing {
         rng: &mut dyn Random,
     ) -> Result<String, SealError> {
         let key = self.keys.first().ok_or(SealError::Cipher)?;
-        let mut nonce = [0u8; NONCE_LEN];
-        rng.fill(&mut nonce).map_err(SealError::Random)?;
-        let ciphertext = key
+        // nonce ‖ plaintext, encrypted where it lies, then the tag: one buffer, as `open` reads it.
+        let mut blob = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+        blob.resize(NONCE_LEN, 0);
+        rng.fill(&mut blob).map_err(SealError::Random)?;
+        blob.extend_from_slice(plaintext);
+        let (nonce, message) = blob.split_at_mut(NONCE_LEN);
+        let tag = key
             .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: name.as_bytes(),
-                },
-            )
+            .encrypt_in_place_detached(XNonce::from_slice(nonce), name.as_bytes(), message)
             .map_err(|_| SealError::Cipher)?;
-        let mut blob = Vec::with_capacity(NONCE_LEN + ciphertext.len());
-        blob.extend_from_slice(&nonce);
-        blob.extend_from_slice(&ciphertext);
+        blob.extend_from_slice(&tag);
         Ok(format!(
             "{VERSION}.{}.{}",
             key.id,

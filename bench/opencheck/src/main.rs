@@ -11,7 +11,8 @@
 //! Parts: `base64` (the cookie body), `keystream` (XChaCha20 over the ciphertext), `poly1305`
 //! (the tag over it), `open` (the whole KeyRing::open and plaintext decode), `miss` (the session
 //! cache with 1,024 entries, 2,048 sessions in turn: every open misses), `hit` (one session
-//! again and again), `none` (the loop alone: the baseline). 20,000 repetitions put the
+//! again and again), `seal` (sealing the session, as a login or refresh does), `keep` (the ID
+//! token taken into the session: `KeptIdToken::new`), `none` (the loop alone: the baseline). 20,000 repetitions put the
 //! difference well above the run-to-run noise of Node's start (~1 M instructions).
 
 use chacha20::cipher::{KeyIvInit, StreamCipher};
@@ -72,6 +73,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let s = session();
+    let Some(id_token) = s.id_token.as_ref().map(|t| t.compact().expose().to_string()) else {
+        return ExitCode::from(1);
+    };
     let mut rng = XorShift(88_172_645_463_325_252);
     let sealed: Vec<String> = (0..2048)
         .filter_map(|_| s.seal(&keys, NAME, &mut rng).ok())
@@ -110,6 +114,12 @@ fn main() -> ExitCode {
             "hit" => {
                 let first = headers[0].as_bytes();
                 black_box(cache.open(&keys, NAME, &Jar::parse(Some(first))).is_ok());
+            }
+            "seal" => {
+                black_box(s.seal(&keys, NAME, &mut rng).is_ok());
+            }
+            "keep" => {
+                black_box(KeptIdToken::new(black_box(&id_token)));
             }
             "none" => {
                 black_box(header.len());
