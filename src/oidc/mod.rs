@@ -12,6 +12,7 @@ pub mod idp_request;
 pub mod jwks;
 pub mod jws;
 pub mod logout_token;
+mod montgomery;
 pub mod par;
 pub mod pkce;
 pub mod rsa_key;

@@ -2,19 +2,17 @@
 //! PS256/384/512 (RSASSA-PSS), RFC 8017 §8.1.2 and §8.2.2 with RFC 7518 §3.3 and §3.5.
 //!
 //! Our own kernel rather than the `rsa` crate's: measured in V8, one RS256 check (2048 bits)
-//! costs 1.7 M instructions here against 7.7 M with `rsa` 0.9 and 6.1 M with 0.10 (bench/run's
-//! variant h; bench/README.md).
-//! What makes the difference: 32-bit limbs (wasm multiplies 64-bit products natively, not
-//! 128-bit ones), Montgomery constants computed once per key when the JWKS is read, a squaring
-//! that forms each cross product once, and nothing constant-time: everything here is public
-//! (the key, the token, its signature), so the code may branch on it. Never use it for a
-//! private-key operation.
+//! costs 0.94 M instructions here against 7.7 M with `rsa` 0.9 and 6.1 M with 0.10 (bench/run's
+//! variant h; bench/README.md). The arithmetic (src/oidc/montgomery.rs) is wasm SIMD on 28-bit
+//! limbs with Montgomery constants computed once per key when the JWKS is read, and nothing
+//! constant-time: everything here is public (the key, the token, its signature), so the code
+//! may branch on it. Never use it for a private-key operation.
 //!
-//! Numbers are little-endian vectors of 32-bit limbs (least significant first). Tested against
-//! the Wycheproof vectors (`tests` below) and fuzzed against the `rsa` crate
+//! Tested against the Wycheproof vectors (`tests` below) and fuzzed against the `rsa` crate
 //! (fuzz/fuzz_targets/rsa_verify.rs).
 
 use super::jwks::Alg;
+use super::montgomery::Modulus;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// Modulus sizes accepted, in bits (inclusive): RFC 7518 §3.3 requires at least 2048; the
@@ -29,17 +27,10 @@ const MAX_EXPONENT: u64 = (1 << 33) - 1;
 /// An RSA public key, with what Montgomery multiplication needs precomputed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RsaKey {
-    /// The modulus; its most significant limb is not zero.
-    n: Vec<u32>,
-    /// `-n⁻¹ mod 2^32`: the low limb of an accumulator times it is the multiple of `n` that
-    /// clears that limb.
-    n0_inv: u32,
-    /// `R² mod n`, R = 2^(32·limbs): a Montgomery product with it enters Montgomery form.
-    rr: Vec<u32>,
+    n: Modulus,
     e: u64,
-    /// The modulus's size in bits, and in bytes (`k` in RFC 8017).
+    /// The modulus's size in bits.
     bits: usize,
-    k: usize,
 }
 
 impl RsaKey {
@@ -59,256 +50,26 @@ impl RsaKey {
         if !(MIN_BITS..=MAX_BITS).contains(&bits) {
             return None;
         }
-        let n = limbs_from_be(n_be);
-        let n0 = *n.first()?;
-        if n0 & 1 == 0 {
-            return None;
-        }
         Some(RsaKey {
-            n0_inv: neg_inverse_mod_2_32(n0),
-            rr: r_squared_mod(&n, bits),
+            n: Modulus::new(n_be)?,
             e,
             bits,
-            k: n_be.len(),
-            n,
         })
     }
 
     /// Whether `signature` is a valid `alg` signature of `input` (a JWS signing input).
     pub fn verify(&self, alg: Alg, input: &[u8], signature: &[u8]) -> bool {
-        let Some(em) = self.rsavp1(signature) else {
+        // RSAVP1 (§5.2.2) after §8.x.2 step 1: `None` unless the signature is `k` bytes and,
+        // as an integer, below `n`.
+        let Some(em) = self.n.pow(signature, self.e) else {
             return false;
         };
         match alg {
-            Alg::Rs256 | Alg::Rs384 | Alg::Rs512 => em == pkcs1v15_encoding(alg, input, self.k),
+            Alg::Rs256 | Alg::Rs384 | Alg::Rs512 => em == pkcs1v15_encoding(alg, input, self.n.k()),
             Alg::Ps256 | Alg::Ps384 | Alg::Ps512 => pss_verifies(alg, input, &em, self.bits - 1),
             Alg::Es256 | Alg::EdDsa => false,
         }
     }
-
-    /// RSAVP1 (§5.2.2) after §8.x.2 step 1: `signature^e mod n` as `k` big-endian bytes, or
-    /// `None` unless the signature is `k` bytes and, as an integer, below `n`.
-    fn rsavp1(&self, signature: &[u8]) -> Option<Vec<u8>> {
-        if signature.len() != self.k {
-            return None;
-        }
-        let s = limbs_from_be(signature);
-        if !less_than(&s, &self.n) {
-            return None;
-        }
-        Some(limbs_to_be(&self.pow(&s), self.k))
-    }
-
-    /// `s^e mod n` for `s < n`, left to right in Montgomery form. For e = 65537: one product to
-    /// enter, 16 squarings, and a last product by the plain `s`, which multiplies and leaves
-    /// Montgomery form at once (`s^(e−1)·R · s · R⁻¹ = s^e`).
-    fn pow(&self, s: &[u32]) -> Vec<u32> {
-        let len = self.n.len();
-        let mut wide = vec![0u32; 2 * len];
-        let mut acc = vec![0u32; len];
-        self.mont_mul(&mut acc, s, &self.rr, &mut wide);
-        let s_mont = acc.clone();
-        // The bits of e below the top one, high to low; the lowest (e is odd) is the last
-        // product.
-        let top = 63 - self.e.leading_zeros();
-        for i in (1..top).rev() {
-            self.mont_sqr(&mut acc, &mut wide);
-            if self.e >> i & 1 == 1 {
-                let squared = acc.clone();
-                self.mont_mul(&mut acc, &squared, &s_mont, &mut wide);
-            }
-        }
-        self.mont_sqr(&mut acc, &mut wide);
-        let squared = acc.clone();
-        self.mont_mul(&mut acc, &squared, s, &mut wide);
-        acc
-    }
-
-    /// `out = a·b·R⁻¹ mod n`, for `a, b < n`.
-    fn mont_mul(&self, out: &mut [u32], a: &[u32], b: &[u32], wide: &mut [u32]) {
-        mul_wide(wide, a, b);
-        self.reduce(out, wide);
-    }
-
-    /// `x = x²·R⁻¹ mod n`.
-    fn mont_sqr(&self, x: &mut [u32], wide: &mut [u32]) {
-        sqr_wide(wide, x);
-        self.reduce(x, wide);
-    }
-
-    /// Montgomery reduction: `out = t·R⁻¹ mod n` for `t < n·R` (`t` is overwritten). Each of
-    /// the `len` steps adds the multiple of `n` that clears the next low limb; the upper half
-    /// is then `(t + q·n)/R < 2n`, and one subtraction at most finishes.
-    fn reduce(&self, out: &mut [u32], t: &mut [u32]) {
-        let len = self.n.len();
-        let mut overflow = 0u32;
-        for i in 0..len {
-            let Some(window) = t.get_mut(i..) else {
-                return;
-            };
-            let Some(&low) = window.first() else {
-                return;
-            };
-            let m = low.wrapping_mul(self.n0_inv);
-            let mut carry = 0u64;
-            let (lower, upper) = window.split_at_mut(len);
-            for (tj, &nj) in lower.iter_mut().zip(&self.n) {
-                let x = u64::from(*tj) + u64::from(m) * u64::from(nj) + carry;
-                *tj = x as u32;
-                carry = x >> 32;
-            }
-            for tj in upper.iter_mut() {
-                if carry == 0 {
-                    break;
-                }
-                let x = u64::from(*tj) + carry;
-                *tj = x as u32;
-                carry = x >> 32;
-            }
-            overflow += carry as u32;
-        }
-        let Some(upper) = t.get(len..) else {
-            return;
-        };
-        out.copy_from_slice(upper);
-        if overflow != 0 || !less_than(out, &self.n) {
-            sub_in_place(out, &self.n);
-        }
-    }
-}
-
-/// `t = a·b`, schoolbook; `t` has `a.len() + b.len()` limbs.
-fn mul_wide(t: &mut [u32], a: &[u32], b: &[u32]) {
-    t.fill(0);
-    for (i, &bi) in b.iter().enumerate() {
-        let Some(row) = t.get_mut(i..i + a.len() + 1) else {
-            return;
-        };
-        let (row, top) = row.split_at_mut(a.len());
-        let mut carry = 0u64;
-        for (tj, &aj) in row.iter_mut().zip(a) {
-            let x = u64::from(*tj) + u64::from(aj) * u64::from(bi) + carry;
-            *tj = x as u32;
-            carry = x >> 32;
-        }
-        if let Some(top) = top.first_mut() {
-            *top = carry as u32;
-        }
-    }
-}
-
-/// `t = a²`: each cross product `a_i·a_j` (i < j) once, doubled by a shift, then the squares
-/// on the diagonal added: about half the limb products of [`mul_wide`].
-fn sqr_wide(t: &mut [u32], a: &[u32]) {
-    t.fill(0);
-    let len = a.len();
-    for (i, &ai) in a.iter().enumerate() {
-        let Some(row) = t.get_mut(2 * i + 1..i + len + 1) else {
-            continue;
-        };
-        let (row, top) = row.split_at_mut(len - i - 1);
-        let mut carry = 0u64;
-        for (tj, &aj) in row.iter_mut().zip(a.iter().skip(i + 1)) {
-            let x = u64::from(*tj) + u64::from(ai) * u64::from(aj) + carry;
-            *tj = x as u32;
-            carry = x >> 32;
-        }
-        if let Some(top) = top.first_mut() {
-            *top = carry as u32;
-        }
-    }
-    // Double (the top bit of a 2·len-limb square cannot be lost: a² < 2^(64·len)).
-    let mut high = 0u32;
-    for limb in t.iter_mut() {
-        let next = *limb >> 31;
-        *limb = (*limb << 1) | high;
-        high = next;
-    }
-    let mut carry = 0u64;
-    for (i, &ai) in a.iter().enumerate() {
-        let square = u64::from(ai) * u64::from(ai);
-        for (j, part) in [square as u32, (square >> 32) as u32]
-            .into_iter()
-            .enumerate()
-        {
-            if let Some(tj) = t.get_mut(2 * i + j) {
-                let x = u64::from(*tj) + u64::from(part) + carry;
-                *tj = x as u32;
-                carry = x >> 32;
-            }
-        }
-    }
-}
-
-/// `a < b`, for numbers of the same length.
-fn less_than(a: &[u32], b: &[u32]) -> bool {
-    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
-        if x != y {
-            return x < y;
-        }
-    }
-    false
-}
-
-/// `a -= b` modulo 2^(32·len) (callers subtract only where the true result is not negative,
-/// counting a carry held outside `a`).
-fn sub_in_place(a: &mut [u32], b: &[u32]) {
-    let mut borrow = 0u64;
-    for (x, &y) in a.iter_mut().zip(b) {
-        let d = u64::from(*x)
-            .wrapping_sub(u64::from(y))
-            .wrapping_sub(borrow);
-        *x = d as u32;
-        borrow = (d >> 63) & 1;
-    }
-}
-
-/// `-x⁻¹ mod 2^32` for odd `x`, by Newton's iteration (each step doubles the correct low
-/// bits; `x` itself is right to 3 bits, as odd squares are 1 mod 8).
-fn neg_inverse_mod_2_32(x: u32) -> u32 {
-    let mut y = x;
-    for _ in 0..4 {
-        y = y.wrapping_mul(2u32.wrapping_sub(x.wrapping_mul(y)));
-    }
-    y.wrapping_neg()
-}
-
-/// `R² mod n` (R = 2^(32·len)) for a modulus of `bits` bits: from 2^(bits−1) < n, doubled
-/// modulo n up to 2^(64·len). A few thousand shift-and-subtracts, once per key.
-fn r_squared_mod(n: &[u32], bits: usize) -> Vec<u32> {
-    let len = n.len();
-    let mut x = vec![0u32; len];
-    let top = bits - 1;
-    if let Some(limb) = x.get_mut(top / 32) {
-        *limb = 1 << (top % 32);
-    }
-    for _ in top..64 * len {
-        let mut carry = 0u32;
-        for limb in x.iter_mut() {
-            let next = *limb >> 31;
-            *limb = (*limb << 1) | carry;
-            carry = next;
-        }
-        if carry != 0 || !less_than(&x, n) {
-            sub_in_place(&mut x, n);
-        }
-    }
-    x
-}
-
-fn limbs_from_be(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .rchunks(4)
-        .map(|chunk| chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)))
-        .collect()
-}
-
-/// The number as exactly `k` big-endian bytes (it is below a `k`-byte modulus).
-fn limbs_to_be(limbs: &[u32], k: usize) -> Vec<u8> {
-    let mut out: Vec<u8> = limbs.iter().rev().flat_map(|l| l.to_be_bytes()).collect();
-    let excess = out.len().saturating_sub(k);
-    out.drain(..excess);
-    out
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
@@ -428,31 +189,6 @@ fn mgf1(alg: Alg, seed: &[u8], len: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn montgomery_helpers() {
-        for x in [1u32, 3, 0xffff_ffff, 0x1234_5679, 0x8000_0001] {
-            assert_eq!(x.wrapping_mul(neg_inverse_mod_2_32(x)), u32::MAX);
-        }
-        let be: Vec<u8> = (1..=13).collect();
-        assert_eq!(
-            limbs_from_be(&be),
-            [0x0a0b0c0d, 0x06070809, 0x02030405, 0x01]
-        );
-        assert_eq!(limbs_to_be(&limbs_from_be(&be), 13), be);
-        // Squaring agrees with multiplying, carries and all.
-        for a in [
-            vec![u32::MAX; 5],
-            vec![1, 0, 0, 0x8000_0000],
-            vec![0x1234_5678, 0x9abc_def0, 0xffff_ffff, 7],
-        ] {
-            let mut product = vec![0; 2 * a.len()];
-            let mut square = vec![0; 2 * a.len()];
-            mul_wide(&mut product, &a, &a);
-            sqr_wide(&mut square, &a);
-            assert_eq!(square, product, "{a:x?}");
-        }
-    }
 
     // --- Wycheproof ----------------------------------------------------------------------
 
