@@ -220,13 +220,20 @@ impl Modulus {
         let n = self.digits(&self.n);
         let digits = out.get_mut(FRONT..FRONT + l).unwrap_or_default();
         let upper = work.t.get_mut(l..).unwrap_or_default();
+        let (upper, above) = upper.split_at_mut(l.min(upper.len()));
+        // Zeroed as read: a separate fill would be a `memory.fill`, a call out of wasm in V8.
         let mut carry = 0u64;
-        for (o, t) in digits.iter_mut().zip(upper.iter()) {
+        for (o, t) in digits.iter_mut().zip(upper.iter_mut()) {
             let x = *t + carry;
             *o = (x & MASK) as u32;
             carry = x >> BITS;
+            *t = 0;
         }
-        upper.fill(0);
+        // Columns 2l and up: zero, but for a bit a settling of the carries may have moved there.
+        for t in above.iter_mut() {
+            carry |= *t;
+            *t = 0;
+        }
         work.units = 0;
         if carry != 0 || !less_than(digits, n) {
             sub_in_place(digits, n);
