@@ -119,8 +119,11 @@ def check_prerequisites() -> None:
 
 
 def wait_envoy_ready(envoy, timeout: float = 30.0) -> None:
-    """Envoy prints no ready line; its admin /ready answers 200 once listeners are up."""
+    """Envoy prints no ready line; its admin /ready answers 200 once listeners are up. Any
+    failed try (refused, or no answer within the one-second per-try timeout, as on a busy
+    machine) is retried up to the deadline."""
     deadline = time.monotonic() + timeout
+    last = "no try made"
     while time.monotonic() < deadline:
         if not envoy.running():
             raise ProcessStartError(f"envoy exited with {envoy.popen.poll()} during start-up; "
@@ -129,11 +132,15 @@ def wait_envoy_ready(envoy, timeout: float = 30.0) -> None:
             r = requests.get(f"http://127.0.0.1:{ADMIN_PORT}/ready", timeout=1)
             if r.status_code == 200:
                 return
+            last = f"answered {r.status_code}"
+        except requests.Timeout:
+            last = "no answer within the per-try timeout"
         except requests.RequestException:
-            pass  # not listening yet, or too busy to answer within the try: retry to the deadline
+            last = "connection refused or reset"
         time.sleep(0.1)
     raise ProcessStartError(f"envoy not ready within {timeout}s (admin /ready on port {ADMIN_PORT} "
-                            f"did not answer 200); log {envoy.log_path}:\n{envoy.output()}")
+                            f"did not answer 200; last try: {last}); log {envoy.log_path}:\n"
+                            f"{envoy.output()}")
 
 
 def real_idp() -> dict | None:

@@ -280,17 +280,34 @@ def run_envoy(procs: ProcessGroup, bootstrap: dict, name: str, env: dict | None 
 
 
 def wait_ready(envoy: Envoy, timeout: float = 30.0) -> None:
+    """Until Envoy's admin /ready answers 200: any failed try (refused, reset, or a stall past
+    the one-second per-try timeout, as on a busy machine) is retried up to the deadline, and
+    the error then names what did not answer and how the last try failed."""
     deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{envoy.admin_port}/ready"
+    last = "no try made"
     while time.monotonic() < deadline:
         if not envoy.alive():
             raise RuntimeError(f"envoy exited during start-up:\n{envoy.log()}")
         try:
-            if requests.get(f"http://127.0.0.1:{envoy.admin_port}/ready", timeout=1).status_code == 200:
+            r = requests.get(url, timeout=1)
+            if r.status_code == 200:
                 return
-        except (requests.ConnectionError, requests.Timeout):
-            pass  # not listening yet, or busy compiling the wasm module
+            last = f"answered {r.status_code}"
+        except requests.RequestException as exc:
+            last = describe_failed_try(exc)
         time.sleep(0.1)
-    raise RuntimeError(f"envoy not ready within {timeout}s:\n{envoy.log()}")
+    raise RuntimeError(f"envoy not ready within {timeout}s: admin {url} did not answer 200 "
+                       f"(last try: {last}):\n{envoy.log()}")
+
+
+def describe_failed_try(exc: requests.RequestException) -> str:
+    """A failed request in a few words (not the exception's repr, which reads as a crash)."""
+    if isinstance(exc, requests.Timeout):
+        return "no answer within the per-try timeout"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection refused or reset"
+    return type(exc).__name__
 
 
 def wait_exit(process: Process, timeout: float = 30.0) -> int | None:
