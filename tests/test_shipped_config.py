@@ -222,3 +222,55 @@ def test_the_demo_config_for_a_real_idp_validates(tmp_path, monkeypatch):
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "configured for issuer https://login.example.com/realms/demo" in r.stdout + r.stderr
+
+
+def readme_blocks(section: str, lang: str) -> list[str]:
+    """The fenced `lang` blocks of the README's `## section`."""
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{lang}\n(.*?)```", body, re.S)
+
+
+@pytest.mark.parametrize("configuration", ["minimal", "nested"])
+def test_the_readmes_minimal_envoy_yaml_validates(tmp_path, configuration):
+    """README, Minimal envoy.yaml: its filter entry and its `idp` cluster, put in a listener,
+    pass `envoy --mode validate` (the filter's configuration check included); so does the
+    Configuration section's example of nested settings in that filter entry."""
+    filters_yaml, clusters_yaml = readme_blocks("Minimal envoy.yaml", "yaml")
+    filters = yaml.safe_load(filters_yaml)["http_filters"]
+    clusters = yaml.safe_load(clusters_yaml)["clusters"]
+    assert [c["name"] for c in clusters] == ["idp"]
+    if configuration == "nested":
+        (example,) = readme_blocks("Configuration", "json")
+        filters[0]["typed_config"]["config"]["configuration"]["value"] = example
+    bootstrap = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "main",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                 "http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "normalize_path": True,
+                        "merge_slashes": True,
+                        "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "app", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"},
+                                        "direct_response": {"status": 200}}]}]},
+                        "http_filters": filters,
+                    }}]}],
+            }],
+            "clusters": clusters,
+        },
+    }
+    path = tmp_path / "readme-envoy.yaml"
+    path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+    r = validate(path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "configured for issuer https://idp.example.com" in out, out
