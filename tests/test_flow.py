@@ -7,8 +7,10 @@ import re
 import requests
 
 from harness import SESSION
-from harness.envoy import Browser, filter_config, query_of, set_cookies, start_envoy
+from harness.envoy import (SECRETS, Browser, envoy_bootstrap, filter_config, query_of, run_envoy,
+                           set_cookies, start_envoy)
 from harness.idp import jwt_parts, login_at_idp, start_idp
+from harness.procs import free_port
 from harness.upstream import start_echo
 
 
@@ -173,6 +175,31 @@ def test_requests_outside_the_prefix_pass_untouched(stack):
     # Not fooled by a look-alike prefix.
     seen = upstream_view(requests.get(stack.envoy.url("/privateer"), timeout=10))
     assert "authorization" not in seen["headers"]
+
+
+def test_a_route_that_rewrites_host_causes_no_login_loop(procs, stack):
+    """Envoy's own OAuth2 filter has looped on logins behind a route that rewrites `Host`. This
+    filter runs before the router, so it sees the browser's `Host`: one login, then the API gets
+    the rewritten `Host` with the token, and the next navigation is served, not sent back to the
+    IdP."""
+    port = free_port()
+    idp = start_idp(procs, [f"http://127.0.0.1:{port}/private/callback"])
+    bootstrap = envoy_bootstrap(port, free_port(), stack.echo_port, idp.port,
+                                filter_config(idp.issuer))
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    (route,) = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    route["route"]["host_rewrite_literal"] = "api.internal"
+    envoy = run_envoy(procs, bootstrap, "envoy-host-rewrite", env=SECRETS)
+    b = Browser(envoy)
+    r = b.login("/private/reports")
+    assert r.status_code == 302 and r.headers["Location"] == "/private/reports"
+    page = upstream_view(b.get("/private/reports"))
+    assert page["headers"]["host"] == "api.internal"
+    assert page["headers"]["authorization"].startswith("Bearer ")
+    api = upstream_view(b.get("/private/api/items", navigate=False))
+    assert api["headers"]["host"] == "api.internal"
+    counters = envoy.counters()
+    assert counters["logins_started"] == 1 and counters["callbacks_ok"] == 1, counters
 
 
 # --- behind a load balancer, with the seed's header format -----------------------------------
