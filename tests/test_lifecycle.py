@@ -339,6 +339,41 @@ def test_a_big_session_is_chunked_and_stale_chunks_go(procs):
     assert token_upstream(b).startswith("Bearer ")
 
 
+def test_sessions_die_of_inactivity_and_of_their_maximum_lifetime(procs):
+    """In Envoy, with the shortest settings (60 s without a request, 100 s in all): an idle
+    session ends after its window although a busy one lives on (its cookie slid), and the busy
+    one ends at its maximum lifetime however active. A dead session's API call gets 401 and
+    its cookie deleted. About 105 s of waiting."""
+    idp, envoy = start(procs, name="envoy-session-ends",
+                       session={"max_lifetime_s": 100, "inactivity_timeout_s": 60})
+    idle, busy = Browser(envoy), Browser(envoy)
+    idle.login()
+    busy.login()
+    t0 = time.monotonic()  # both sessions were created (and last seen) before this
+
+    def at(seconds: float) -> None:
+        time.sleep(max(0.0, t0 + seconds - time.monotonic()))
+
+    def call(b: Browser):
+        return b.get("/private/api/me", navigate=False)
+
+    at(35)  # past half the window: the busy session's cookie slides
+    r = call(busy)
+    assert r.status_code == 200 and SESSION in set_cookies(r), r.headers
+    at(62)
+    r = call(idle)
+    assert r.status_code == 401, r.text
+    assert set_cookies(r)[SESSION]["attrs"]["max-age"] == "0"
+    assert call(busy).status_code == 200, "the slid window ends at ~95 s"
+    at(80)
+    r = call(busy)
+    assert r.status_code == 200 and SESSION in set_cookies(r)
+    at(102)  # still within the window slid at 80 s, but past the maximum lifetime
+    r = call(busy)
+    assert r.status_code == 401, r.text
+    assert set_cookies(r)[SESSION]["attrs"]["max-age"] == "0"
+
+
 def test_an_unchanged_session_is_not_rewritten(procs):
     """Lifetime limits are enforced from inside the sealed session (unit-tested in
     src/session/contents.rs); here: a call that changes nothing sets no cookie."""

@@ -129,9 +129,9 @@ impl Session {
     /// Whether the session is still alive at `now`, and what it needs.
     ///
     /// The inactivity window slides only when a quarter of it has passed since the cookie
-    /// was last written (at least a minute), so a busy SPA does not get a new cookie on every
-    /// call; an idle session therefore ends between 3/4 and all of the timeout after its last
-    /// request.
+    /// was last written (at least a minute, at most half the window), so a busy SPA does not
+    /// get a new cookie on every call; an idle session therefore ends between 3/4 (1/2 for
+    /// windows under four minutes) and all of the timeout after its last request.
     pub fn check(&self, now: u64, lifetime: &SessionLifetime) -> Result<Upkeep, NoSession> {
         if now >= self.created.saturating_add(lifetime.max_lifetime) {
             return Err(NoSession::TooOld);
@@ -148,7 +148,11 @@ impl Session {
                 return Err(NoSession::Expired);
             }
         }
-        let step = (lifetime.inactivity_timeout / 4).max(60);
+        // At most half the window: with the minimum one (60 s), a step of a minute would never
+        // slide it before it ran out, and an active session would end as an idle one.
+        let step = (lifetime.inactivity_timeout / 4)
+            .max(60)
+            .min(lifetime.inactivity_timeout / 2);
         if now >= self.last_seen.saturating_add(step) {
             return Ok(Upkeep::Rewrite);
         }
@@ -365,6 +369,27 @@ mod tests {
             Ok(Upkeep::Refresh),
             "expired but refreshable"
         );
+    }
+
+    #[test]
+    fn the_shortest_inactivity_window_slides_before_it_runs_out() {
+        let l = SessionLifetime {
+            max_lifetime: 3600,
+            inactivity_timeout: 60,
+            refresh_leeway: 0,
+        };
+        let mut s = session(); // created and last seen at 1000
+        s.access_expires_at = 100_000;
+        assert_eq!(s.check(1029, &l), Ok(Upkeep::None));
+        assert_eq!(s.check(1030, &l), Ok(Upkeep::Rewrite), "half the window");
+        assert_eq!(s.check(1060, &l), Err(NoSession::Idle));
+        // A two-minute window slides after a minute, as before.
+        let l = SessionLifetime {
+            inactivity_timeout: 120,
+            ..l
+        };
+        assert_eq!(s.check(1059, &l), Ok(Upkeep::None));
+        assert_eq!(s.check(1060, &l), Ok(Upkeep::Rewrite));
     }
 
     #[test]
