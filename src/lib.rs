@@ -27,6 +27,8 @@ pub mod rules;
 pub mod secret;
 pub mod session;
 pub mod store;
+#[cfg(test)]
+mod test_pattern;
 pub mod url;
 
 #[cfg(target_arch = "wasm32")]

@@ -442,13 +442,7 @@ mod tests {
 
     #[test]
     fn small_moduli_agree_with_u128_arithmetic() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::test_pattern::numbers(1);
         for _ in 0..2000 {
             let bits = 2 + next() % 63;
             let n = (next() >> (64 - bits)) | 1 | (1 << (bits - 1));
@@ -478,16 +472,10 @@ mod tests {
     #[test]
     fn rsa_sizes_agree_with_the_rsa_crate() {
         use rsa::BigUint;
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut bytes = |len: usize| -> Vec<u8> {
-            (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
+        let mut seed = 0;
+        let mut bytes = |len: usize| {
+            seed += 1;
+            crate::test_pattern::bytes(seed, len)
         };
         for bits in [2048, 2052, 2136, 3072, 4100] {
             for round in 0..3 {

@@ -306,26 +306,14 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_pattern::bytes;
     use chacha20::cipher::consts::U10;
     use chacha20::cipher::{StreamCipher, StreamCipherSeek};
     use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 
-    /// A deterministic byte pattern (no rand in the tests' dependencies).
-    fn bytes(seed: u32, n: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn the_keystream_is_the_crates_for_every_length_and_offset() {
-        for seed in 0..12u32 {
+        for seed in 0..12u64 {
             let key = bytes(seed, 32);
             let nonce = bytes(seed + 100, 24);
             for len in [
@@ -334,7 +322,7 @@ mod tests {
                 let msg = bytes(seed + 200, len);
                 let mut ours = msg.clone();
                 let mut theirs = msg.clone();
-                let start = (seed as u64 * 37) % 200;
+                let start = (seed * 37) % 200;
                 let mut a = XChaCha20::new(key[..].into(), nonce[..].into());
                 let mut b = chacha20::XChaCha20::new(key[..].into(), nonce[..].into());
                 a.seek(start);
@@ -351,7 +339,7 @@ mod tests {
 
     #[test]
     fn the_subkey_is_the_crates_hchacha20() {
-        for seed in 0..20u32 {
+        for seed in 0..20u64 {
             let key = bytes(seed, 32);
             let nonce = bytes(seed + 50, 16);
             let theirs = chacha20::hchacha::<U10>(key[..].into(), nonce[..].into());
