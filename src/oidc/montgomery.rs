@@ -418,7 +418,8 @@ fn limbs_to_be(limbs: &[u32], k: usize) -> Vec<u8> {
     out
 }
 
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
+/// The big-endian number without its leading zero bytes.
+pub(super) fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
     let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
     bytes.get(first..).unwrap_or_default()
 }

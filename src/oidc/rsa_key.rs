@@ -2,7 +2,7 @@
 //! PS256/384/512 (RSASSA-PSS), RFC 8017 §8.1.2 and §8.2.2 with RFC 7518 §3.3 and §3.5.
 //!
 //! Our own kernel rather than the `rsa` crate's: measured in V8, one RS256 check (2048 bits)
-//! costs 0.94 M instructions here against 7.7 M with `rsa` 0.9 and 6.1 M with 0.10 (bench/run's
+//! costs 0.98 M instructions here against 7.7 M with `rsa` 0.9 and 6.1 M with 0.10 (bench/run's
 //! variant h; bench/README.md). The arithmetic (src/oidc/montgomery.rs) is wasm SIMD on 28-bit
 //! limbs with Montgomery constants computed once per key when the JWKS is read, and nothing
 //! constant-time: everything here is public (the key, the token, its signature), so the code
@@ -12,7 +12,7 @@
 //! (fuzz/fuzz_targets/rsa_verify.rs).
 
 use super::jwks::Alg;
-use super::montgomery::Modulus;
+use super::montgomery::{strip_leading_zeros, Modulus};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 /// Modulus sizes accepted, in bits (inclusive): RFC 7518 §3.3 requires at least 2048; the
@@ -70,11 +70,6 @@ impl RsaKey {
             Alg::Es256 | Alg::EdDsa => false,
         }
     }
-}
-
-fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
-    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    bytes.get(first..).unwrap_or_default()
 }
 
 /// The hash of the concatenated `parts` with `alg`'s function (SHA-256/384/512).
