@@ -8,6 +8,7 @@ forger    the forging OpenID Provider (tests/upstream/forging_idp.py) and a logi
 envoy     a real Envoy with the filter, and a browser that keeps cookies
 lb        a plain Envoy load balancer in front of several BFF Envoys
 etcd      a real etcd cluster on loopback (the replicas' store), its client, its Envoy cluster
+registry  a real container registry on loopback (the module's OCI image), and skopeo
 stack     one deployment: the echo upstream, the IdP and Envoy wired to each other
 jws       compact JWS by hand: decode, JWK -> public key, verify (RS256, PS256, ES256, EdDSA)
 
