@@ -687,7 +687,9 @@ mod tests {
     fn token_endpoint_failures() {
         let c = config_from(minimal_json());
         let cases: Vec<(Option<u16>, String, u16)> = vec![
-            (None, String::new(), 504),
+            // Reset with no answer (e.g. over Envoy's async buffer limit), and Envoy's timeout.
+            (None, String::new(), 502),
+            (Some(504), "upstream request timeout".into(), 504),
             (Some(500), "oops".into(), 502),
             (Some(400), r#"{"error":"invalid_grant"}"#.into(), 502),
             (Some(200), "garbage".into(), 502),

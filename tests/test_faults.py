@@ -9,12 +9,13 @@ import time
 
 import pytest
 import requests
+import yaml
 
 from harness import CLIENT_SECRET, SESSION
 from harness.envoy import (IDP_IDLE_TIMEOUT_S, KEY_B, Browser, filter_config, query_of, set_cookies,
                            start_envoy)
 from harness.idp import start_idp
-from harness.procs import free_port
+from harness.procs import REPO, free_port
 from harness.stack import Stack
 from harness.upstream import start_echo, start_faulty_idp
 
@@ -194,6 +195,44 @@ def test_token_endpoint_faults(faulty, mode, status, words):
         assert SESSION not in b.jar, "no session from a failed exchange"
         assert not [n for n in b.jar if ".tx." in n], "transaction dropped"
     assert_still_serving(envoy)
+
+
+# envoy/envoy.yaml's runtime layer: Envoy resets an async call whose answer passes 256 KiB.
+SHIPPED_RUNTIME = yaml.safe_load((REPO / "envoy" / "envoy.yaml").read_text())[
+    "layered_runtime"]["layers"][0]["static_layer"]
+
+
+@pytest.mark.parametrize("runtime", [None, SHIPPED_RUNTIME], ids=["envoy-default", "shipped"])
+def test_envoy_stops_reading_a_flooding_token_endpoint_early(procs, runtime):
+    """A 16 MiB token response: with Envoy's default the whole answer is read and held before
+    the filter refuses it; with the shipped runtime value Envoy resets the call past 256 KiB,
+    and the login still fails cleanly."""
+    port = start_faulty_idp(procs, name="faulty-flood")
+    issuer = f"http://127.0.0.1:{port}"
+    config = filter_config(issuer, discovery=False, jwks_uri=f"{issuer}/jwks")
+    envoy = start_envoy(procs, config, start_echo(procs), port, name="envoy-flood",
+                        runtime=runtime)
+    requests.post(f"{issuer}/mode", data="flood", timeout=5)
+    b = Browser(envoy)
+    state = query_of(b.get("/private/login").headers["Location"])["state"]
+    r = b.get(f"/private/callback?code=some-code&state={state}", navigate=False)
+    assert r.status_code == 502, r.text
+    assert len(r.content) < 2000 and SESSION not in b.jar
+    deadline = time.monotonic() + 10
+    while (flood := requests.get(f"{issuer}/calls", timeout=5).json()["flood"]) is None:
+        assert time.monotonic() < deadline, "the fault server never finished its answer"
+        time.sleep(0.1)
+    exceeded = "buffer size limit for async client response body has been exceeded"
+    if runtime is None:
+        assert flood["whole"], flood  # Envoy read all 16 MiB
+        assert exceeded not in envoy.log()
+        assert "unusable" in r.json()["message"]  # the filter's own 256 KiB cut
+    else:
+        assert not flood["whole"] and flood["sent"] < 12 * 1024 * 1024, flood
+        assert exceeded in envoy.log()
+        assert "answer broke off" in r.json()["message"]
+    assert_still_serving(envoy)
+    envoy.process.stop()
 
 
 def test_the_code_exchange_request_is_well_formed(faulty):

@@ -236,10 +236,13 @@ def test_the_readmes_minimal_envoy_yaml_validates(tmp_path, configuration):
     """README, Minimal envoy.yaml: its filter entry and its `idp` cluster, put in a listener,
     pass `envoy --mode validate` (the filter's configuration check included); so does the
     Configuration section's example of nested settings in that filter entry."""
-    filters_yaml, clusters_yaml = readme_blocks("Minimal envoy.yaml", "yaml")
+    filters_yaml, clusters_yaml, runtime_yaml = readme_blocks("Minimal envoy.yaml", "yaml")
     filters = yaml.safe_load(filters_yaml)["http_filters"]
     clusters = yaml.safe_load(clusters_yaml)["clusters"]
     assert [c["name"] for c in clusters] == ["idp"]
+    runtime = yaml.safe_load(runtime_yaml)["layered_runtime"]
+    shipped = yaml.safe_load((REPO / "envoy" / "envoy.yaml").read_text())["layered_runtime"]
+    assert runtime == shipped
     if configuration == "nested":
         (example,) = readme_blocks("Configuration", "json")
         filters[0]["typed_config"]["config"]["configuration"]["value"] = example
@@ -267,6 +270,7 @@ def test_the_readmes_minimal_envoy_yaml_validates(tmp_path, configuration):
             }],
             "clusters": clusters,
         },
+        "layered_runtime": runtime,
     }
     path = tmp_path / "readme-envoy.yaml"
     path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))

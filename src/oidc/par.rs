@@ -12,7 +12,10 @@ use std::fmt;
 pub enum ParError {
     /// The IdP is to be pushed to, but announces no `pushed_authorization_request_endpoint`.
     NoEndpoint,
+    /// No answer in time (Envoy's local 504).
     Unreachable,
+    /// Reset with no complete answer (as `TokenError::Cut`).
+    Cut,
     /// A 4xx with an OAuth error code (RFC 9126 §2.3).
     Refused {
         status: u16,
@@ -33,6 +36,10 @@ impl fmt::Display for ParError {
             ParError::Unreachable => {
                 f.write_str("the pushed authorization request endpoint did not answer in time")
             }
+            ParError::Cut => f.write_str(
+                "the pushed authorization request endpoint's answer broke off (a reset, or an \
+                 answer over the size limit)",
+            ),
             ParError::Refused { status, error } => write!(
                 f,
                 "the identity provider refused the pushed authorization request ({status} {error})"
@@ -67,7 +74,7 @@ struct RawError {
 
 /// The `request_uri` of a pushed request (RFC 9126 §2.2: `201 Created`; `200` accepted too).
 pub fn parse_response(answer: &IdpAnswer) -> Result<String, ParError> {
-    let status = answer.status.ok_or(ParError::Unreachable)?;
+    let status = answer.status.ok_or(ParError::Cut)?;
     match status {
         200 | 201 => {}
         504 => return Err(ParError::Unreachable),
@@ -152,10 +159,7 @@ mod tests {
                 error: "unknown_error".into()
             })
         );
-        assert_eq!(
-            parse_response(&IdpAnswer::none()),
-            Err(ParError::Unreachable)
-        );
+        assert_eq!(parse_response(&IdpAnswer::none()), Err(ParError::Cut));
         assert_eq!(
             parse_response(&IdpAnswer::of(504, "")),
             Err(ParError::Unreachable)

@@ -74,8 +74,11 @@ struct RawTokenError {
 /// Why the token endpoint gave us nothing usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
-    /// No answer in time, or the connection failed.
+    /// No answer in time (Envoy's local 504 for a call past its timeout, or a gateway's).
     Unreachable,
+    /// The call was reset with no complete answer: the connection broke mid-answer, or the
+    /// answer passed Envoy's buffer limit for async calls (`http.async_response_buffer_limit`).
+    Cut,
     /// A 4xx with an OAuth error code, e.g. `invalid_grant` (RFC 6749 §5.2).
     Refused { status: u16, error: String },
     /// A status outside 2xx/4xx.
@@ -88,6 +91,9 @@ impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TokenError::Unreachable => f.write_str("the token endpoint did not answer in time"),
+            TokenError::Cut => f.write_str(
+                "the token endpoint's answer broke off (a reset, or an answer over the size limit)",
+            ),
             TokenError::Refused { status, error } => {
                 write!(
                     f,
@@ -117,7 +123,7 @@ pub fn parse_for(
     body: &[u8],
     dpop: bool,
 ) -> Result<TokenResponse, TokenError> {
-    let status = status.ok_or(TokenError::Unreachable)?;
+    let status = status.ok_or(TokenError::Cut)?;
     match status {
         200 => {}
         // Envoy answers a call that timed out with a local 504, and a gateway in front of the
@@ -255,6 +261,10 @@ mod tests {
     fn every_failure_is_a_value() {
         assert_eq!(
             parse_token_response(None, b"").unwrap_err(),
+            TokenError::Cut
+        );
+        assert_eq!(
+            parse_token_response(Some(504), b"upstream request timeout").unwrap_err(),
             TokenError::Unreachable
         );
         assert_eq!(

@@ -245,9 +245,10 @@ def start_envoy(procs: ProcessGroup, config: dict | list[dict], upstream_port: i
                 concurrency: int = 2, wait: bool = True, timeout: float = 30.0,
                 name: str = "envoy", port: int | None = None, edge: bool = True,
                 before: list[dict] = (), extra_env: dict | None = None,
-                clusters: list[dict] = ()) -> Envoy:
+                clusters: list[dict] = (), runtime: dict | None = None) -> Envoy:
     """Start Envoy with the filter; secrets reach the VM through Envoy's own environment
-    (`extra_env`: more of them, e.g. a second filter instance's client secret)."""
+    (`extra_env`: more of them, e.g. a second filter instance's client secret). `runtime`:
+    Envoy runtime values, as a static layer (envoy/envoy.yaml's `layered_runtime`)."""
     if not WASM.exists():
         raise RuntimeError(f"{WASM} is missing: build it with scripts/build-wasm")
     listen_port, admin_port = port or free_port(), free_port()
@@ -255,6 +256,8 @@ def start_envoy(procs: ProcessGroup, config: dict | list[dict], upstream_port: i
     bootstrap = envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config,
                                 edge=edge, before=before, env_keys=tuple(env),
                                 clusters=clusters)
+    if runtime:
+        bootstrap["layered_runtime"] = {"layers": [{"name": "static", "static_layer": runtime}]}
     return run_envoy(procs, bootstrap, name, concurrency=concurrency, wait=wait, timeout=timeout,
                      env=env,
                      log_args=("--log-level", "info", "--component-log-level", "wasm:debug"))

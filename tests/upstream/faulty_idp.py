@@ -9,6 +9,8 @@ POST /mode with the mode name as body picks what POST /token does next:
   500             500 with an HTML body
   garbage         200 with bytes that are not JSON
   huge            200 with a 1 MiB JSON string
+  flood           200 with a 16 MiB JSON string, written in 64 KiB pieces; GET /calls then
+                  says how many bytes went out and whether the client took them all
   redirect        302 to another place
   slow            answers after 10 s (longer than the filter's timeout)
   invalid-grant   400 {"error": "invalid_grant"}
@@ -27,7 +29,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STATE = {"mode": "500", "discovery_mode": "500", "calls": 0, "discovery_calls": 0, "last": None}
+STATE = {"mode": "500", "discovery_mode": "500", "calls": 0, "discovery_calls": 0, "last": None,
+         "flood": None}
+FLOOD_BYTES = 16 * 1024 * 1024
 LOCK = threading.Lock()
 
 
@@ -45,6 +49,29 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
+
+    def _flood(self):
+        # Far more than the kernel's socket buffers hold: a client that stops reading makes
+        # the writes fail long before the end.
+        piece = b"a" * (64 * 1024)
+        head, tail = b'{"access_token":"', b'"}'
+        sent, whole = 0, True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(head) + FLOOD_BYTES + len(tail)))
+        self.end_headers()
+        try:
+            self.wfile.write(head)
+            while sent < FLOOD_BYTES:
+                self.wfile.write(piece)
+                sent += len(piece)
+            self.wfile.write(tail)
+            self.wfile.flush()
+        except OSError:
+            whole = False
+            self.close_connection = True
+        with LOCK:
+            STATE["flood"] = {"sent": sent, "whole": whole}
 
     def _discovery(self):
         with LOCK:
@@ -81,7 +108,8 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/calls":
             with LOCK:
                 self._send(200, json.dumps({"calls": STATE["calls"], "last": STATE["last"],
-                                            "discovery_calls": STATE["discovery_calls"]}).encode())
+                                            "discovery_calls": STATE["discovery_calls"],
+                                            "flood": STATE["flood"]}).encode())
         else:
             self._send(404, b"{}")
 
@@ -106,6 +134,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"\x00\xff{not json")
         elif mode == "huge":
             self._send(200, b'{"access_token":"' + b"a" * (1024 * 1024) + b'"}')
+        elif mode == "flood":
+            self._flood()
         elif mode == "redirect":
             self._send(302, b"", extra=[("Location", "http://127.0.0.1:1/elsewhere")])
         elif mode == "slow":

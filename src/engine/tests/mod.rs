@@ -482,8 +482,8 @@ fn late_and_unexpected_answers_are_ignored() {
     let resumes = w.engine.take_resumes();
     assert_eq!(
         reply(&resumes[0].settled).status,
-        504,
-        "its own answer: timed out"
+        502,
+        "its own answer: reset without an answer"
     );
 }
 
