@@ -278,3 +278,20 @@ def test_the_readmes_minimal_envoy_yaml_validates(tmp_path, configuration):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "configured for issuer https://idp.example.com" in out, out
+
+
+# The filter reads 256 KiB of an IdP answer (src/filter/host.rs, MAX_IDP_BODY); Envoy should stop
+# buffering one there too (README, Minimal envoy.yaml).
+FILTER_ANSWER_LIMIT = 256 * 1024
+SHIPPED_BFF_YAMLS = sorted({*REPO.glob("envoy/*.yaml"), REPO / "deploy" / "replicas" / "envoy-bff.yaml"})
+
+
+@pytest.mark.parametrize("path", SHIPPED_BFF_YAMLS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_envoy_caps_async_answers_at_the_filters_limit(path):
+    text = path.read_text()
+    assert "envoy.filters.http.wasm" in text  # each of them runs the bff filter
+    layers = yaml.safe_load(text)["layered_runtime"]["layers"]
+    values = {k: v for layer in layers for k, v in layer.get("static_layer", {}).items()}
+    assert values.get("http.async_response_buffer_limit") == FILTER_ANSWER_LIMIT
+    source = (REPO / "src" / "filter" / "host.rs").read_text()
+    assert "const MAX_IDP_BODY: usize = 256 * 1024;" in source
