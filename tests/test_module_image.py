@@ -8,8 +8,8 @@ Envoy's own remote loading by sha256.
   to that digest, its media types are those Istio's and Envoy Gateway's image fetchers read
   (OCI manifest, one application/vnd.oci.image.layer.v1.tar+gzip layer holding plugin.wasm,
   the layer they take), and plugin.wasm is the module byte for byte;
-- a real Envoy loads the module from an HTTP server (`vm_config.code.remote`, with `sha256`)
-  and a login works through it; with a wrong sha256 the module is fetched but refused at start,
+- a real Envoy loads the module from an HTTP server (the README's `vm_config.code.remote`, with
+  `sha256`) and a login works through it; with a wrong sha256 the module is fetched but refused at start,
   and Envoy fails closed: the guarded path answers 5xx, never the upstream.
 """
 
@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from harness.envoy import (SECRETS, WASM, Browser, Envoy, envoy_bootstrap, filter_config,
                            run_envoy, static_cluster)
@@ -138,16 +140,26 @@ def module_server(procs, tmp_path_factory, module):
     return port, proc
 
 
+def readme_vm_config() -> dict:
+    """README, Deploying / Plain Envoy: the vm_config that loads the module from a server."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n### Plain Envoy\n", 1)[1].split("\n### ", 1)[0]
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "remote:" in b]
+    return yaml.safe_load(block)["vm_config"]
+
+
 def start_remote_envoy(procs, module_port: int, sha256: str, idp_port: int, issuer: str,
                        echo_port: int, port: int) -> Envoy:
+    """Envoy with the README's remote vm_config, pointed at the loopback module server."""
     bootstrap = envoy_bootstrap(port, free_port(), echo_port, idp_port, filter_config(issuer))
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     vm = hcm["typed_config"]["http_filters"][0]["typed_config"]["config"]["vm_config"]
-    vm["code"] = {"remote": {
-        "http_uri": {"uri": f"http://127.0.0.1:{module_port}/envoy_bff.wasm",
-                     "cluster": "module_server", "timeout": "10s"},
-        "sha256": sha256,
-    }}
+    readme = readme_vm_config()
+    remote = readme["code"]["remote"]
+    remote["http_uri"].update(uri=f"http://127.0.0.1:{module_port}/envoy_bff.wasm",
+                              cluster="module_server")
+    remote["sha256"] = sha256
+    vm.update(runtime=readme["runtime"], code=readme["code"])
     bootstrap["static_resources"]["clusters"].append(static_cluster("module_server", module_port))
     return run_envoy(procs, bootstrap, "envoy-remote", env=SECRETS)
 
