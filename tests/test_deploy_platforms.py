@@ -141,7 +141,7 @@ def test_platform_yaml_files_parse(path):
     assert docs, f"{rel(path)} is empty"
     assert all(isinstance(doc, dict) and doc.get("apiVersion") and doc.get("kind")
                and doc["metadata"].get("name") and doc["metadata"].get("namespace")
-               for doc in docs), f"{rel(path)}: every object needs apiVersion, kind, name, namespace"
+               for doc in docs), f"{rel(path)}: an object without apiVersion, kind, name, namespace"
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
