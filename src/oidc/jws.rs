@@ -103,7 +103,7 @@ fn parse_header(json: &[u8]) -> Result<Header, JwsError> {
 }
 
 /// An attacker-chosen `alg`, reduced to something safe to put in a log line.
-fn loggable(alg: &str) -> String {
+pub(crate) fn loggable(alg: &str) -> String {
     let mut out: String = alg
         .chars()
         .take(24)

@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod dpop;
 pub mod id_token;
 pub mod idp_request;
+pub mod jwe;
 pub mod jwks;
 pub mod jws;
 pub mod logout_token;
