@@ -16,6 +16,9 @@ use std::ops::RangeInclusive;
 use std::rc::Rc;
 use std::time::Duration;
 
+mod encryption;
+pub use encryption::DEFAULT_ID_TOKEN_KEY_ENV;
+
 pub const DEFAULT_PREFIX: &str = "/private";
 pub const DEFAULT_COOKIE_NAME: &str = "__Host-bff-session";
 pub const DEFAULT_CLIENT_SECRET_ENV: &str = "BFF_CLIENT_SECRET";
@@ -89,6 +92,7 @@ struct RawConfig {
     client_certificate: Option<RawSecret>,
     client_assertion_audience: Option<String>,
     jwks_path: Option<String>,
+    id_token_encryption: Option<encryption::RawIdTokenEncryption>,
     dpop: Option<bool>,
     dpop_key: Option<RawSecret>,
     profile: Option<String>,
@@ -355,8 +359,11 @@ pub struct Config {
     pub logout_path: String,
     /// Where the IdP posts logout tokens (OIDC Back-Channel Logout 1.0).
     pub backchannel_logout_path: String,
-    /// Where the filter's public key is served as a JWK Set (with `private_key_jwt` only).
+    /// Where the filter's public keys are served as a JWK Set (with `private_key_jwt` or
+    /// `id_token_encryption`).
     pub jwks_path: Option<String>,
+    /// Encrypted ID tokens: the registered alg/enc and the keys to decrypt with.
+    pub id_token_encryption: Option<Rc<crate::oidc::jwe::IdTokenEncryption>>,
     /// Where the browser lands after logout (relative: made absolute like the redirect URI).
     pub post_logout_url: String,
     pub csrf: Csrf,
@@ -622,8 +629,11 @@ impl Config {
                 .unwrap_or_else(|| format!("{prefix}/backchannel-logout")),
         );
         p.under_prefix("backchannel_logout_path", &backchannel_logout_path, &prefix);
-        let jwks_path = match &idp.client_auth {
-            Some(ClientAuth::PrivateKeyJwt { .. }) => {
+        let id_token_encryption = encryption::check(&mut p, raw.id_token_encryption, env);
+        let publishes_keys = matches!(&idp.client_auth, Some(ClientAuth::PrivateKeyJwt { .. }))
+            || id_token_encryption.is_some();
+        let jwks_path = match publishes_keys {
+            true => {
                 let path = p.path(
                     "jwks_path",
                     raw.jwks_path.unwrap_or_else(|| format!("{prefix}/jwks")),
@@ -631,11 +641,11 @@ impl Config {
                 p.under_prefix("jwks_path", &path, &prefix);
                 Some(path)
             }
-            _ => {
+            false => {
                 if raw.jwks_path.is_some() {
                     p.add(
                         "jwks_path",
-                        "is served only with client_auth \"private_key_jwt\"",
+                        "is served only with client_auth \"private_key_jwt\" or id_token_encryption",
                     );
                 }
                 None
@@ -743,6 +753,7 @@ impl Config {
                 logout_path,
                 backchannel_logout_path,
                 jwks_path,
+                id_token_encryption,
                 post_logout_url,
                 csrf,
                 rules,
@@ -1691,6 +1702,71 @@ pub(crate) mod tests {
         o.insert("client_key".into(), serde_json::json!({ "value": pem }));
         o.insert("client_key_id".into(), serde_json::json!("bff-1"));
         v
+    }
+
+    #[test]
+    fn id_token_encryption_takes_keys_of_its_alg_and_publishes_them() {
+        let rsa = include_str!("../tests/fixtures/keys/rsa-2048.pem");
+        let ec = include_str!("../tests/fixtures/keys/ec-p256.pem");
+        let ed = include_str!("../tests/fixtures/keys/ed25519.pem");
+        let mut v = minimal_json();
+        v["id_token_encryption"] = serde_json::json!({
+            "alg": "RSA-OAEP-256",
+            "keys": [{"value": rsa, "kid": "enc-1"}]
+        });
+        let c = config_from(v);
+        let e = c.id_token_encryption.as_ref().unwrap();
+        // enc defaults as in OIDC Dynamic Client Registration §2.
+        assert_eq!(
+            (e.alg.name(), e.enc.name()),
+            ("RSA-OAEP-256", "A128CBC-HS256")
+        );
+        assert_eq!(c.jwks_path.as_deref(), Some("/private/jwks"));
+        let served = crate::endpoints::client_jwks(&c, "GET");
+        let jwks: serde_json::Value = serde_json::from_str(&served.body).unwrap();
+        let key = &jwks["keys"][0];
+        assert_eq!(
+            (&key["kid"], &key["use"], &key["alg"], &key["kty"]),
+            (
+                &serde_json::json!("enc-1"),
+                &serde_json::json!("enc"),
+                &serde_json::json!("RSA-OAEP-256"),
+                &serde_json::json!("RSA")
+            )
+        );
+        assert!(key.get("d").is_none() && key.get("p").is_none(), "{key}");
+        // Problems, each named by its field.
+        let mut v = minimal_json();
+        v["id_token_encryption"] = serde_json::json!({"enc": "A192GCM", "keys": [
+            {"value": ed}, {"value": ec, "kid": "a"}, {"value": ec, "kid": "a"}]});
+        let text = error_text(&v, &no_env);
+        for expected in [
+            "id_token_encryption.alg: is required",
+            "id_token_encryption.enc: \"A192GCM\" is not one of A128GCM, A256GCM, A128CBC-HS256",
+            "id_token_encryption.keys[0]: is an Ed25519 key",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        let mut v = minimal_json();
+        v["id_token_encryption"] = serde_json::json!({"alg": "RSA-OAEP", "keys": [
+            {"value": ec, "kid": "a"}, {"value": rsa, "kid": "b"}, {"value": rsa, "kid": "b"}]});
+        let text = error_text(&v, &no_env);
+        for expected in [
+            "id_token_encryption.keys[0]: does not serve alg RSA-OAEP",
+            "id_token_encryption.keys[2]: has the kid \"b\" of another key",
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        let mut v = minimal_json();
+        v["id_token_encryption"] = serde_json::json!({"alg": "ECDH-ES"});
+        let text = error_text(&v, &no_env);
+        assert!(
+            text.contains(
+                "id_token_encryption.keys[0]: environment variable BFF_ID_TOKEN_KEY is not set"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

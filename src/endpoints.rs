@@ -13,17 +13,21 @@ use crate::url::query_of;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-/// `GET {jwks_path}`: the filter's public key as a JWK Set (RFC 7517 §5), for IdPs that read
-/// the client's `jwks_uri`. Public by nature; cached a few minutes, so a rotated key is picked
+/// `GET {jwks_path}`: the filter's public keys as a JWK Set (RFC 7517 §5), for IdPs that read
+/// the client's `jwks_uri`: the signing key (`private_key_jwt`) and the encryption keys. Public by nature; cached a few minutes, so a rotated key is picked
 /// up soon after the filter restarts with it.
 pub fn client_jwks(config: &Config, method: &str) -> Reply {
     if method != "GET" && method != "HEAD" {
         return Reply::failure(Client::Api, &Failure::MethodNotAllowed);
     }
-    let keys: Vec<serde_json::Value> = match &config.client_auth {
+    let mut keys: Vec<serde_json::Value> = match &config.client_auth {
         ClientAuth::PrivateKeyJwt { key, .. } => vec![key.published_jwk()],
         ClientAuth::SecretBasic(_) | ClientAuth::MutualTls(_) => Vec::new(),
     };
+    // The keys the IdP encrypts ID tokens to (`use: enc`), every one while they rotate.
+    if let Some(encryption) = &config.id_token_encryption {
+        keys.extend(encryption.published.iter().cloned());
+    }
     Reply {
         status: 200,
         headers: vec![

@@ -379,13 +379,9 @@ fn try_finish(
     let tokens = token::parse_for(answer.status, &answer.body, config.dpop.is_some())
         .map_err(Failure::TokenExchange)?;
     let id_token = tokens.id_token.as_ref().ok_or(Failure::NoIdToken)?;
-    let claims = id_token::check(
-        ctx,
-        provider,
-        id_token.expose(),
-        Binding::Nonce(&pending.tx.nonce),
-    )
-    .map_err(Failure::IdToken)?;
+    let id_token = id_token::open(ctx, id_token.expose()).map_err(Failure::IdToken)?;
+    let claims = id_token::check(ctx, provider, &id_token, Binding::Nonce(&pending.tx.nonce))
+        .map_err(Failure::IdToken)?;
     if let Some(asked) = &pending.tx.acr_values {
         let acr = claims.all.get("acr").and_then(|a| a.as_str());
         if !acr.is_some_and(|acr| asked.split(' ').any(|v| v == acr)) {
@@ -403,7 +399,7 @@ fn try_finish(
         subject: claims.subject,
         created: now,
         last_seen: now,
-        id_token: Some(KeptIdToken::new(id_token.expose())),
+        id_token: Some(KeptIdToken::new(&id_token)),
         sid: random::token(ctx.rng, 16)
             .map_err(|_| Failure::Internal("no randomness for the session"))?,
         idp_sid: claims
@@ -569,6 +565,89 @@ mod tests {
         assert_eq!(s.claims().get("name"), Some(&json!("Alice")));
         assert_eq!(s.claims().get("nonce"), None);
         assert_eq!(s.sid.len(), 22);
+    }
+
+    fn encrypting_config() -> Config {
+        let mut v = minimal_json();
+        v["id_token_encryption"] = json!({
+            "alg": "RSA-OAEP-256", "enc": "A256GCM",
+            "keys": [{"value": include_str!("../tests/fixtures/keys/rsa-2048.pem"), "kid": "enc-1"}]
+        });
+        config_from(v)
+    }
+
+    fn encrypted(token: &str, kid: &str) -> String {
+        use rsa::pkcs8::DecodePrivateKey;
+        let key =
+            rsa::RsaPrivateKey::from_pkcs8_pem(include_str!("../tests/fixtures/keys/rsa-2048.pem"))
+                .unwrap();
+        crate::oidc::jwe::test_encrypt::rsa_oaep_256_a256gcm(token, &key.to_public_key(), kid)
+    }
+
+    #[test]
+    fn an_encrypted_id_token_is_decrypted_checked_and_kept_as_the_signed_token() {
+        let c = encrypting_config();
+        let (state, nonce, cookie) = started(&c);
+        let exchange =
+            callback_at(&c, &format!("code=x&state={state}&iss={ISS}"), &cookie).unwrap();
+        let signed = id_token(&nonce);
+        let body = json!({"access_token": "AT", "token_type": "Bearer",
+                          "id_token": encrypted(&signed, "enc-1")});
+        let (r, failure) = finish_with(
+            &c,
+            &exchange.pending,
+            Some(200),
+            body.to_string().as_bytes(),
+        );
+        assert_eq!(failure, None);
+        assert_eq!(r.status, 302);
+        let header = r
+            .cookies()
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let s = Session::open(
+            &c.keys,
+            "__Host-bff-session",
+            &Jar::parse(Some(header.as_bytes())),
+        )
+        .unwrap();
+        assert_eq!(s.claims().get("name"), Some(&json!("Alice")));
+        assert_eq!(s.id_token.as_ref().unwrap().compact().expose(), signed);
+    }
+
+    #[test]
+    fn with_encryption_configured_a_plain_or_foreign_id_token_is_refused() {
+        use crate::oidc::jwe::JweError;
+        let c = encrypting_config();
+        for (token, why) in [
+            (None, JweError::NotEncrypted),
+            (Some("someone-else"), JweError::UnknownKey),
+        ] {
+            let (state, nonce, cookie) = started(&c);
+            let exchange =
+                callback_at(&c, &format!("code=x&state={state}&iss={ISS}"), &cookie).unwrap();
+            let id_token = match token {
+                None => id_token(&nonce),
+                Some(kid) => encrypted(&id_token(&nonce), kid),
+            };
+            let body = json!({"access_token": "AT", "token_type": "Bearer", "id_token": id_token});
+            let (r, failure) = finish_with(
+                &c,
+                &exchange.pending,
+                Some(200),
+                body.to_string().as_bytes(),
+            );
+            assert_eq!(
+                failure,
+                Some(Failure::IdToken(IdTokenError::Encryption(why)))
+            );
+            assert_eq!(r.status, 401);
+            assert!(r.body.contains("id_token_invalid"), "{}", r.body);
+        }
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! the claims.
 
 use super::discovery::Provider;
+use super::jwe::JweError;
 use super::jwks::{Alg, Jwks};
 use super::jws::{self, JwsError};
 use crate::ctx::Ctx;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::fmt;
 
 /// Allowed clock difference with the IdP when checking `exp` and `iat`.
@@ -51,6 +53,22 @@ pub fn check(
     )
 }
 
+/// The ID token as the IdP sent it, opened: with `id_token_encryption` the JWE is decrypted to
+/// the signed token inside (OIDC Core §10.2; an unencrypted token is refused, since an IdP that
+/// drops encryption is a downgrade), without it the token is the signed one. The caller checks
+/// and keeps what this returns.
+pub fn open<'a>(ctx: &Ctx, token: &'a str) -> Result<Cow<'a, str>, IdTokenError> {
+    let Some(encryption) = &ctx.config.id_token_encryption else {
+        return Ok(Cow::Borrowed(token));
+    };
+    let plaintext = encryption
+        .decrypt(token)
+        .map_err(IdTokenError::Encryption)?;
+    String::from_utf8(plaintext)
+        .map(Cow::Owned)
+        .map_err(|_| IdTokenError::Malformed)
+}
+
 /// What the ID token must say to be accepted.
 pub struct Expectations<'a> {
     pub issuer: &'a str,
@@ -78,6 +96,8 @@ pub struct IdTokenClaims {
 pub enum IdTokenError {
     Malformed,
     Signature(JwsError),
+    /// `id_token_encryption` is set and the token did not decrypt (or was not encrypted).
+    Encryption(JweError),
     WrongIssuer,
     WrongAudience,
     WrongAuthorizedParty,
@@ -100,8 +120,11 @@ impl fmt::Display for IdTokenError {
         if let IdTokenError::Signature(e) = self {
             return write!(f, "ID token signature: {e}");
         }
+        if let IdTokenError::Encryption(e) = self {
+            return write!(f, "ID token encryption: {e}");
+        }
         f.write_str(match self {
-            IdTokenError::Malformed | IdTokenError::Signature(_) => {
+            IdTokenError::Malformed | IdTokenError::Signature(_) | IdTokenError::Encryption(_) => {
                 "the ID token is not a well-formed JWT"
             }
             IdTokenError::WrongIssuer => "the ID token's iss is not the configured issuer",

@@ -115,6 +115,41 @@ impl DecryptionKey {
     }
 }
 
+/// `id_token_encryption`: what the client registered at the IdP
+/// (`id_token_encrypted_response_alg` / `_enc`) and the keys it decrypts with, the first of
+/// which is also published (with the others, for rotation) in the filter's JWK Set.
+pub struct IdTokenEncryption {
+    pub alg: KeyManagement,
+    pub enc: ContentEncryption,
+    pub keys: Vec<DecryptionKey>,
+    /// The public halves, as JWKs with `use: enc` and `alg`.
+    pub published: Vec<serde_json::Value>,
+}
+
+impl IdTokenEncryption {
+    pub fn decrypt(&self, compact: &str) -> Result<Vec<u8>, JweError> {
+        let accepted = Accepted {
+            algs: &[self.alg],
+            encs: &[self.enc],
+        };
+        decrypt(compact, &self.keys, &accepted)
+    }
+}
+
+impl fmt::Debug for IdTokenEncryption {
+    // Never the keys: their kids only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kids: Vec<&str> = self.keys.iter().filter_map(|k| k.kid.as_deref()).collect();
+        write!(
+            f,
+            "IdTokenEncryption({} {} {:?})",
+            self.alg.name(),
+            self.enc.name(),
+            kids
+        )
+    }
+}
+
 /// What the configuration accepts.
 pub struct Accepted<'a> {
     pub algs: &'a [KeyManagement],
@@ -447,6 +482,44 @@ fn cbc_hs256(cek: &[u8], sealed: &Sealed<'_>) -> Option<Vec<u8>> {
         .ok()?
         .decrypt_padded_vec_mut::<Pkcs7>(sealed.ciphertext)
         .ok()
+}
+
+/// Encrypts like an IdP, for the tests of the login and the refresh.
+#[cfg(test)]
+pub mod test_encrypt {
+    use super::*;
+    use aes_gcm::aead::Aead;
+
+    /// RSA-OAEP-256 + A256GCM to `key`, with `kid` in the header.
+    pub fn rsa_oaep_256_a256gcm(plaintext: &str, key: &rsa::RsaPublicKey, kid: &str) -> String {
+        let header = URL_SAFE_NO_PAD.encode(
+            serde_json::json!({"alg": "RSA-OAEP-256", "enc": "A256GCM", "kid": kid}).to_string(),
+        );
+        let cek = [7u8; 32];
+        let iv = [9u8; 12];
+        let encrypted_key = key
+            .encrypt(&mut rsa::rand_core::OsRng, rsa::Oaep::new::<Sha256>(), &cek)
+            .unwrap();
+        let sealed = Aes256Gcm::new_from_slice(&cek)
+            .unwrap()
+            .encrypt(
+                Nonce::from_slice(&iv),
+                aes_gcm::aead::Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: header.as_bytes(),
+                },
+            )
+            .unwrap();
+        let (ciphertext, tag) = sealed.split_at(sealed.len() - 16);
+        [
+            header,
+            URL_SAFE_NO_PAD.encode(encrypted_key),
+            URL_SAFE_NO_PAD.encode(iv),
+            URL_SAFE_NO_PAD.encode(ciphertext),
+            URL_SAFE_NO_PAD.encode(tag),
+        ]
+        .join(".")
+    }
 }
 
 #[cfg(test)]

@@ -293,6 +293,29 @@ impl SigningKey {
         Value::Object(self.public_members())
     }
 
+    /// The same key for decrypting JWE (RSA-OAEP with an RSA key, ECDH-ES with a P-256 one);
+    /// `None` for Ed25519, which JWE's algorithms here do not use.
+    pub fn decryption_key(&self) -> Option<crate::oidc::jwe::PrivateKey> {
+        use crate::oidc::jwe::PrivateKey;
+        match &self.key {
+            Key::Es256(k) => Some(PrivateKey::P256(p256::SecretKey::from(
+                k.as_nonzero_scalar(),
+            ))),
+            Key::Ps256(k) => Some(PrivateKey::Rsa(k.clone())),
+            Key::EdDsa(_) => None,
+        }
+    }
+
+    /// The public key as published in the client's JWK Set for encryption to it (`use`
+    /// `enc`, the JWE `alg` the IdP is to use).
+    pub fn published_enc_jwk(&self, alg: &str) -> Value {
+        let mut m = self.public_members();
+        m.insert("kid".into(), json!(self.kid));
+        m.insert("alg".into(), json!(alg));
+        m.insert("use".into(), json!("enc"));
+        Value::Object(m)
+    }
+
     pub fn published_jwk(&self) -> Value {
         let mut m = self.public_members();
         m.insert("kid".into(), json!(self.kid));

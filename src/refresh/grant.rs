@@ -69,14 +69,12 @@ pub fn finish_refresh(
         idp_sid: session.idp_sid.clone(),
     };
     if let Some(id_token) = &tokens.id_token {
-        let checked = id_token::check(
-            ctx,
-            provider,
-            id_token.expose(),
-            Binding::Subject(&session.subject),
-        );
+        let checked = id_token::open(ctx, id_token.expose()).and_then(|signed| {
+            id_token::check(ctx, provider, &signed, Binding::Subject(&session.subject))
+                .map(|_| signed)
+        });
         match checked {
-            Ok(_) => renewed.id_token = Some(KeptIdToken::new(id_token.expose())),
+            Ok(signed) => renewed.id_token = Some(KeptIdToken::new(&signed)),
             // Keys rotated since we last read them (or none read yet): the access token is
             // still good (it came straight from the token endpoint); keep the claims we have.
             Err(e) if e.is_unknown_key() => {}
@@ -121,10 +119,13 @@ mod tests {
     }
 
     fn run_at(now: u64, status: Option<u16>, body: serde_json::Value) -> Outcome {
-        let c = config_from(minimal_json());
+        run_with(&config_from(minimal_json()), now, status, body)
+    }
+
+    fn run_with(c: &Config, now: u64, status: Option<u16>, body: serde_json::Value) -> Outcome {
         let (provider, keys) = (test_provider(), test_signer::jwks());
         let mut ctx = Ctx {
-            config: &c,
+            config: c,
             provider: Some(&provider),
             keys: Some(&keys),
             now,
@@ -215,6 +216,42 @@ mod tests {
             run(
                 Some(200),
                 json!({"access_token": "a", "token_type": "Bearer", "id_token": id_token("mallory")})
+            ),
+            Outcome::Ended
+        );
+    }
+
+    #[test]
+    fn with_encryption_a_refreshed_id_token_is_decrypted_and_a_plain_one_ends_the_session() {
+        use rsa::pkcs8::DecodePrivateKey;
+        const PEM: &str = include_str!("../../tests/fixtures/keys/rsa-2048.pem");
+        let mut v = minimal_json();
+        v["id_token_encryption"] =
+            json!({"alg": "RSA-OAEP-256", "enc": "A256GCM", "keys": [{"value": PEM, "kid": "e"}]});
+        let c = config_from(v);
+        let public = rsa::RsaPrivateKey::from_pkcs8_pem(PEM)
+            .unwrap()
+            .to_public_key();
+        let signed = id_token("alice");
+        let jwe = crate::oidc::jwe::test_encrypt::rsa_oaep_256_a256gcm(&signed, &public, "e");
+        let renewed = run_with(
+            &c,
+            1000,
+            Some(200),
+            json!({"access_token": "new-at", "token_type": "Bearer", "id_token": jwe}),
+        );
+        let Outcome::Renewed(sealed) = renewed else {
+            panic!("{renewed:?}")
+        };
+        let s = Session::open_sealed(&c.keys, &c.cookie.name, sealed.as_bytes()).unwrap();
+        assert_eq!(s.id_token.as_ref().unwrap().compact().expose(), signed);
+        // An IdP that stops encrypting is a downgrade: the session ends.
+        assert_eq!(
+            run_with(
+                &c,
+                1000,
+                Some(200),
+                json!({"access_token": "a", "token_type": "Bearer", "id_token": signed})
             ),
             Outcome::Ended
         );
