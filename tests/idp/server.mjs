@@ -50,7 +50,12 @@
 //   IDP_CLIENT_CERT                with self_signed_tls_client_auth: the client's certificate
 //                                  (a PEM file), registered as is (a JWK with x5c)
 //   IDP_CLIENT_JWKS_URI            with private_key_jwt: where the client's public keys are
-//                                  (the filter serves them at its jwks_path), read when needed
+//                                  (the filter serves them at its jwks_path), read when needed;
+//                                  with IDP_ID_TOKEN_ENCRYPTION, where its encryption keys are
+//   IDP_ID_TOKEN_ENCRYPTION        optional "alg,enc": the main client's
+//                                  id_token_encrypted_response_alg and _enc (OIDC Core §10.2);
+//                                  ID tokens (login and refresh) are then encrypted to the
+//                                  client's key from IDP_CLIENT_JWKS_URI ("dir" uses the secret)
 //   IDP_PAR                        pushed authorization requests (RFC 9126): "on" (default: the
 //                                  endpoint is announced, its use optional), "required" (every
 //                                  authorization request must be pushed), or "off" (no endpoint)
@@ -179,6 +184,9 @@ const CLIENT_AUTHS = ['client_secret_basic', 'private_key_jwt', 'tls_client_auth
   'self_signed_tls_client_auth'];
 if (!CLIENT_AUTHS.includes(CLIENT_AUTH)) fail(`IDP_CLIENT_AUTH must be one of ${CLIENT_AUTHS.join(', ')}`);
 const CLIENT_JWKS_URI = env('IDP_CLIENT_JWKS_URI', '');
+const [ENC_ALG, ENC_ENC] = env('IDP_ID_TOKEN_ENCRYPTION', '').split(',');
+if (ENC_ALG && !ENC_ENC) fail('IDP_ID_TOKEN_ENCRYPTION is "alg,enc"');
+if (ENC_ALG && ENC_ALG !== 'dir' && !CLIENT_JWKS_URI) fail('IDP_ID_TOKEN_ENCRYPTION needs IDP_CLIENT_JWKS_URI');
 if (CLIENT_AUTH === 'private_key_jwt' && !CLIENT_JWKS_URI) fail('private_key_jwt needs IDP_CLIENT_JWKS_URI');
 const MTLS = CLIENT_AUTH.endsWith('tls_client_auth');
 const MTLS_PORT = Number(env('IDP_MTLS_PORT', '0'));
@@ -194,7 +202,7 @@ function readFile(name) {
 function clientCredentials() {
   switch (CLIENT_AUTH) {
     case 'client_secret_basic':
-      return { client_secret: CLIENT_SECRET };
+      return { client_secret: CLIENT_SECRET, ...(CLIENT_JWKS_URI ? { jwks_uri: CLIENT_JWKS_URI } : {}) };
     case 'private_key_jwt':
       return { jwks_uri: CLIENT_JWKS_URI };
     case 'tls_client_auth':
@@ -410,6 +418,9 @@ const configuration = {
       token_endpoint_auth_method: CLIENT_AUTH,
       ...(DPOP === 'required' || DPOP === 'nonce' ? { dpop_bound_access_tokens: true } : {}),
       id_token_signed_response_alg: ID_TOKEN_ALG,
+      ...(ENC_ALG
+        ? { id_token_encrypted_response_alg: ENC_ALG, id_token_encrypted_response_enc: ENC_ENC }
+        : {}),
       ...(BACKCHANNEL_LOGOUT_URI
         ? { backchannel_logout_uri: BACKCHANNEL_LOGOUT_URI, backchannel_logout_session_required: true }
         : {}),
@@ -545,6 +556,7 @@ const configuration = {
     clientCredentials: { enabled: true },
     mTLS: mtlsFeature,
     backchannelLogout: { enabled: true },
+    encryption: { enabled: Boolean(ENC_ALG) },
     userinfo: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
