@@ -116,6 +116,7 @@ struct RawConfig {
     csrf: Option<RawCsrf>,
     rules: Option<Vec<RawRule>>,
     upstream_step_up: Option<bool>,
+    access_log: Option<bool>,
     claim_headers: Option<BTreeMap<String, String>>,
     bypass: Option<Vec<String>>,
     policies: Option<Vec<RawPolicy>>,
@@ -371,6 +372,10 @@ pub struct Config {
     /// Turn an API's RFC 9470 step-up challenge (401 `insufficient_user_authentication`) into
     /// a step-up login. Off by default: it reads every forwarded request's response status.
     pub upstream_step_up: bool,
+    /// Leave each request's decision and identity in its filter state for Envoy's access log
+    /// (`crate::access_log`). Off by default: a host call on every request, the authenticated
+    /// path's included.
+    pub access_log: bool,
     /// Claim → upstream header; incoming headers of these names are always removed.
     pub claim_headers: Vec<(String, String)>,
     /// Per-prefix policies (`bypass` entries are `none`).
@@ -758,6 +763,7 @@ impl Config {
                 csrf,
                 rules,
                 upstream_step_up,
+                access_log: raw.access_log.unwrap_or(false),
                 claim_headers,
                 policies,
                 jwt_payload,

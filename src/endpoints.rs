@@ -1,5 +1,6 @@
 //! The endpoints the SPA calls: who is logged in (the session endpoint) and logout.
 
+use crate::access_log::{decision, AccessLog, Who};
 use crate::config::Config;
 use crate::metrics::Counter;
 use crate::oidc::client_auth::ClientAuth;
@@ -36,6 +37,7 @@ pub fn client_jwks(config: &Config, method: &str) -> Reply {
         ],
         body: json!({ "keys": keys }).to_string(),
         counter: None,
+        access_log: AccessLog::new(decision::JWKS, None),
     }
 }
 
@@ -58,6 +60,8 @@ pub fn session_info(config: &Config, session: Result<Session, NoSession>) -> Rep
                     "logout_url": logout_url(config, &s),
                 }),
             )
+            .logged(decision::SESSION)
+            .made_by(Who::of_session(&s))
         }
         Err(_) => Reply::failure(
             Client::Api,
@@ -104,7 +108,7 @@ pub fn logout(
         Err(_) => {
             return Ok(LogoutPlan {
                 revoke: None,
-                reply: with_cookies(Reply::redirect(&landing), clear),
+                reply: with_cookies(Reply::redirect(&landing).logged(decision::LOGOUT), clear),
                 deny: None,
             })
         }
@@ -152,7 +156,13 @@ pub fn logout(
     };
     Ok(LogoutPlan {
         revoke,
-        reply: with_cookies(reply.counting(Counter::Logouts), clear),
+        reply: with_cookies(
+            reply
+                .counting(Counter::Logouts)
+                .logged(decision::LOGOUT)
+                .made_by(Who::of_session(&session)),
+            clear,
+        ),
         deny: Some(DenyEntry {
             ended: Ended::Session(session.sid.clone()),
             until: session.ends_at(&config.session),

@@ -4,6 +4,7 @@
 //! Everything outside `filter` is plain Rust with no host calls, tested natively; `filter`
 //! is the thin proxy-wasm shell, compiled only for wasm.
 
+pub mod access_log;
 pub mod bearer;
 pub mod byte_loops;
 pub mod client_token;

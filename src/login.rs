@@ -1,6 +1,7 @@
 //! The login flow: start it (authorization request), take the callback, and finish it with
 //! the token endpoint's answer.
 
+use crate::access_log::{decision, Who};
 use crate::config::{Config, RedirectUri};
 use crate::ctx::Ctx;
 use crate::metrics::Counter;
@@ -104,7 +105,8 @@ pub fn pushed(config: &Config, login: PushedLogin, answer: &IdpAnswer) -> (Reply
                 .cookies
                 .into_iter()
                 .fold(Reply::redirect(&location), Reply::with_cookie)
-                .counting(Counter::LoginsStarted);
+                .counting(Counter::LoginsStarted)
+                .logged(decision::LOGIN_STARTED);
             (reply, None)
         }
         Err(e) => {
@@ -196,6 +198,7 @@ fn try_start(
     Ok(Started::Redirect(
         Reply::redirect(&location)
             .counting(Counter::LoginsStarted)
+            .logged(decision::LOGIN_STARTED)
             .with_cookie(tx_cookie),
     ))
 }
@@ -255,7 +258,14 @@ pub fn callback(
             if let Some(tx) = state.as_deref().and_then(|s| open(s).ok()) {
                 if tx.silent {
                     let back = with_query_param(&tx.return_to, "login_error", &error);
-                    let reply = Reply::redirect(&back).counting(Counter::CallbacksFailed);
+                    let logged = Failure::IdpRefused {
+                        error,
+                        description: None,
+                    }
+                    .code();
+                    let reply = Reply::redirect(&back)
+                        .counting(Counter::CallbacksFailed)
+                        .logged(logged);
                     return Err(forget(reply, &tx.state));
                 }
             }
@@ -335,9 +345,11 @@ pub fn finish(
     answer: &IdpAnswer,
 ) -> Finish {
     match try_finish(ctx, provider, pending, answer) {
-        Ok(session_cookies) => {
+        Ok((session_cookies, who)) => {
             let mut reply = Reply::redirect(&pending.tx.return_to)
                 .counting(Counter::CallbacksOk)
+                .logged(decision::CALLBACK_OK)
+                .made_by(who)
                 .with_cookie(cookie::delete_cookie(
                     &ctx.config.cookie,
                     &pending.tx_cookie,
@@ -373,7 +385,7 @@ fn try_finish(
     provider: &Provider,
     pending: &PendingLogin,
     answer: &IdpAnswer,
-) -> Result<Vec<String>, Failure> {
+) -> Result<(Vec<String>, Who), Failure> {
     let config = ctx.config;
     let now = ctx.now;
     let tokens = token::parse_for(answer.status, &answer.body, config.dpop.is_some())
@@ -409,14 +421,15 @@ fn try_finish(
             .filter(|s| !s.is_empty())
             .map(str::to_string),
     };
-    session
+    let cookies = session
         .write(
             &config.keys,
             &config.cookie,
             &Jar::parse(pending.cookie_header.as_deref()),
             ctx.rng,
         )
-        .map_err(|_| Failure::Internal("could not seal the session"))
+        .map_err(|_| Failure::Internal("could not seal the session"))?;
+    Ok((cookies, Who::of_session(&session)))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Every answer the filter gives itself (redirects and errors), and the one place where a
 //! failure becomes a status code and a message.
 
+use crate::access_log::{AccessLog, Who};
 use crate::bearer::BearerError;
 use crate::metrics::Counter;
 use crate::oidc::auth_params::BadForward;
@@ -25,6 +26,8 @@ pub struct Reply {
     pub body: String,
     /// The stat this answer counts toward.
     pub counter: Option<Counter>,
+    /// What the access log says of it (a failure's is its code).
+    pub access_log: AccessLog,
 }
 
 impl Reply {
@@ -37,6 +40,7 @@ impl Reply {
             ],
             body: String::new(),
             counter: None,
+            access_log: AccessLog::default(),
         }
     }
 
@@ -50,11 +54,24 @@ impl Reply {
             ],
             body: body.to_string(),
             counter: None,
+            access_log: AccessLog::default(),
         }
     }
 
     pub fn counting(mut self, counter: Counter) -> Reply {
         self.counter = Some(counter);
+        self
+    }
+
+    /// The decision the access log shows (an [`crate::access_log::decision`] word).
+    pub fn logged(mut self, decision: &'static str) -> Reply {
+        self.access_log.decision = decision;
+        self
+    }
+
+    /// Who the access log shows the answer was for.
+    pub fn made_by(mut self, who: Who) -> Reply {
+        self.access_log.who = Some(Box::new(who));
         self
     }
 
@@ -127,6 +144,7 @@ impl Reply {
             headers,
             body,
             counter: failure.counter(),
+            access_log: AccessLog::new(failure.code(), None),
         }
     }
 }

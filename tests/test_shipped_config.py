@@ -231,21 +231,11 @@ def readme_blocks(section: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", body, re.S)
 
 
-@pytest.mark.parametrize("configuration", ["minimal", "nested"])
-def test_the_readmes_minimal_envoy_yaml_validates(tmp_path, configuration):
-    """README, Minimal envoy.yaml: its filter entry and its `idp` cluster, put in a listener,
-    pass `envoy --mode validate` (the filter's configuration check included); so does the
-    Configuration section's example of nested settings in that filter entry."""
-    filters_yaml, clusters_yaml, runtime_yaml = readme_blocks("Minimal envoy.yaml", "yaml")
-    filters = yaml.safe_load(filters_yaml)["http_filters"]
-    clusters = yaml.safe_load(clusters_yaml)["clusters"]
-    assert [c["name"] for c in clusters] == ["idp"]
-    runtime = yaml.safe_load(runtime_yaml)["layered_runtime"]
-    shipped = yaml.safe_load((REPO / "envoy" / "envoy.yaml").read_text())["layered_runtime"]
-    assert runtime == shipped
-    if configuration == "nested":
-        (example,) = readme_blocks("Configuration", "json")
-        filters[0]["typed_config"]["config"]["configuration"]["value"] = example
+def readme_bootstrap(filters: list, clusters: list, runtime: dict | None = None,
+                     **hcm) -> dict:
+    """A bootstrap for `envoy --mode validate` around the README's filter entries and clusters
+    (and its runtime layer); `hcm`: more of the connection manager's fields (e.g.
+    `access_log`)."""
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "static_resources": {
@@ -266,18 +256,58 @@ def test_the_readmes_minimal_envoy_yaml_validates(tmp_path, configuration):
                             "routes": [{"match": {"prefix": "/"},
                                         "direct_response": {"status": 200}}]}]},
                         "http_filters": filters,
+                        **hcm,
                     }}]}],
             }],
             "clusters": clusters,
         },
-        "layered_runtime": runtime,
     }
+    if runtime:
+        bootstrap["layered_runtime"] = runtime
+    return bootstrap
+
+
+@pytest.mark.parametrize("configuration", ["minimal", "nested"])
+def test_the_readmes_minimal_envoy_yaml_validates(tmp_path, configuration):
+    """README, Minimal envoy.yaml: its filter entry and its `idp` cluster, put in a listener,
+    pass `envoy --mode validate` (the filter's configuration check included); so does the
+    Configuration section's example of nested settings in that filter entry."""
+    filters_yaml, clusters_yaml, runtime_yaml = readme_blocks("Minimal envoy.yaml", "yaml")
+    filters = yaml.safe_load(filters_yaml)["http_filters"]
+    clusters = yaml.safe_load(clusters_yaml)["clusters"]
+    assert [c["name"] for c in clusters] == ["idp"]
+    runtime = yaml.safe_load(runtime_yaml)["layered_runtime"]
+    shipped = yaml.safe_load((REPO / "envoy" / "envoy.yaml").read_text())["layered_runtime"]
+    assert runtime == shipped
+    if configuration == "nested":
+        (example,) = readme_blocks("Configuration", "json")
+        filters[0]["typed_config"]["config"]["configuration"]["value"] = example
+    bootstrap = readme_bootstrap(filters, clusters, runtime)
     path = tmp_path / "readme-envoy.yaml"
     path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
     r = validate(path)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "configured for issuer https://idp.example.com" in out, out
+
+
+def test_the_readmes_access_log_validates(tmp_path):
+    """README, Access logs: its access log on the minimal envoy.yaml, with the filter's
+    `access_log` on, passes `envoy --mode validate`, and prints the filter's key."""
+    (access_log_yaml,) = readme_blocks("Access logs", "yaml")
+    access_log = yaml.safe_load(access_log_yaml)["access_log"]
+    line = access_log[0]["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+    assert "%FILTER_STATE(wasm.bff:PLAIN)%" in line
+    filters_yaml, clusters_yaml, _runtime = readme_blocks("Minimal envoy.yaml", "yaml")
+    filters = yaml.safe_load(filters_yaml)["http_filters"]
+    settings = filters[0]["typed_config"]["config"]["configuration"]
+    settings["value"] = json.dumps({**json.loads(settings["value"]), "access_log": True})
+    bootstrap = readme_bootstrap(filters, yaml.safe_load(clusters_yaml)["clusters"],
+                                 access_log=access_log)
+    path = tmp_path / "readme-access-log.yaml"
+    path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+    r = validate(path)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 # The filter reads 256 KiB of an IdP answer (src/filter/host.rs, MAX_IDP_BODY); Envoy should stop

@@ -4,6 +4,7 @@
 
 use super::paused::{OwnCall, Paused};
 use super::{Engine, Handled, Host, Level};
+use crate::access_log::decision;
 use crate::etcd::{self, Created};
 use crate::metrics::Counter;
 use crate::oidc::idp_request::IdpAnswer;
@@ -33,7 +34,11 @@ pub struct Recorded {
 
 /// §2.8: `200` with `Cache-Control: no-store`; `400` with an OAuth-style error otherwise.
 fn done() -> Settled {
-    Settled::Reply(Reply::json(200, &json!({})).counting(Counter::BackchannelLogouts))
+    Settled::Reply(
+        Reply::json(200, &json!({}))
+            .counting(Counter::BackchannelLogouts)
+            .logged(decision::BACKCHANNEL_LOGOUT),
+    )
 }
 
 fn refused(why: &str) -> Settled {
@@ -42,7 +47,8 @@ fn refused(why: &str) -> Settled {
             400,
             &json!({"error": "invalid_request", "error_description": why}),
         )
-        .counting(Counter::BackchannelRefused),
+        .counting(Counter::BackchannelRefused)
+        .logged(decision::BACKCHANNEL_REFUSED),
     )
 }
 
@@ -64,7 +70,7 @@ impl Engine {
         match self.backchannel_logout(context_id, body, host) {
             Some(settled) => {
                 super::count(host, &settled);
-                Handled::Settled(settled)
+                Handled::Settled(self.logged(settled))
             }
             None => Handled::Paused,
         }

@@ -4,6 +4,7 @@
 
 use super::paused::{Paused, Wait};
 use super::{client_of_wire, Call, Engine, Host, Level};
+use crate::access_log::decision;
 use crate::client_token::{self, ClientToken};
 use crate::metrics::Counter;
 use crate::oidc::idp_request::IdpAnswer;
@@ -34,6 +35,7 @@ impl Engine {
             ClientTokenNow::Ready(value) => {
                 let mut forward = forward.with_token(&self.config, &value);
                 forward.counter = Some(Counter::ClientToken);
+                forward.access_log.decision = decision::CLIENT_TOKEN;
                 Some(Settled::Forward(forward))
             }
             ClientTokenNow::Failed => Some(Settled::Reply(Reply::failure(

@@ -39,6 +39,7 @@ pub use host::{Host, Level};
 use metadata::{millis, Fetch, Fetched, Metadata, RETRY_AFTER_FAILURE_MS};
 use paused::{Known, OwnCall, Paused, Wait, Wakeup};
 
+use crate::access_log::AccessLog;
 use crate::client_token::{self as client_token_slot, ClientToken};
 use crate::config::Config;
 use crate::header_map;
@@ -216,7 +217,7 @@ impl Engine {
             Some(settled) => {
                 let settled = self.signed(settled, host);
                 count(host, &settled);
-                Handled::Settled(settled)
+                Handled::Settled(self.logged(settled))
             }
             None => Handled::Paused,
         }
@@ -319,9 +320,12 @@ impl Engine {
         www_authenticate: &str,
         host: &mut dyn Host,
     ) -> Option<Reply> {
-        let reply = route::upstream_challenge(&self.config, watch, www_authenticate)?;
+        let mut reply = route::upstream_challenge(&self.config, watch, www_authenticate)?;
         if let Some(counter) = reply.counter {
             host.count(counter);
+        }
+        if !self.config.access_log {
+            reply.access_log = AccessLog::default();
         }
         Some(reply)
     }
@@ -840,10 +844,22 @@ impl Engine {
     fn resume(&mut self, context_id: u32, settled: Settled, host: &mut dyn Host) {
         let settled = self.signed(settled, host);
         count(host, &settled);
+        let settled = self.logged(settled);
         self.resumes.push(Resume {
             context_id,
             settled,
         });
+    }
+
+    /// The settled request with what the access log is to say of it: nothing unless
+    /// `access_log` is on.
+    fn logged(&self, mut settled: Settled) -> Settled {
+        if !self.config.access_log {
+            if let Some(log) = settled.access_log_mut() {
+                *log = AccessLog::default();
+            }
+        }
+        settled
     }
 }
 

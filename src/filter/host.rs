@@ -46,6 +46,12 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> Status;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
 }
 
 /// The request's headers in the host's serialization, for [`crate::header_map::parse`]:
@@ -70,6 +76,22 @@ pub fn request_body(size: usize) -> Vec<u8> {
         .ok()
         .flatten()
         .unwrap_or_default()
+}
+
+/// Writes `value` into the current request's filter state under `key` (Envoy stores it as
+/// `wasm.<key>`, a mutable string that lives as long as the request's filter chain). The
+/// SDK's `set_property` panics on any status but Ok (Envoy answers NotFound where there is no
+/// stream), and builds the path in a new buffer: a one-part path is the key's bytes.
+pub fn set_filter_state(key: &str, value: &str) {
+    // SAFETY: both pointers and lengths describe live byte slices; the host only reads them.
+    let status =
+        unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+    if status != Status::Ok {
+        log(
+            LogLevel::Debug,
+            &format!("bff: could not set filter state {key}: {status:?}"),
+        );
+    }
 }
 
 /// Sets (`Some`) or removes (`None`) a request header.

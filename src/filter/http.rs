@@ -2,7 +2,7 @@
 //! answer.
 
 use super::host;
-use super::shell::Shell;
+use super::shell::{self, Shell};
 use crate::engine::{Handled, MAX_BODY};
 use crate::reply::Reply;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -112,9 +112,10 @@ impl HttpContext for BffHttp {
                     engine.on_upstream_challenge(watch, &challenge, host)
                 });
                 if let Some(Some(reply)) = reply {
-                    // The API's answer is replaced (Envoy sends it in place of the upstream's).
+                    // The API's answer is replaced (Envoy sends it in place of the upstream's),
+                    // and so is what the access log says.
                     let reply = work.set_cookies.into_iter().fold(reply, Reply::with_cookie);
-                    host::send_reply(&reply);
+                    shell::send_reply(&reply);
                     return Action::Pause;
                 }
             }

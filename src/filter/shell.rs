@@ -2,8 +2,10 @@
 //! out of what it decides. No decision is made here.
 
 use super::host::{self, HostRandom, HostStore, WasmHost};
+use crate::access_log::{self, AccessLog};
 use crate::engine::{Engine, Resume};
 use crate::oidc::idp_request::IdpAnswer;
+use crate::reply::Reply;
 use crate::route::{Forward, Settled, StepUpWatch, UpstreamCookie};
 use std::cell::RefCell;
 use std::mem;
@@ -115,6 +117,9 @@ impl Shell {
 
     /// Carries out a settled request in the current context; true when it goes upstream.
     pub fn apply(&self, context_id: u32, settled: Settled) -> bool {
+        if let Some(log) = settled.access_log() {
+            record(log);
+        }
         match settled {
             Settled::PassThrough => true,
             Settled::Forward(forward) => {
@@ -182,4 +187,20 @@ impl Shell {
         let at = responses.iter().position(|(id, _)| *id == context_id)?;
         Some(responses.swap_remove(at).1)
     }
+}
+
+/// Writes what the access log is to say of the current request into its filter state (the
+/// engine left it empty unless `access_log` is on).
+pub fn record(log: &AccessLog) {
+    if let Some(value) = log.value() {
+        host::set_filter_state(access_log::KEY, &value);
+    }
+}
+
+/// Answers the current request with the engine's `reply`, its access-log entry written first
+/// (the shell's own answers, `engine_busy` and `unconfigured`, write none: no configuration
+/// says to).
+pub fn send_reply(reply: &Reply) {
+    record(&reply.access_log);
+    host::send_reply(reply);
 }

@@ -1,6 +1,7 @@
 //! The decision for every request: one pure function over the request's facts. The engine
 //! carries the decision out (DESIGN.md, "What the filter does with a request").
 
+use crate::access_log::{decision, AccessLog, Who};
 use crate::bearer;
 use crate::config::Config;
 use crate::csrf;
@@ -60,6 +61,25 @@ pub enum Settled {
     Reply(Reply),
 }
 
+impl Settled {
+    /// What the access log says of this request; nothing for a pass-through.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        match self {
+            Settled::PassThrough => None,
+            Settled::Forward(forward) => Some(&forward.access_log),
+            Settled::Reply(reply) => Some(&reply.access_log),
+        }
+    }
+
+    pub fn access_log_mut(&mut self) -> Option<&mut AccessLog> {
+        match self {
+            Settled::PassThrough => None,
+            Settled::Forward(forward) => Some(&mut forward.access_log),
+            Settled::Reply(reply) => Some(&mut reply.access_log),
+        }
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct Forward {
     /// The token header to set; `None` leaves the request's own (a bearer client's, or
@@ -77,6 +97,8 @@ pub struct Forward {
     pub counter: Option<Counter>,
     /// With DPoP: the proof the request needs, signed by the engine as it goes on.
     pub dpop: Option<Box<ProofFor>>,
+    /// What the access log says of it.
+    pub access_log: AccessLog,
 }
 
 /// What a DPoP proof for a forwarded request names (RFC 9449 §7.1).
@@ -139,15 +161,18 @@ pub struct StepUpWatch {
     return_to: String,
     /// A page load (sent to log in) rather than an API call (told to).
     navigation: bool,
+    /// Who the request was made as, for the access log (with `access_log` on).
+    who: Option<Box<Who>>,
 }
 
 impl StepUpWatch {
-    fn of(config: &Config, req: &Request) -> StepUpWatch {
+    fn of(config: &Config, req: &Request, who: Option<&Who>) -> StepUpWatch {
         StepUpWatch {
             return_to: safe_return_to(req.path)
                 .unwrap_or(&config.post_login_url)
                 .to_string(),
             navigation: logs_in(req),
+            who: who.cloned().map(Box::new),
         }
     }
 }
@@ -165,7 +190,11 @@ pub fn upstream_challenge(
     if c.acr_values.is_none() && c.max_age.is_none() {
         return None;
     }
-    Some(step_up(config, watch, c.acr_values.as_deref(), c.max_age))
+    let reply = step_up(config, watch, c.acr_values.as_deref(), c.max_age);
+    Some(match watch.who.as_deref() {
+        Some(who) => reply.made_by(who.clone()),
+        None => reply,
+    })
 }
 
 #[derive(Debug)]
@@ -402,6 +431,14 @@ fn bearer_forward(
         step_up_watch: None,
         counter: Some(Counter::BearerOk),
         dpop: None,
+        access_log: AccessLog::new(
+            decision::BEARER,
+            claims
+                .get("sub")
+                .and_then(|s| s.as_str())
+                .filter(|_| config.access_log)
+                .map(Who::of_bearer),
+        ),
     })
 }
 
@@ -427,6 +464,7 @@ fn anonymous(config: &Config, jar: &Jar, reason: NoSession) -> Forward {
         step_up_watch: None,
         counter: Some(Counter::Anonymous),
         dpop: None,
+        access_log: AccessLog::new(decision::ANONYMOUS, None),
     }
 }
 
@@ -475,7 +513,13 @@ pub fn after_refresh(
     match outcome {
         Outcome::Renewed(sealed) => {
             match Session::open_sealed(&config.keys, &config.cookie.name, sealed.as_bytes()) {
-                Ok(renewed) => rewritten(ctx, req, &jar, renewed).into(),
+                Ok(renewed) => match rewritten(ctx, req, &jar, renewed) {
+                    Settled::Forward(mut forward) => {
+                        forward.access_log.decision = decision::REFRESHED;
+                        Decision::Forward(forward)
+                    }
+                    other => other.into(),
+                },
                 Err(reason) => no_usable_session(ctx, Some(provider), req, &jar, reason),
             }
         }
@@ -521,6 +565,8 @@ fn forward(
     now: u64,
 ) -> Settled {
     let path = path_of(req.path);
+    // Only built when it is written: the authenticated path pays nothing for it otherwise.
+    let who = config.access_log.then(|| Who::of_session(session));
     let needs_claims = !config.claim_headers.is_empty() || rules::applies(&config.rules, path);
     let claims = if needs_claims {
         session.claims()
@@ -535,12 +581,16 @@ fn forward(
             max_age,
         } => Some(step_up(
             config,
-            &StepUpWatch::of(config, req),
+            &StepUpWatch::of(config, req, who.as_ref()),
             acr_values.as_deref(),
             max_age,
         )),
     };
     if let Some(reply) = refused {
+        let reply = match who {
+            Some(who) => reply.made_by(who),
+            None => reply,
+        };
         return Settled::Reply(set_cookies.into_iter().fold(reply, Reply::with_cookie));
     }
     Settled::Forward(Forward {
@@ -553,9 +603,10 @@ fn forward(
         extra: claim_header_edits(config, &claims),
         step_up_watch: config
             .upstream_step_up
-            .then(|| StepUpWatch::of(config, req)),
+            .then(|| StepUpWatch::of(config, req, who.as_ref())),
         counter: None,
         dpop: ProofFor::of(config, req, &session.access_token),
+        access_log: AccessLog::new(decision::AUTHENTICATED, who),
     })
 }
 
@@ -578,7 +629,9 @@ fn step_up(
     }
     let login_url = format!("{}?{}", config.login_path, query.finish());
     if watch.navigation {
-        Reply::redirect(&login_url).counting(Counter::StepUps)
+        Reply::redirect(&login_url)
+            .counting(Counter::StepUps)
+            .logged(decision::STEP_UP)
     } else {
         Reply::failure(Client::Api, &Failure::StepUpRequired { login_url })
     }
@@ -624,6 +677,8 @@ fn pass_through(config: &Config, req: &Request) -> Decision {
         step_up_watch: None,
         counter: None,
         dpop: None,
+        // Not the filter's request: nothing in the access log, as for a plain pass-through.
+        access_log: AccessLog::default(),
     })
 }
 

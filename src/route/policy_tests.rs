@@ -228,6 +228,28 @@ fn a_verified_bearer_token_goes_through_with_claim_headers() {
 }
 
 #[test]
+fn a_bearer_clients_sub_goes_to_the_access_log_made_safe() {
+    let mut c = config();
+    c.access_log = true;
+    let mut p = bearer_payload();
+    p["sub"] = json!("svc 7/é");
+    let auth = format!("Bearer {}", jwt(&p));
+    let h = get("/private/mobile/me", &[("authorization", &auth)]);
+    let f = forward(decide_bearer(&c, &h, Some(&serialize(&p))));
+    assert_eq!(
+        f.access_log,
+        AccessLog::new(decision::BEARER, Some(Who::of_bearer("svc 7/é")))
+    );
+    assert_eq!(
+        f.access_log.value().as_deref(),
+        Some("bearer svc%207/%C3%A9 -")
+    );
+    // A token that was not verified: refused, and logged as such, with nobody.
+    let r = reply(decide_bearer(&c, &h, None));
+    assert_eq!(r.access_log, AccessLog::new("invalid_token", None));
+}
+
+#[test]
 fn bearer_tokens_jwt_authn_did_not_verify_are_refused() {
     let c = config();
     let p = bearer_payload();

@@ -127,14 +127,27 @@ def jwt_authn_filter(issuer: str, audiences: list[str], prefixes: list[str],
     }
 
 
+def file_access_log(path: str, text_format: str) -> dict:
+    """An HTTP connection manager's access log: one `text_format` line per request to `path`."""
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path,
+            "log_format": {"text_format_source": {"inline_string": text_format}},
+        },
+    }
+
+
 def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_port: int,
                     config: dict | list[dict], edge: bool = True,
                     before: list[dict] = (), env_keys=tuple(SECRETS),
-                    clusters: list[dict] = ()) -> dict:
+                    clusters: list[dict] = (), access_logs: list[dict] = ()) -> dict:
     """`config`: the filter's configuration, or a list of them for several filter instances
     (named bff, bff-2, ...). `before`: HTTP filters placed before them (e.g. jwt_authn).
     `edge`: Envoy faces browsers directly, so it sets X-Forwarded-Proto itself
-    (use_remote_address); otherwise it trusts the load balancer in front of it."""
+    (use_remote_address); otherwise it trusts the load balancer in front of it.
+    `access_logs`: the connection manager's access logs (`file_access_log`)."""
     configs = config if isinstance(config, list) else [config]
     filters = [wasm_filter(c, "bff" if i == 0 else f"bff-{i + 1}", env_keys)
                for i, c in enumerate(configs)]
@@ -156,6 +169,8 @@ def envoy_bootstrap(listen_port: int, admin_port: int, upstream_port: int, idp_p
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
     }
+    if access_logs:
+        hcm["access_log"] = list(access_logs)
     return loopback_bootstrap("main", listen_port, admin_port, hcm,
                               [static_cluster("api", upstream_port), static_cluster("idp", idp_port),
                                *clusters])
@@ -245,7 +260,8 @@ def start_envoy(procs: ProcessGroup, config: dict | list[dict], upstream_port: i
                 concurrency: int = 2, wait: bool = True, timeout: float = 30.0,
                 name: str = "envoy", port: int | None = None, edge: bool = True,
                 before: list[dict] = (), extra_env: dict | None = None,
-                clusters: list[dict] = (), runtime: dict | None = None) -> Envoy:
+                clusters: list[dict] = (), access_logs: list[dict] = (),
+                runtime: dict | None = None) -> Envoy:
     """Start Envoy with the filter; secrets reach the VM through Envoy's own environment
     (`extra_env`: more of them, e.g. a second filter instance's client secret). `runtime`:
     Envoy runtime values, as a static layer (envoy/envoy.yaml's `layered_runtime`)."""
@@ -255,7 +271,7 @@ def start_envoy(procs: ProcessGroup, config: dict | list[dict], upstream_port: i
     env = {"BFF_CLIENT_SECRET": client_secret, "BFF_COOKIE_KEYS": cookie_keys, **(extra_env or {})}
     bootstrap = envoy_bootstrap(listen_port, admin_port, upstream_port, idp_port, config,
                                 edge=edge, before=before, env_keys=tuple(env),
-                                clusters=clusters)
+                                clusters=clusters, access_logs=access_logs)
     if runtime:
         bootstrap["layered_runtime"] = {"layers": [{"name": "static", "static_layer": runtime}]}
     return run_envoy(procs, bootstrap, name, concurrency=concurrency, wait=wait, timeout=timeout,

@@ -14,6 +14,7 @@ use serde_json::json;
 use std::cell::Cell;
 use std::rc::Rc;
 
+mod access_log;
 mod replicas;
 
 const ISSUER: &str = "http://127.0.0.1:9000";
