@@ -129,6 +129,26 @@ fn rfc7516_a3_key_unwrap_and_a128cbc_hs256() {
 }
 
 #[test]
+fn rfc7516_a2_rsa1_5_is_refused_and_its_a128cbc_hs256_content_decrypts() {
+    // RSAES-PKCS1-v1_5 key management is not taken (Bleichenbacher); the content part is
+    // checked with the content key the appendix gives.
+    let token = "eyJhbGciOiJSU0ExXzUiLCJlbmMiOiJBMTI4Q0JDLUhTMjU2In0.UGhIOguC7IuEvf_NPVaXsGMoLOmwvc1GyqlIKOK1nN94nHPoltGRhWhw7Zx0-kFm1NJn8LE9XShH59_i8J0PH5ZZyNfGy2xGdULU7sHNF6Gp2vPLgNZ__deLKxGHZ7PcHALUzoOegEI-8E66jX2E4zyJKx-YxzZIItRzC5hlRirb6Y5Cl_p-ko3YvkkysZIFNPccxRU7qve1WYPxqbb2Yw8kZqa2rMWI5ng8OtvzlV7elprCbuPhcCdZ6XDP0_F8rkXds2vE4X-ncOIM8hAYHHi29NX0mcKiRaD0-D-ljQTP-cFPgwCp6X-nZZd9OHBv-B3oWh2TbqmScqXMR4gp_A.AxY8DCtDaGlsbGljb3RoZQ.KDlTtXchhZTGufMYmOYGS4HffxPSUrfmqCHXaI9wOGY.9hH0vgRfYgPnAHOd8stkvw";
+    assert_eq!(
+        decrypt(token, &fixture_keys(), &EVERYTHING),
+        Err(JweError::AlgRefused("RSA1_5".into()))
+    );
+    let cek = [
+        4u8, 211, 31, 197, 84, 157, 252, 254, 11, 100, 157, 250, 63, 170, 106, 206, 107, 124, 212,
+        45, 111, 107, 9, 219, 200, 177, 0, 240, 143, 156, 44, 207,
+    ];
+    let parts = split(token).unwrap();
+    assert_eq!(
+        decrypt_content(&parts, ContentEncryption::A128CbcHs256, &cek).unwrap(),
+        b"Live long and prosper."
+    );
+}
+
+#[test]
 fn rfc7518_appendix_c_ecdh_es_derives_the_published_key() {
     let bob =
         p256::SecretKey::from_slice(&b64("VEmDZpDXXK8p8N0Cndsxs924q6nS1RXFASRl6BfUqdw")).unwrap();
