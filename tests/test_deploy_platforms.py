@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from harness.procs import REPO
-from test_deploy_files import SECRET_ENV, check_config, run_check_config  # noqa: F401
+from test_deploy_files import SECRET_ENV, check_config, run_check_config, walk  # noqa: F401
 
 DEPLOY = REPO / "deploy"
 GATEWAY_DIR = DEPLOY / "istio-gateway"
@@ -266,16 +266,6 @@ def test_the_module_image_is_pinned_by_digest_and_fails_closed(platform):
                   if d["kind"] in ("WasmPlugin", "EnvoyExtensionPolicy"))
     assert sha256 == "0" * 64, "the placeholder digest, until scripts/oci-image has run"
     assert "scripts/oci-image" in source.read_text()
-
-
-def walk(node):
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from walk(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from walk(value)
 
 
 # --- Istio ingress gateway -------------------------------------------------------------------

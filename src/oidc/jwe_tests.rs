@@ -347,26 +347,35 @@ fn an_ephemeral_key_off_the_curve_or_an_encrypted_key_with_direct_agreement_fail
 
 // --- Wycheproof, for each primitive as used here ------------------------------------------------
 
+/// A Wycheproof case: a valid one gives `want`, an invalid one nothing (acceptable: either).
+fn expect_case(got: Option<Vec<u8>>, result: wycheproof::TestResult, want: &[u8], tc: usize) {
+    use wycheproof::TestResult;
+    match result {
+        TestResult::Valid => assert_eq!(got.as_deref(), Some(want), "tc {tc}"),
+        TestResult::Invalid => assert_eq!(got, None, "tc {tc}"),
+        TestResult::Acceptable => {}
+    }
+}
+
+fn sealed_of(t: &wycheproof::aead::Test) -> Sealed<'_> {
+    Sealed {
+        aad: &t.aad,
+        iv: &t.nonce,
+        ciphertext: &t.ct,
+        tag: &t.tag,
+    }
+}
+
 #[test]
 fn wycheproof_a128cbc_hs256() {
     use wycheproof::aead::{TestName, TestSet};
-    use wycheproof::TestResult;
     let set = TestSet::load(TestName::Aes128CbcHmacSha256).unwrap();
     let mut checked = 0;
     for group in &set.test_groups {
         for t in &group.tests {
-            let sealed = Sealed {
-                aad: &t.aad,
-                iv: &t.nonce,
-                ciphertext: &t.ct,
-                tag: &t.tag,
-            };
+            let sealed = sealed_of(t);
             let got = cbc_hs256(&t.key, &sealed);
-            match t.result {
-                TestResult::Valid => assert_eq!(got.as_deref(), Some(&t.pt[..]), "tc {}", t.tc_id),
-                TestResult::Invalid => assert_eq!(got, None, "tc {}", t.tc_id),
-                TestResult::Acceptable => {}
-            }
+            expect_case(got, t.result, &t.pt, t.tc_id);
             checked += 1;
         }
     }
@@ -376,7 +385,6 @@ fn wycheproof_a128cbc_hs256() {
 #[test]
 fn wycheproof_aes_gcm_with_jwe_sizes() {
     use wycheproof::aead::{TestName, TestSet};
-    use wycheproof::TestResult;
     let set = TestSet::load(TestName::AesGcm).unwrap();
     let mut checked = 0;
     for group in &set.test_groups {
@@ -384,22 +392,13 @@ fn wycheproof_aes_gcm_with_jwe_sizes() {
             continue;
         }
         for t in &group.tests {
-            let sealed = Sealed {
-                aad: &t.aad,
-                iv: &t.nonce,
-                ciphertext: &t.ct,
-                tag: &t.tag,
-            };
+            let sealed = sealed_of(t);
             let got = match group.key_size {
                 128 => gcm::<Aes128Gcm>(&t.key, &sealed),
                 256 => gcm::<Aes256Gcm>(&t.key, &sealed),
                 _ => continue,
             };
-            match t.result {
-                TestResult::Valid => assert_eq!(got.as_deref(), Some(&t.pt[..]), "tc {}", t.tc_id),
-                TestResult::Invalid => assert_eq!(got, None, "tc {}", t.tc_id),
-                TestResult::Acceptable => {}
-            }
+            expect_case(got, t.result, &t.pt, t.tc_id);
             checked += 1;
         }
     }
@@ -409,7 +408,6 @@ fn wycheproof_aes_gcm_with_jwe_sizes() {
 #[test]
 fn wycheproof_aes_key_unwrap() {
     use wycheproof::keywrap::{TestName, TestSet};
-    use wycheproof::TestResult;
     let set = TestSet::load(TestName::AesKeyWrap).unwrap();
     let mut checked = 0;
     for group in &set.test_groups {
@@ -418,11 +416,7 @@ fn wycheproof_aes_key_unwrap() {
         }
         for t in &group.tests {
             let got = unwrap_key(&t.key, &t.ct);
-            match t.result {
-                TestResult::Valid => assert_eq!(got.as_deref(), Some(&t.pt[..]), "tc {}", t.tc_id),
-                TestResult::Invalid => assert_eq!(got, None, "tc {}", t.tc_id),
-                TestResult::Acceptable => {}
-            }
+            expect_case(got, t.result, &t.pt, t.tc_id);
             checked += 1;
         }
     }
@@ -432,7 +426,6 @@ fn wycheproof_aes_key_unwrap() {
 #[test]
 fn wycheproof_rsa_oaep_2048() {
     use wycheproof::rsa_oaep::{TestName, TestSet};
-    use wycheproof::TestResult;
     let mut checked = 0;
     for (name, alg) in [
         (TestName::Rsa2048Sha1Mgf1Sha1, KeyManagement::RsaOaep),
@@ -446,13 +439,7 @@ fn wycheproof_rsa_oaep_2048() {
                     continue; // JWE uses no OAEP label
                 }
                 let got = rsa_oaep(&key, alg, &t.ct);
-                match t.result {
-                    TestResult::Valid => {
-                        assert_eq!(got.as_deref(), Some(&t.pt[..]), "tc {}", t.tc_id)
-                    }
-                    TestResult::Invalid => assert_eq!(got, None, "tc {}", t.tc_id),
-                    TestResult::Acceptable => {}
-                }
+                expect_case(got, t.result, &t.pt, t.tc_id);
                 checked += 1;
             }
         }
@@ -463,7 +450,6 @@ fn wycheproof_rsa_oaep_2048() {
 #[test]
 fn wycheproof_ecdh_p256_points() {
     use wycheproof::ecdh::{TestName, TestSet};
-    use wycheproof::TestResult;
     let set = TestSet::load(TestName::EcdhSecp256r1Ecpoint).unwrap();
     let (mut checked, mut other_encodings) = (0, 0);
     for group in &set.test_groups {
@@ -480,13 +466,7 @@ fn wycheproof_ecdh_p256_points() {
                 continue;
             };
             let got = shared_secret(&key, &public[1..33], &public[33..]);
-            match t.result {
-                TestResult::Valid => {
-                    assert_eq!(got.as_deref(), Some(&t.shared_secret[..]), "tc {}", t.tc_id)
-                }
-                TestResult::Invalid => assert_eq!(got, None, "tc {}", t.tc_id),
-                TestResult::Acceptable => {}
-            }
+            expect_case(got, t.result, &t.shared_secret, t.tc_id);
             checked += 1;
         }
     }

@@ -299,15 +299,21 @@ def run_envoy(procs: ProcessGroup, bootstrap: dict, name: str, env: dict | None 
 
 
 def wait_ready(envoy: Envoy, timeout: float = 30.0) -> None:
-    """Until Envoy's admin /ready answers 200: any failed try (refused, reset, or a stall past
-    the one-second per-try timeout, as on a busy machine) is retried up to the deadline, and
-    the error then names what did not answer and how the last try failed."""
+    """Until Envoy's admin /ready answers 200 (see `wait_answering`)."""
+    wait_answering(f"http://127.0.0.1:{envoy.admin_port}/ready", timeout, "envoy", envoy.alive,
+                   envoy.log, what="admin ")
+
+
+def wait_answering(url: str, timeout: float, name: str, alive, output, what: str = "") -> None:
+    """Until `url` answers 200: any failed try (refused, reset, or a stall past the one-second
+    per-try timeout, as on a busy machine) is retried up to the deadline, and the error then
+    names what did not answer and how the last try failed. `alive()` false ends the wait at
+    once; `output()` is the process's log, shown with either error."""
     deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{envoy.admin_port}/ready"
     last = "no try made"
     while time.monotonic() < deadline:
-        if not envoy.alive():
-            raise RuntimeError(f"envoy exited during start-up:\n{envoy.log()}")
+        if not alive():
+            raise RuntimeError(f"{name} exited during start-up:\n{output()}")
         try:
             r = requests.get(url, timeout=1)
             if r.status_code == 200:
@@ -316,8 +322,8 @@ def wait_ready(envoy: Envoy, timeout: float = 30.0) -> None:
         except requests.RequestException as exc:
             last = describe_failed_try(exc)
         time.sleep(0.1)
-    raise RuntimeError(f"envoy not ready within {timeout}s: admin {url} did not answer 200 "
-                       f"(last try: {last}):\n{envoy.log()}")
+    raise RuntimeError(f"{name} not ready within {timeout}s: {what}{url} did not answer 200 "
+                       f"(last try: {last}):\n{output()}")
 
 
 def describe_failed_try(exc: requests.RequestException) -> str:

@@ -13,12 +13,9 @@ import atexit
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-import requests
-
-from .envoy import describe_failed_try
+from .envoy import wait_answering
 from .procs import ProcessGroup, free_port
 
 REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
@@ -38,22 +35,8 @@ def start_registry(procs: ProcessGroup, timeout: float = 30.0) -> str:
         f"http: {{addr: '127.0.0.1:{port}', secret: test-only-upload-secret}}\n")
     proc = procs.start("registry", [REGISTRY_BIN, "serve", config])
     address = f"127.0.0.1:{port}"
-    url = f"http://{address}/v2/"
-    deadline = time.monotonic() + timeout
-    last = "no try made"
-    while time.monotonic() < deadline:
-        if not proc.running():
-            raise RuntimeError(f"the registry exited during start-up:\n{proc.output()}")
-        try:
-            r = requests.get(url, timeout=1)
-            if r.status_code == 200:
-                return address
-            last = f"answered {r.status_code}"
-        except requests.RequestException as exc:
-            last = describe_failed_try(exc)
-        time.sleep(0.1)
-    raise RuntimeError(f"the registry did not answer 200 at {url} within {timeout}s "
-                       f"(last try: {last}):\n{proc.output()}")
+    wait_answering(f"http://{address}/v2/", timeout, "the registry", proc.running, proc.output)
+    return address
 
 
 def skopeo(*args: str) -> str:
