@@ -36,6 +36,7 @@ import datetime
 import fcntl
 import hashlib
 import http.client
+import importlib.util
 import json
 import os
 import platform
@@ -65,6 +66,19 @@ from harness.upstream import start_echo  # noqa: E402
 
 import signatures  # noqa: E402  (bench/signatures.py, variant h)
 
+def function_exports(module: bytes) -> list[str]:
+    """The functions a module exports (what Envoy may call), by scripts/strip_exports.py's
+    reading of its export section."""
+    spec = importlib.util.spec_from_file_location("strip_exports", REPO / "scripts" / "strip_exports.py")
+    strip_exports = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(strip_exports)
+    for section, _, body_at, end in strip_exports.sections(module):
+        if section == strip_exports.EXPORT_SECTION:
+            return sorted(name for name, kind, _ in strip_exports.exports(module[body_at:end])
+                          if kind == strip_exports.FUNCTION)
+    return []
+
+
 # The bench's client secret: plain, unlike the tests' (harness.CLIENT_SECRET, with ':', '/', '%'
 # and '+'), with which the login through Envoy's OAuth2 filter (c) failed ("OAuth flow failed").
 CLIENT_SECRET = "bff-secret"
@@ -92,7 +106,7 @@ FLOOR_IO = False
 
 NAMES = {
     "a": "Envoy, no auth filter",
-    "b": "floor: minimal proxy-wasm filter",
+    "b": "floor: minimal proxy-wasm filter (exports as envoy-bff's)",
     "c": "Envoy OAuth2 filter, valid session",
     "d": "envoy-bff, valid session, fresh token",
     "g": "envoy-bff, 10,000 sessions in turn",
@@ -1160,7 +1174,11 @@ def main(argv=None) -> int:
         data = p.read_bytes()
         loaded[name] = WORK / "modules" / name
         loaded[name].write_bytes(data)
-        modules[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        modules[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                         "exports": function_exports(data)}
+    if modules[WASM.name]["exports"] != modules[FLOOR_WASM.name]["exports"]:
+        raise SystemExit("the floor and envoy-bff export different callbacks: build both with "
+                         "bench/run (it passes both through scripts/strip_exports.py)")
     info = machine_info()
     pin = Pinning.make(not args.no_pin)
     log(f"{info['nproc']} CPUs ({info['cpu_model']}), Envoy {info['envoy_version']}, "
@@ -1468,6 +1486,7 @@ def main(argv=None) -> int:
             "machine": info,
             "modules_bytes": {name: m["bytes"] for name, m in modules.items()},
             "modules_sha256": {name: m["sha256"] for name, m in modules.items()},
+            "modules_exports": {name: m["exports"] for name, m in modules.items()},
             "skipped": skipped,
             "floor": "io" if FLOOR_IO else "plain",
             **({"before_module": str(args.before)} if args.before else {}),
@@ -1478,6 +1497,8 @@ def main(argv=None) -> int:
         print()
         print(f"envoy-bff instruction counts, {report['date']}, Envoy {info['envoy_version']}, git "
               f"{info['git_commit'][:12]}{' + uncommitted changes' if info['git_dirty'] else ''}")
+        print(f"exports of envoy_bff.wasm and floor_filter.wasm alike: "
+              f"{', '.join(modules[WASM.name]['exports'])}")
         print_instructions(instructions)
         if signature_checks:
             signatures.print_table(signature_checks)
@@ -1596,6 +1617,7 @@ def build_report(args, info, started, variants, skipped, runs, f_result, e_check
                      "idp": "tests/idp/server.mjs (oidc-provider on node), loopback"},
         "modules_bytes": {name: m["bytes"] for name, m in modules.items()},
         "modules_sha256": {name: m["sha256"] for name, m in modules.items()},
+        "modules_exports": {name: m["exports"] for name, m in modules.items()},
         "variants": out,
         "skipped": skipped,
         "ratios_of_added_cost": ratios,
@@ -1785,6 +1807,9 @@ def print_report(rep: dict) -> None:
               f"request Envoy answers at once): p50 {f['client_floor_ms']['p50']:.1f} ms")
     mods = rep["modules_bytes"]
     print()
+    if "modules_exports" in rep:
+        print(f"exports of envoy_bff.wasm and floor_filter.wasm alike: "
+              f"{', '.join(rep['modules_exports']['envoy_bff.wasm'])}")
     print(f"modules: envoy_bff.wasm {mods['envoy_bff.wasm']:,} bytes, floor_filter.wasm "
           f"{mods['floor_filter.wasm']:,} bytes"
           + (f", before (d0) {mods['envoy_bff.before.wasm']:,} bytes" if "envoy_bff.before.wasm" in mods else ""))
