@@ -103,6 +103,9 @@ OAUTH2_COOKIES = ("BearerToken", "OauthHMAC", "OauthExpires", "IdToken", "Refres
 TARGET_RATIO = 1.25
 G_TARGET_RATIO = 2.0
 FLOOR_IO = False
+# --diagnostic: (d0) is a diagnostic build that leaves part of (d)'s job undone on purpose (e.g.
+# no Cookie rewrite, to price that write): its upstream request is not checked for (d)'s edits.
+DIAGNOSTIC = False
 
 NAMES = {
     "a": "Envoy, no auth filter",
@@ -419,6 +422,8 @@ def check_variant(key: str, envoy: Envoy, cookie: str | None) -> str:
     auth = seen.get("authorization", "")
     # (d0), (s), (dp) and (dq) must do what (d) does (but dp and dq with DPoP), (es) what (e) does.
     kind = {"d0": "d", "s": "d", "es": "e", "dp": "d", "dq": "d", "g": "d"}.get(key, key)
+    if key == "d0" and DIAGNOSTIC:
+        kind = "d0"
     dpop = key in DPOP_VARIANTS
     if kind in ("c", "d", "e", "k") and not dpop and not auth.startswith("Bearer "):
         raise RuntimeError(f"variant {key}: no bearer token upstream: {sorted(seen)}")
@@ -878,6 +883,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
            if any("store" in c for c in counts.values()) else {}),
         # With --before: the module (d0) ran, and what the change adds per request (d - d0).
         **({"before_module": str(args.before)} if "d0" in keys else {}),
+        **({"before_is_diagnostic": True} if "d0" in keys and DIAGNOSTIC else {}),
         **({"d_minus_d0": round(per["d"] - per["d0"], 1)} if "d" in per and "d0" in per else {}),
         # DPoP: what a proof per request adds to the Bearer route (signing it, the longer
         # headers), per key; and EdDSA's over ES256's.
@@ -1107,12 +1113,21 @@ def main(argv=None) -> int:
                          "checkout of another commit, e.g. a git worktree), before/after per check")
     ap.add_argument("--signature-checks", type=int, default=100,
                     help="checks per counted run of (h) (100)")
+    ap.add_argument("--diagnostic", action="store_true",
+                    help="with --before: the module is a diagnostic build that skips part of the "
+                         "job on purpose (e.g. a header write): (d0)'s upstream request is not "
+                         "checked for (d)'s token and Cookie edits, only for a 200")
     ap.add_argument("--before", type=Path, metavar="PATH",
                     help="another envoy_bff.wasm (e.g. the last commit's): adds (d0), (d) through "
                          "it on its own Envoy, to the wrk rounds and the instruction counts, with "
                          "d0/b and d/d0 (the change's cost)")
     args = ap.parse_args(argv)
     args.instructions = args.instructions or args.instructions_only
+    if args.diagnostic:
+        if not args.before:
+            ap.error("--diagnostic needs --before (the diagnostic build)")
+        global DIAGNOSTIC
+        DIAGNOSTIC = True
     if args.floor_io:
         # (b) becomes the floor doing envoy-bff's host I/O; every "over the floor" is over that.
         global FLOOR_WASM, FLOOR_IO
