@@ -46,6 +46,25 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> Status;
+    fn proxy_replace_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_remove_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+    ) -> Status;
+    fn proxy_add_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
     fn proxy_set_property(
         path_data: *const u8,
         path_size: usize,
@@ -94,9 +113,25 @@ pub fn set_filter_state(key: &str, value: &str) {
     }
 }
 
-/// Sets (`Some`) or removes (`None`) a request header.
+/// Sets (`Some`) or removes (`None`) a request header. Straight to the ABI: the SDK's
+/// `set_map_value_bytes` panics on any status but Ok (Envoy answers BadArgument where the map
+/// is gone), and a panic ends the VM.
 pub fn set_request_header(name: &str, value: Option<&[u8]>) {
-    if let Err(status) = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, value) {
+    let map = MapType::HttpRequestHeaders;
+    // SAFETY: both pointers and lengths describe live byte slices; the host only reads them.
+    let status = unsafe {
+        match value {
+            Some(value) => proxy_replace_header_map_value(
+                map,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            ),
+            None => proxy_remove_header_map_value(map, name.as_ptr(), name.len()),
+        }
+    };
+    if status != Status::Ok {
         log(
             LogLevel::Error,
             &format!("bff: could not set request header {name}: {status:?}"),
@@ -159,7 +194,17 @@ pub fn response_header(name: &str) -> Option<String> {
 }
 
 pub fn add_response_header(name: &str, value: &str) {
-    if let Err(status) = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value) {
+    // SAFETY: as in `set_request_header` (and the SDK's `add_map_value` panics the same way).
+    let status = unsafe {
+        proxy_add_header_map_value(
+            MapType::HttpResponseHeaders,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    if status != Status::Ok {
         log(
             LogLevel::Error,
             &format!("bff: could not add response header {name}: {status:?}"),
