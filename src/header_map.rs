@@ -82,7 +82,7 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(word)).ok()
 }
 
-/// The same encoding, for tests and fuzzing.
+/// The same encoding: a local reply's headers, and tests and fuzzing.
 pub fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();

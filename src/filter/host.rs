@@ -4,13 +4,14 @@
 //! lossily.
 
 use crate::engine::{Host, Level};
+use crate::header_map;
 use crate::metrics::Counter;
 use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::random::{Random, RandomUnavailable};
 use crate::reply::Reply;
 use crate::store::{Cas, SharedStore, StoreError};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status, StreamType};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Largest IdP answer we read; a bigger one is cut and then fails to parse.
@@ -65,6 +66,17 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> Status;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
+    fn proxy_continue_stream(stream_type: StreamType) -> Status;
     fn proxy_set_property(
         path_data: *const u8,
         path_size: usize,
@@ -139,14 +151,35 @@ pub fn set_request_header(name: &str, value: Option<&[u8]>) {
     }
 }
 
+/// Answers the current request with `reply` instead of sending it upstream. Straight to the ABI,
+/// as the header writes are (the SDK's `send_http_response` panics on any status but Ok).
 pub fn send_reply(reply: &Reply) {
-    let headers: Vec<(&str, &str)> = reply
+    let headers: Vec<(&str, &[u8])> = reply
         .headers
         .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .collect();
-    let body = (!reply.body.is_empty()).then_some(reply.body.as_bytes());
-    if let Err(status) = hostcalls::send_http_response(u32::from(reply.status), headers, body) {
+    let headers = header_map::serialize(&headers);
+    // No body: a null pointer, as the SDK passes.
+    let body = match reply.body.as_bytes() {
+        [] => std::ptr::null(),
+        body => body.as_ptr(),
+    };
+    // SAFETY: every pointer and length describes a live byte slice (or null and 0); the host
+    // only reads them.
+    let status = unsafe {
+        proxy_send_local_response(
+            u32::from(reply.status),
+            std::ptr::null(),
+            0,
+            body,
+            reply.body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    if status != Status::Ok {
         log(
             LogLevel::Error,
             &format!("bff: could not send the local reply: {status:?}"),
@@ -177,7 +210,9 @@ pub fn set_effective_context(context_id: u32) -> bool {
 }
 
 pub fn resume_request() {
-    if let Err(status) = hostcalls::resume_http_request() {
+    // SAFETY: no pointers; the SDK's `resume_http_request` panics on any status but Ok.
+    let status = unsafe { proxy_continue_stream(StreamType::HttpRequest) };
+    if status != Status::Ok {
         log(
             LogLevel::Error,
             &format!("bff: could not resume a request: {status:?}"),
