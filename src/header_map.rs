@@ -84,7 +84,8 @@ fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
 
 /// The same encoding: a local reply's headers, and tests and fuzzing.
 pub fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
+    let bytes: usize = pairs.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + 8 * pairs.len() + bytes);
     let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
     out.extend_from_slice(&len(pairs.len()));
     for (name, value) in pairs {

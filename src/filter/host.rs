@@ -109,6 +109,14 @@ pub fn request_body(size: usize) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// Logs `what` could not be done, unless `status` is Ok (a host call out of the VM returns
+/// a status; the SDK's wrappers panic on one they did not expect).
+fn log_failure(status: Status, level: LogLevel, what: std::fmt::Arguments) {
+    if status != Status::Ok {
+        log(level, &format!("bff: could not {what}: {status:?}"));
+    }
+}
+
 /// Writes `value` into the current request's filter state under `key` (Envoy stores it as
 /// `wasm.<key>`, a mutable string that lives as long as the request's filter chain). The
 /// SDK's `set_property` panics on any status but Ok (Envoy answers NotFound where there is no
@@ -117,12 +125,11 @@ pub fn set_filter_state(key: &str, value: &str) {
     // SAFETY: both pointers and lengths describe live byte slices; the host only reads them.
     let status =
         unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
-    if status != Status::Ok {
-        log(
-            LogLevel::Debug,
-            &format!("bff: could not set filter state {key}: {status:?}"),
-        );
-    }
+    log_failure(
+        status,
+        LogLevel::Debug,
+        format_args!("set filter state {key}"),
+    );
 }
 
 /// Sets (`Some`) or removes (`None`) a request header. Straight to the ABI: the SDK's
@@ -143,12 +150,11 @@ pub fn set_request_header(name: &str, value: Option<&[u8]>) {
             None => proxy_remove_header_map_value(map, name.as_ptr(), name.len()),
         }
     };
-    if status != Status::Ok {
-        log(
-            LogLevel::Error,
-            &format!("bff: could not set request header {name}: {status:?}"),
-        );
-    }
+    log_failure(
+        status,
+        LogLevel::Error,
+        format_args!("set request header {name}"),
+    );
 }
 
 /// Answers the current request with `reply` instead of sending it upstream. Straight to the ABI,
@@ -179,12 +185,11 @@ pub fn send_reply(reply: &Reply) {
             -1,
         )
     };
-    if status != Status::Ok {
-        log(
-            LogLevel::Error,
-            &format!("bff: could not send the local reply: {status:?}"),
-        );
-    }
+    log_failure(
+        status,
+        LogLevel::Error,
+        format_args!("send the local reply"),
+    );
 }
 
 pub fn dispatch(cluster: &str, request: &IdpRequest, timeout: Duration) -> Result<u32, Status> {
@@ -212,12 +217,7 @@ pub fn set_effective_context(context_id: u32) -> bool {
 pub fn resume_request() {
     // SAFETY: no pointers; the SDK's `resume_http_request` panics on any status but Ok.
     let status = unsafe { proxy_continue_stream(StreamType::HttpRequest) };
-    if status != Status::Ok {
-        log(
-            LogLevel::Error,
-            &format!("bff: could not resume a request: {status:?}"),
-        );
-    }
+    log_failure(status, LogLevel::Error, format_args!("resume a request"));
 }
 
 /// A response header's value (lossy UTF-8), if there is one.
@@ -239,12 +239,11 @@ pub fn add_response_header(name: &str, value: &str) {
             value.len(),
         )
     };
-    if status != Status::Ok {
-        log(
-            LogLevel::Error,
-            &format!("bff: could not add response header {name}: {status:?}"),
-        );
-    }
+    log_failure(
+        status,
+        LogLevel::Error,
+        format_args!("add response header {name}"),
+    );
 }
 
 pub fn set_tick_period(period: Duration) {
