@@ -43,9 +43,13 @@ pub fn client_jwks(config: &Config, method: &str) -> Reply {
 
 /// `GET {session_path}`: the user's claims and the session's times, never a token.
 pub fn session_info(config: &Config, session: Result<Session, NoSession>) -> Reply {
-    match session {
-        Ok(s) => {
-            let claims = s.claims();
+    // A session whose second part does not open (tampered) is no session here either.
+    let opened = session.and_then(|s| {
+        let claims = s.cold(&config.keys, &config.cookie.name)?.claims();
+        Ok((s, claims))
+    });
+    match opened {
+        Ok((s, claims)) => {
             Reply::json(
                 200,
                 &json!({
@@ -117,9 +121,11 @@ pub fn logout(
     if !by_script && !sid_matches(req, &session) {
         return Err(Failure::LogoutForbidden);
     }
+    // A second part that does not open: no revocation and no hint, the logout goes on.
+    let cold = session.cold(&config.keys, &config.cookie.name).ok();
     let revoke = provider.and_then(|p| {
         let endpoint = p.revocation_endpoint.as_ref()?;
-        let token = session.refresh_token.as_ref()?;
+        let token = cold?.refresh_token.as_ref()?;
         let form = form_urlencoded::Serializer::new(String::new())
             .append_pair("token", token.expose())
             .append_pair("token_type_hint", "refresh_token")
@@ -135,7 +141,7 @@ pub fn logout(
             // RP-Initiated Logout 1.0 §2: the hint names the session, client_id lets IdPs
             // that need it honour post_logout_redirect_uri.
             let mut q = form_urlencoded::Serializer::new(String::new());
-            if let Some(hint) = &session.id_token {
+            if let Some(hint) = cold.and_then(|c| c.id_token.as_ref()) {
                 q.append_pair("id_token_hint", hint.compact().expose());
             }
             q.append_pair("post_logout_redirect_uri", &landing);
@@ -208,6 +214,7 @@ mod tests {
     use crate::oidc::id_token::test_signer;
     use crate::route::tests::{get, NAV};
     use crate::secret::Secret;
+    use crate::session::contents::{Cold, ColdFields};
     use crate::session::kept_id_token::KeptIdToken;
     use crate::url::AbsoluteUrl;
 
@@ -220,13 +227,15 @@ mod tests {
         Session {
             access_token: Secret::new("AT"),
             access_expires_at: 2000,
-            refresh_token: Some(Secret::new("RT")),
             subject: "alice".into(),
             created: 1000,
             last_seen: 1500,
-            id_token: Some(KeptIdToken::new(&id_token())),
             sid: "the-sid".into(),
             idp_sid: None,
+            cold: Cold::Open(ColdFields {
+                refresh_token: Some(Secret::new("RT")),
+                id_token: Some(KeptIdToken::new(&id_token())),
+            }),
         }
     }
 

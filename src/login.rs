@@ -17,6 +17,7 @@ use crate::oidc::token;
 use crate::random;
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
+use crate::session::contents::{Cold, ColdFields};
 use crate::session::cookie::{self, Jar};
 use crate::session::kept_id_token::KeptIdToken;
 use crate::session::{LoginTransaction, Session, TransactionError};
@@ -407,11 +408,9 @@ fn try_finish(
                 .expires_in
                 .unwrap_or(token::DEFAULT_ACCESS_TOKEN_LIFETIME_S),
         ),
-        refresh_token: tokens.refresh_token,
         subject: claims.subject,
         created: now,
         last_seen: now,
-        id_token: Some(KeptIdToken::new(&id_token)),
         sid: random::token(ctx.rng, 16)
             .map_err(|_| Failure::Internal("no randomness for the session"))?,
         idp_sid: claims
@@ -420,6 +419,10 @@ fn try_finish(
             .and_then(|s| s.as_str())
             .filter(|s| !s.is_empty())
             .map(str::to_string),
+        cold: Cold::Open(ColdFields {
+            refresh_token: tokens.refresh_token,
+            id_token: Some(KeptIdToken::new(&id_token)),
+        }),
     };
     let cookies = session
         .write(
@@ -561,7 +564,7 @@ mod tests {
         assert!(
             cookies[0].starts_with("__Host-bff-session.tx.") && cookies[0].contains("Max-Age=0")
         );
-        assert!(cookies[1].starts_with("__Host-bff-session=v1."));
+        assert!(cookies[1].starts_with("__Host-bff-session=v2."));
         assert!(cookies[1].ends_with("; Path=/; HttpOnly; Secure; SameSite=Lax"));
         let header = cookies[1].split(';').next().unwrap();
         let keys = KeyRing::from_base64_list(crate::config::tests::KEY_A).unwrap();
@@ -575,8 +578,8 @@ mod tests {
         assert_eq!(s.access_expires_at, 1310);
         assert_eq!(s.subject, "alice");
         assert_eq!((s.created, s.last_seen), (1010, 1010));
-        assert_eq!(s.claims().get("name"), Some(&json!("Alice")));
-        assert_eq!(s.claims().get("nonce"), None);
+        assert_eq!(s.opened().claims().get("name"), Some(&json!("Alice")));
+        assert_eq!(s.opened().claims().get("nonce"), None);
         assert_eq!(s.sid.len(), 22);
     }
 
@@ -628,8 +631,11 @@ mod tests {
             &Jar::parse(Some(header.as_bytes())),
         )
         .unwrap();
-        assert_eq!(s.claims().get("name"), Some(&json!("Alice")));
-        assert_eq!(s.id_token.as_ref().unwrap().compact().expose(), signed);
+        assert_eq!(s.opened().claims().get("name"), Some(&json!("Alice")));
+        assert_eq!(
+            s.opened().id_token.as_ref().unwrap().compact().expose(),
+            signed
+        );
     }
 
     #[test]

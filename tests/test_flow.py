@@ -123,7 +123,7 @@ def test_callback_sets_a_sealed_session_cookie_and_drops_the_transaction(stack):
     cookies = set_cookies(r)
     assert cookies[tx_name]["attrs"]["max-age"] == "0"
     session = cookies[SESSION]
-    assert session["value"].startswith("v1.")
+    assert session["value"].startswith("v2.")
     assert session["attrs"]["httponly"] is True
     assert session["attrs"]["secure"] is True
     assert session["attrs"]["samesite"] == "Lax"

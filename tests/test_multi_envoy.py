@@ -116,9 +116,9 @@ def refreshes(d: Deployment) -> int:
 
 
 def key_id(sealed: str) -> str:
-    """`v1.<key id>.<nonce+ciphertext>`: which cookie key sealed this session."""
+    """`v2.<key id>.<nonce+ciphertext>`: which cookie key sealed this session."""
     version, kid, _ = sealed.split(".", 2)
-    assert version == "v1", sealed
+    assert version == "v2", sealed
     return kid
 
 

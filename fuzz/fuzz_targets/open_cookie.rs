@@ -6,8 +6,12 @@
 #![no_main]
 
 use envoy_bff::config::Config;
+use envoy_bff::secret::Secret;
+use envoy_bff::session::cache::SessionCache;
+use envoy_bff::session::contents::{Cold, ColdFields};
 use envoy_bff::session::cookie::{self, Jar};
 use envoy_bff::session::{wire, KeyRing, LoginTransaction, Session};
+use std::rc::Rc;
 use envoy_bff::byte_loops;
 use envoy_bff_fuzz::{config, CountingRandom, COOKIE_KEYS, DEFAULT_NOW};
 use libfuzzer_sys::fuzz_target;
@@ -25,9 +29,35 @@ fuzz_target!(|data: &[u8]| {
     if let (Some(x), Some(y)) = (data.get(1..), data.get(..data.len().saturating_sub(1))) {
         assert_eq!(byte_loops::eq(x, y), x == y);
     }
-    // Whatever decodes as a session's plaintext encodes back to the same session.
+    // Whatever decodes as a session's plaintext (sealed whole before, or either part of a
+    // pair) encodes back, as a pair, to the same session.
+    let cookie: Rc<[u8]> = Rc::from(&b"v2.k.a.b"[..]);
     if let Some(s) = wire::decode(data) {
-        assert_eq!(wire::encode(&s).as_deref().and_then(wire::decode), Some(s));
+        let Cold::Open(cold) = &s.cold else {
+            panic!("a session sealed whole has its cold fields open")
+        };
+        let (hot, second) = wire::encode_pair(&s, cold).unwrap_or_else(|| panic!("encode"));
+        let again = wire::decode_hot(&hot, Rc::clone(&cookie)).unwrap_or_else(|| panic!("hot"));
+        assert_eq!(again.has_refresh_token(), cold.refresh_token.is_some());
+        assert_eq!(Session { cold: s.cold.clone(), ..again }, s);
+        assert_eq!(wire::decode_cold(&second).as_ref(), Some(cold));
+    }
+    if let Some(s) = wire::decode_hot(data, Rc::clone(&cookie)) {
+        let cold = ColdFields {
+            refresh_token: s.has_refresh_token().then(|| Secret::new("rt")),
+            id_token: None,
+        };
+        let (hot, _) = wire::encode_pair(&s, &cold).unwrap_or_else(|| panic!("encode"));
+        assert_eq!(wire::decode_hot(&hot, Rc::clone(&cookie)), Some(s));
+    }
+    if let Some(cold) = wire::decode_cold(data) {
+        let s = Session {
+            cold: Cold::Open(cold.clone()),
+            ..wire::decode_hot(&[3, 0, 0, 0, 0, 0, 0, 0, 0], Rc::clone(&cookie))
+                .unwrap_or_else(|| panic!("the smallest first part"))
+        };
+        let (_, second) = wire::encode_pair(&s, &cold).unwrap_or_else(|| panic!("encode"));
+        assert_eq!(wire::decode_cold(&second), Some(cold));
     }
     // The state is text; the Cookie header is bytes, as the host hands it over.
     let (state, header) = match data.iter().position(|&b| b == b'\n') {
@@ -41,8 +71,19 @@ fuzz_target!(|data: &[u8]| {
     let jar = Jar::parse(Some(header));
     FIXED.with(|(keys, config)| {
         let name = config.cookie.name.as_str();
+        // Opened as the request path does (the second part only when asked), then whole.
+        if let Ok(session) = SessionCache::new(4).open(keys, name, &jar, || false) {
+            let _ = session.check(DEFAULT_NOW, &config.session);
+            if let Ok(cold) = session.cold(keys, name) {
+                let _ = cold.claims();
+            }
+            let _ = session.write(keys, &config.cookie, &jar, &mut CountingRandom(7));
+        }
         if let Ok(session) = Session::open(keys, name, &jar) {
-            let _ = session.claims();
+            let Ok(cold) = session.cold(keys, name) else {
+                panic!("a session opened whole has its cold fields")
+            };
+            let _ = cold.claims();
             let _ = session.ends_at(&config.session);
             for now in [
                 session.last_seen,

@@ -9,6 +9,7 @@ use crate::oidc::id_token::{self, Binding};
 use crate::oidc::idp_request::{IdpAnswer, IdpRequest};
 use crate::oidc::token::{self, TokenError};
 use crate::refresh::Outcome;
+use crate::session::contents::{Cold, ColdFields};
 use crate::session::kept_id_token::KeptIdToken;
 use crate::session::Session;
 
@@ -18,7 +19,8 @@ pub fn refresh_request(
     provider: &Provider,
     session: &Session,
 ) -> Option<IdpRequest> {
-    let refresh_token = session.refresh_token.as_ref()?;
+    let cold = session.cold(&config.keys, &config.cookie.name).ok()?;
+    let refresh_token = cold.refresh_token.as_ref()?;
     Some(IdpRequest::client_post(
         &provider.token_endpoint,
         config.idp_authority_for(&provider.token_endpoint),
@@ -49,24 +51,16 @@ pub fn finish_refresh(
         Err(TokenError::Refused { .. }) => return Outcome::Ended,
         Err(_) => return Outcome::Unavailable,
     };
-    let mut renewed = Session {
-        access_token: tokens.access_token,
-        access_expires_at: ctx.now.saturating_add(
-            tokens
-                .expires_in
-                .unwrap_or(token::DEFAULT_ACCESS_TOKEN_LIFETIME_S),
-        ),
-        // Without a new one the old refresh token stays valid (RFC 6749 §6: rotation is
-        // the IdP's choice).
-        refresh_token: tokens
-            .refresh_token
-            .or_else(|| session.refresh_token.clone()),
-        subject: session.subject.clone(),
-        created: session.created,
-        last_seen: ctx.now,
-        id_token: session.id_token.clone(),
-        sid: session.sid.clone(),
-        idp_sid: session.idp_sid.clone(),
+    // The caller had it open to make the request; a second part that does not open now
+    // cannot be refreshed.
+    let Ok(cold) = session.cold(&ctx.config.keys, &ctx.config.cookie.name) else {
+        return Outcome::Ended;
+    };
+    // Without a new one the old refresh token stays valid (RFC 6749 §6: rotation is the
+    // IdP's choice).
+    let mut renewed_cold = ColdFields {
+        refresh_token: tokens.refresh_token.or_else(|| cold.refresh_token.clone()),
+        id_token: cold.id_token.clone(),
     };
     if let Some(id_token) = &tokens.id_token {
         let checked = id_token::open(ctx, id_token.expose()).and_then(|signed| {
@@ -74,7 +68,7 @@ pub fn finish_refresh(
                 .map(|_| signed)
         });
         match checked {
-            Ok(signed) => renewed.id_token = Some(KeptIdToken::new(&signed)),
+            Ok(signed) => renewed_cold.id_token = Some(KeptIdToken::new(&signed)),
             // Keys rotated since we last read them (or none read yet): the access token is
             // still good (it came straight from the token endpoint); keep the claims we have.
             Err(e) if e.is_unknown_key() => {}
@@ -82,6 +76,20 @@ pub fn finish_refresh(
             Err(_) => return Outcome::Ended,
         }
     }
+    let renewed = Session {
+        access_token: tokens.access_token,
+        access_expires_at: ctx.now.saturating_add(
+            tokens
+                .expires_in
+                .unwrap_or(token::DEFAULT_ACCESS_TOKEN_LIFETIME_S),
+        ),
+        subject: session.subject.clone(),
+        created: session.created,
+        last_seen: ctx.now,
+        sid: session.sid.clone(),
+        idp_sid: session.idp_sid.clone(),
+        cold: Cold::Open(renewed_cold),
+    };
     match renewed.seal(&ctx.config.keys, &ctx.config.cookie.name, ctx.rng) {
         Ok(sealed) => Outcome::Renewed(sealed),
         Err(_) => Outcome::Unavailable,
@@ -102,15 +110,17 @@ mod tests {
         Session {
             access_token: Secret::new("old-at"),
             access_expires_at: 1030,
-            refresh_token: Some(Secret::new("old-rt")),
             subject: "alice".into(),
             created: 500,
             last_seen: 900,
-            id_token: Some(KeptIdToken::new(&test_signer::sign(
-                &json!({"sub": "alice", "name": "Alice"}),
-            ))),
             sid: "sid-1".into(),
             idp_sid: None,
+            cold: Cold::Open(ColdFields {
+                refresh_token: Some(Secret::new("old-rt")),
+                id_token: Some(KeptIdToken::new(&test_signer::sign(
+                    &json!({"sub": "alice", "name": "Alice"}),
+                ))),
+            }),
         }
     }
 
@@ -164,7 +174,7 @@ mod tests {
             Some("grant_type=refresh_token&refresh_token=old-rt")
         );
         let mut no_rt = session();
-        no_rt.refresh_token = None;
+        no_rt.cold_mut().refresh_token = None;
         assert!(refresh_request(&c, &test_provider(), &no_rt).is_none());
     }
 
@@ -176,9 +186,15 @@ mod tests {
         ));
         assert_eq!(s.access_token.expose(), "new-at");
         assert_eq!(s.access_expires_at, 1300);
-        assert_eq!(s.refresh_token.as_ref().unwrap().expose(), "new-rt");
+        assert_eq!(
+            s.opened().refresh_token.as_ref().unwrap().expose(),
+            "new-rt"
+        );
         assert_eq!((s.created, s.last_seen), (500, 1000));
-        assert_eq!(s.claims().get("name"), Some(&json!("Alice Liddell")));
+        assert_eq!(
+            s.opened().claims().get("name"),
+            Some(&json!("Alice Liddell"))
+        );
         assert_eq!(s.sid, "sid-1");
     }
 
@@ -188,8 +204,11 @@ mod tests {
             Some(200),
             json!({"access_token": "new-at", "token_type": "Bearer"}),
         ));
-        assert_eq!(s.refresh_token.as_ref().unwrap().expose(), "old-rt");
-        assert_eq!(s.claims().get("name"), Some(&json!("Alice")));
+        assert_eq!(
+            s.opened().refresh_token.as_ref().unwrap().expose(),
+            "old-rt"
+        );
+        assert_eq!(s.opened().claims().get("name"), Some(&json!("Alice")));
     }
 
     #[test]
@@ -244,7 +263,10 @@ mod tests {
             panic!("{renewed:?}")
         };
         let s = Session::open_sealed(&c.keys, &c.cookie.name, sealed.as_bytes()).unwrap();
-        assert_eq!(s.id_token.as_ref().unwrap().compact().expose(), signed);
+        assert_eq!(
+            s.opened().id_token.as_ref().unwrap().compact().expose(),
+            signed
+        );
         // An IdP that stops encrypting is a downgrade: the session ends.
         assert_eq!(
             run_with(

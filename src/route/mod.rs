@@ -305,8 +305,12 @@ pub fn decide(
             return Decision::Reply(Reply::failure(client(), &failure));
         }
     }
+    // What needs the session's second part (its claims, the ID token, the refresh token)
+    // decrypts it with the first when the session is not in the cache.
+    let whole =
+        || needs_claims(config, path) || path == config.session_path || path == config.logout_path;
     let session = sessions
-        .open(&config.keys, &config.cookie.name, &jar)
+        .open(&config.keys, &config.cookie.name, &jar, whole)
         .and_then(|s| s.check(now, &config.session).map(|upkeep| (s, upkeep)));
     if path == config.session_path {
         return Decision::Reply(endpoints::session_info(
@@ -332,7 +336,11 @@ pub fn decide(
             rewritten(ctx, req, &jar, session)
         }
         Ok((session, Upkeep::Refresh)) => {
-            match (provider, session.refresh_token.as_ref()) {
+            let refresh_token = match session.cold(&config.keys, &config.cookie.name) {
+                Ok(cold) => cold.refresh_token.as_ref(),
+                Err(reason) => return no_usable_session(ctx, provider, req, &jar, reason),
+            };
+            match (provider, refresh_token) {
                 (Some(provider), Some(rt)) => match refresh_request(config, provider, &session) {
                     Some(request) => {
                         return Decision::Refresh(Box::new(RefreshNeeded {
@@ -554,6 +562,11 @@ fn logs_in(req: &Request) -> bool {
     client_of(req) == Client::Navigation && req.is_get_or_head()
 }
 
+/// Whether a request on `path` goes by the user's claims (claim headers, or a rule over it).
+fn needs_claims(config: &Config, path: &str) -> bool {
+    !config.claim_headers.is_empty() || rules::applies(&config.rules, path)
+}
+
 /// Sends an authenticated request upstream: the token, the claim headers, no filter cookie;
 /// unless an authorization rule denies it or asks for a stronger or fresher login.
 fn forward(
@@ -567,9 +580,16 @@ fn forward(
     let path = path_of(req.path);
     // Only built when it is written: the authenticated path pays nothing for it otherwise.
     let who = config.access_log.then(|| Who::of_session(session));
-    let needs_claims = !config.claim_headers.is_empty() || rules::applies(&config.rules, path);
-    let claims = if needs_claims {
-        session.claims()
+    let claims = if needs_claims(config, path) {
+        match session.cold(&config.keys, &config.cookie.name) {
+            Ok(cold) => cold.claims(),
+            // The cookie's second part was tampered with on its own: no claims to go by.
+            Err(_) => {
+                let login_url = config.login_path.clone();
+                let failure = Failure::Unauthenticated { login_url };
+                return Settled::Reply(Reply::failure(client_of(req), &failure));
+            }
+        }
     } else {
         Default::default()
     };

@@ -5,6 +5,7 @@ use crate::oidc::discovery::test_provider;
 use crate::random::CountingRandom;
 use crate::refresh::{Outcome, RefreshId};
 use crate::secret::Secret;
+use crate::session::contents::{Cold, ColdFields};
 use crate::session::kept_id_token::KeptIdToken;
 use crate::session::KeyRing;
 
@@ -62,13 +63,15 @@ pub fn session_cookie(expires_at: u64) -> String {
     let s = Session {
         access_token: Secret::new("the-access-token"),
         access_expires_at: expires_at,
-        refresh_token: None,
         subject: "alice".into(),
         created: 900,
         last_seen: 900,
-        id_token: None,
         sid: "sid-1".into(),
         idp_sid: None,
+        cold: Cold::Open(ColdFields {
+            refresh_token: None,
+            id_token: None,
+        }),
     };
     let k = KeyRing::from_base64_list(KEY_A).unwrap();
     format!(
@@ -82,13 +85,15 @@ fn refreshable(expires_at: u64) -> Session {
     Session {
         access_token: Secret::new("old-token"),
         access_expires_at: expires_at,
-        refresh_token: Some(Secret::new("the-refresh-token")),
         subject: "alice".into(),
         created: 900,
         last_seen: 900,
-        id_token: None,
         sid: "sid-1".into(),
         idp_sid: None,
+        cold: Cold::Open(ColdFields {
+            refresh_token: Some(Secret::new("the-refresh-token")),
+            id_token: None,
+        }),
     }
 }
 
@@ -370,7 +375,7 @@ fn claims_go_upstream_as_headers_and_rules_decide() {
     v["bypass"] = serde_json::json!(["/private/healthz"]);
     let c = config_from(v);
     let mut s = refreshable(5000);
-    s.id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
+    s.cold_mut().id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
         &serde_json::json!({"sub": "alice", "groups": ["staff", "beta"]}),
     )));
     let cookie = cookie_of(&s);
@@ -414,6 +419,77 @@ fn claims_go_upstream_as_headers_and_rules_decide() {
         (f.token_header, f.extra),
         (None, vec![("x-user-sub".to_string(), None)])
     );
+}
+
+#[test]
+fn a_sessions_second_part_is_opened_only_for_what_needs_it() {
+    let mut v = minimal_json();
+    v["rules"] =
+        serde_json::json!([{"prefix": "/private/admin", "require": {"name": {"equals": "Alice"}}}]);
+    let c = config_from(v);
+    let provider = test_provider();
+    let keys = KeyRing::from_base64_list(KEY_A).unwrap();
+    let run = |cookie: &str, path: &str, now: u64, cache: &mut SessionCache| {
+        let h = get(path, &[API, CSRF, ("cookie", cookie)]);
+        let mut rng = CountingRandom(3);
+        let mut ctx = Ctx {
+            config: &c,
+            provider: Some(&provider),
+            keys: None,
+            now,
+            rng: &mut rng,
+        };
+        decide(&mut ctx, &Request::from_headers(&h), None, cache)
+    };
+    let mut s = refreshable(5000);
+    s.cold_mut().id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
+        &serde_json::json!({"sub": "alice", "name": "Alice"}),
+    )));
+    let good = cookie_of(&s);
+    let still_sealed = |cache: &mut SessionCache| {
+        let session = cache
+            .open(
+                &keys,
+                "__Host-bff-session",
+                &Jar::parse(Some(good.as_bytes())),
+                || false,
+            )
+            .unwrap();
+        match &session.cold {
+            Cold::Sealed { opened, .. } => opened.get().is_none(),
+            Cold::Open(_) => false,
+        }
+    };
+    // An API call forwards with what the first part holds: the second stays sealed.
+    let mut cache = SessionCache::new(4);
+    let Decision::Forward(f) = run(&good, "/private/api", 1000, &mut cache) else {
+        panic!()
+    };
+    assert_eq!(
+        f.token_header,
+        Some(("authorization".into(), "Bearer old-token".into()))
+    );
+    assert!(still_sealed(&mut cache));
+    // A rule on the claims opens it (once: the cached session keeps it open).
+    assert!(matches!(
+        run(&good, "/private/admin/x", 1000, &mut cache),
+        Decision::Forward(_)
+    ));
+    assert!(!still_sealed(&mut cache));
+
+    // The tag covers both parts: tampered anywhere, the value is no session at all.
+    let mut tampered = good.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for (path, now) in [
+        ("/private/api", 1000),
+        ("/private/admin/x", 1000),
+        ("/private/session", 1000),
+        ("/private/api", 4990),
+    ] {
+        let r = reply(run(&tampered, path, now, &mut SessionCache::new(4)));
+        assert_eq!(r.status, 401, "{path} at {now}");
+    }
 }
 
 /// The authorization request's query parameters, in order.
@@ -511,7 +587,7 @@ fn a_rule_wanting_a_stronger_login_asks_for_a_step_up() {
     v["rules"] = serde_json::json!([{"prefix": "/private/refund", "acr": ["urn:example:mfa"], "max_auth_age_s": 300}]);
     let c = config_from(v);
     let mut s = refreshable(5000);
-    s.id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
+    s.cold_mut().id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
         &serde_json::json!({"sub": "alice", "acr": "urn:example:pwd", "auth_time": 900}),
     )));
     let cookie = cookie_of(&s);

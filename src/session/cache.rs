@@ -1,10 +1,11 @@
 //! Opened sessions, remembered by their exact sealed bytes.
 //!
 //! Every API call carries the same cookie until it is re-written, and opening it (AEAD and
-//! JSON) is most of the filter's work on the authenticated path. A sealed value opens to the
+//! decoding) is most of the filter's work on the authenticated path. A sealed value opens to the
 //! same session every time, so the result can be kept: a hit is a hash lookup. Lifetime and
 //! expiry are still checked on every request against the clock, and a cookie that does not
-//! open is never remembered (an attacker's garbage cannot fill the cache).
+//! open is never remembered (an attacker's garbage cannot fill the cache). A session's second
+//! part (refresh token, ID token) is decrypted at most once per entry, when a request needs it.
 //!
 //! Full, it evicts by second chance (the CLOCK algorithm): the oldest entry goes unless it
 //! was used since it was cached or last spared, so a user who keeps calling the API stays
@@ -154,12 +155,14 @@ impl SessionCache {
     }
 
     /// The session in the request's cookies, from the cache or opened (and then remembered),
-    /// unless a logout ended it.
+    /// unless a logout ended it. Opened, its second part is decrypted too when `whole()` says
+    /// the request will need it (one pass instead of two); asked only on a miss.
     pub fn open(
         &mut self,
         keys: &KeyRing,
         name: &str,
         jar: &Jar,
+        whole: impl FnOnce() -> bool,
     ) -> Result<Rc<Session>, NoSession> {
         let sealed = Session::sealed_in(name, jar)?;
         let value: &[u8] = &sealed;
@@ -167,7 +170,12 @@ impl SessionCache {
             entry.used.set(true);
             return self.unless_denied(&entry.session);
         }
-        let session = Rc::new(Session::open_sealed(keys, name, value)?);
+        let sealed: Rc<[u8]> = Rc::from(value);
+        let session = Rc::new(if whole() {
+            Session::open_sealed(keys, name, &sealed)?
+        } else {
+            Session::open_first(keys, name, Rc::clone(&sealed))?
+        });
         if !self.denied.is_empty() && self.denied.denies(&session) {
             return Err(NoSession::LoggedOut);
         }
@@ -175,7 +183,7 @@ impl SessionCache {
             if self.entries.len() >= self.capacity {
                 self.evict_one();
             }
-            let key = Sealed(Rc::from(value));
+            let key = Sealed(sealed);
             self.order.push_back(key.clone());
             let entry = Entry {
                 session: Rc::clone(&session),
@@ -207,6 +215,7 @@ mod tests {
     use crate::config::tests::KEY_A;
     use crate::random::CountingRandom;
     use crate::secret::Secret;
+    use crate::session::contents::{Cold, ColdFields};
     use crate::session::cookie::tests::jar;
 
     const N: &str = "__Host-bff-session";
@@ -215,13 +224,15 @@ mod tests {
         let s = Session {
             access_token: Secret::new("at"),
             access_expires_at: 2000,
-            refresh_token: None,
             subject: subject.into(),
             created: 1000,
             last_seen: 1000,
-            id_token: None,
             sid: "s".into(),
             idp_sid: None,
+            cold: Cold::Open(ColdFields {
+                refresh_token: None,
+                id_token: None,
+            }),
         };
         format!(
             "{N}={}",
@@ -235,8 +246,8 @@ mod tests {
         let keys = KeyRing::from_base64_list(KEY_A).unwrap();
         let mut cache = SessionCache::new(2);
         let a = cookie("alice", &keys);
-        let first = cache.open(&keys, N, &jar(&a)).unwrap();
-        let second = cache.open(&keys, N, &jar(&a)).unwrap();
+        let first = cache.open(&keys, N, &jar(&a), || false).unwrap();
+        let second = cache.open(&keys, N, &jar(&a), || false).unwrap();
         assert!(Rc::ptr_eq(&first, &second));
         assert_eq!(first.subject, "alice");
     }
@@ -269,28 +280,46 @@ mod tests {
         let mut cache = SessionCache::new(3);
         let [a, b, c, d, e] = ["a", "bb", "ccc", "dddd", "eeeee"].map(|w| cookie(w, &keys));
         for x in [&a, &b, &c] {
-            cache.open(&keys, N, &jar(x)).unwrap();
+            cache.open(&keys, N, &jar(x), || false).unwrap();
         }
-        let first_a = cache.open(&keys, N, &jar(&a)).unwrap(); // a is in use
-        cache.open(&keys, N, &jar(&d)).unwrap(); // full: a is spared, b (the next oldest) goes
+        let first_a = cache.open(&keys, N, &jar(&a), || false).unwrap(); // a is in use
+        cache.open(&keys, N, &jar(&d), || false).unwrap(); // full: a is spared, b (the next oldest) goes
         assert_eq!(cache.len(), 3);
         assert!(Rc::ptr_eq(
             &first_a,
-            &cache.open(&keys, N, &jar(&a)).unwrap()
+            &cache.open(&keys, N, &jar(&a), || false).unwrap()
         ));
-        cache.open(&keys, N, &jar(&e)).unwrap(); // c goes (a was used again, but c is older)
+        cache.open(&keys, N, &jar(&e), || false).unwrap(); // c goes (a was used again, but c is older)
         assert!(Rc::ptr_eq(
             &first_a,
-            &cache.open(&keys, N, &jar(&a)).unwrap()
+            &cache.open(&keys, N, &jar(&a), || false).unwrap()
         ));
         assert_eq!(kept(&cache), values_of(&[&a, &d, &e]), "b and c went");
         // When every entry is in use, one round clears the flags and the oldest goes.
         let mut all_used = SessionCache::new(2);
         for x in [&a, &b, &a, &b, &c] {
-            all_used.open(&keys, N, &jar(x)).unwrap();
+            all_used.open(&keys, N, &jar(x), || false).unwrap();
         }
         assert_eq!(kept(&all_used), values_of(&[&b, &c]));
         assert_eq!(all_used.len(), 2);
+    }
+
+    #[test]
+    fn the_second_part_is_opened_with_the_first_only_when_asked() {
+        let keys = KeyRing::from_base64_list(KEY_A).unwrap();
+        let a = cookie("alice", &keys);
+        let mut cache = SessionCache::new(2);
+        let lazy = cache.open(&keys, N, &jar(&a), || false).unwrap();
+        assert!(matches!(&lazy.cold, Cold::Sealed { opened, .. } if opened.get().is_none()));
+        let mut cache = SessionCache::new(2);
+        let whole = cache.open(&keys, N, &jar(&a), || true).unwrap();
+        assert!(matches!(&whole.cold, Cold::Open(_)));
+        assert_eq!(whole.cold(&keys, N), lazy.cold(&keys, N));
+        // A hit does not ask.
+        let hit = cache
+            .open(&keys, N, &jar(&a), || panic!("asked on a hit"))
+            .unwrap();
+        assert!(Rc::ptr_eq(&hit, &whole));
     }
 
     #[test]
@@ -298,13 +327,13 @@ mod tests {
         let keys = KeyRing::from_base64_list(KEY_A).unwrap();
         let mut cache = SessionCache::new(4);
         let good = cookie("alice", &keys);
-        cache.open(&keys, N, &jar(&good)).unwrap();
+        cache.open(&keys, N, &jar(&good), || false).unwrap();
         // Same head (and so the same hash), another tail: must be opened, and fail.
         let mut forged = good.clone();
         forged.pop();
         forged.push(if good.ends_with('A') { 'B' } else { 'A' });
         assert_eq!(
-            cache.open(&keys, N, &jar(&forged)).unwrap_err(),
+            cache.open(&keys, N, &jar(&forged), || false).unwrap_err(),
             NoSession::Unreadable
         );
     }
@@ -314,7 +343,9 @@ mod tests {
         let keys = KeyRing::from_base64_list(KEY_A).unwrap();
         let mut cache = SessionCache::new(2);
         for who in ["a", "bb", "ccc"] {
-            cache.open(&keys, N, &jar(&cookie(who, &keys))).unwrap();
+            cache
+                .open(&keys, N, &jar(&cookie(who, &keys)), || false)
+                .unwrap();
         }
         assert_eq!(cache.len(), 2, "the oldest went");
         for junk in [
@@ -322,11 +353,12 @@ mod tests {
             "__Host-bff-session=v1.x.y",
             "x=y",
         ] {
-            assert!(cache.open(&keys, N, &jar(junk)).is_err());
+            assert!(cache.open(&keys, N, &jar(junk), || false).is_err());
         }
         assert_eq!(cache.len(), 2);
         let mut off = SessionCache::new(0);
-        off.open(&keys, N, &jar(&cookie("a", &keys))).unwrap();
+        off.open(&keys, N, &jar(&cookie("a", &keys)), || false)
+            .unwrap();
         assert!(off.is_empty());
     }
 }

@@ -1,51 +1,96 @@
 //! What the session cookie holds, and the rules of its life. Every API call opens it, so it
-//! keeps only what the filter needs (sealed in the form of `wire`; the one-letter names are
-//! those of the JSON form cookies had before, still read).
+//! keeps only what the filter needs, and what few requests need ([`ColdFields`]) in a second
+//! part that opens only when asked (sealed in the form of `wire`).
 
 use super::chunks;
 use super::cookie::{self, Jar};
 use super::kept_id_token::KeptIdToken;
-use super::seal::{KeyRing, SealError};
+use super::seal::{KeyRing, Opened, SealError};
 use super::wire;
 use crate::config::{CookieSettings, SessionLifetime};
 use crate::random::Random;
 use crate::secret::Secret;
-use serde::Deserialize;
 use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::fmt;
+use std::rc::Rc;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    #[serde(rename = "a")]
     pub access_token: Secret,
     /// Unix seconds when the access token expires.
-    #[serde(rename = "x")]
     pub access_expires_at: u64,
-    #[serde(rename = "r", default)]
-    pub refresh_token: Option<Secret>,
     /// The ID token's `sub`.
-    #[serde(rename = "s")]
     pub subject: String,
     /// Unix seconds when the user logged in: the absolute lifetime counts from here.
-    #[serde(rename = "c")]
     pub created: u64,
     /// Unix seconds of the last time the cookie was written: the inactivity timeout counts
     /// from here, so it is exact to within the sliding step (see [`Session::check`]).
-    #[serde(rename = "l", default)]
     pub last_seen: u64,
+    /// A random id for this session, handed to the SPA for logout links (`?sid=`): a
+    /// cross-site page cannot know it, so it cannot log the user out.
+    pub sid: String,
+    /// The IdP's session id (the ID token's `sid`, OIDC Back-Channel Logout 1.0 §2.1), when it
+    /// sends one: a back-channel logout naming it ends this session.
+    pub idp_sid: Option<String>,
+    /// The refresh token and the ID token: the cookie's second part, opened when needed.
+    pub cold: Cold,
+}
+
+/// What a request rarely needs: sealed in the cookie's second part (`wire`), so that opening
+/// a session does not pay for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColdFields {
+    pub refresh_token: Option<Secret>,
     /// The ID token, verified before it was sealed here: the user's claims (session
     /// endpoint, rules, claim headers) and `id_token_hint` at logout. Kept whole (as its
     /// parts' bytes: `kept_id_token`) rather than as claims plus token, which would double
     /// the cookie.
-    #[serde(rename = "i", default)]
     pub id_token: Option<KeptIdToken>,
-    /// A random id for this session, handed to the SPA for logout links (`?sid=`): a
-    /// cross-site page cannot know it, so it cannot log the user out.
-    #[serde(rename = "d", default)]
-    pub sid: String,
-    /// The IdP's session id (the ID token's `sid`, OIDC Back-Channel Logout 1.0 §2.1), when it
-    /// sends one: a back-channel logout naming it ends this session.
-    #[serde(rename = "p", default)]
-    pub idp_sid: Option<String>,
+}
+
+impl ColdFields {
+    /// The user's claims, from the sealed ID token (protocol claims left out).
+    pub fn claims(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.id_token
+            .as_ref()
+            .and_then(KeptIdToken::payload)
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .map(|all| user_claims(&all))
+            .unwrap_or_default()
+    }
+}
+
+/// A session's [`ColdFields`], open or still sealed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Cold {
+    Open(ColdFields),
+    /// In the second part of `cookie` (the whole sealed value, shared with the cache's key),
+    /// opened at most once.
+    Sealed {
+        cookie: Rc<[u8]>,
+        has_refresh_token: bool,
+        opened: OnceCell<ColdFields>,
+    },
+}
+
+impl Cold {
+    pub fn sealed(cookie: Rc<[u8]>, has_refresh_token: bool) -> Cold {
+        Cold::Sealed {
+            cookie,
+            has_refresh_token,
+            opened: OnceCell::new(),
+        }
+    }
+}
+
+impl fmt::Debug for Cold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cold::Open(fields) => f.debug_tuple("Open").field(fields).finish(),
+            Cold::Sealed { opened, .. } => f.debug_tuple("Sealed").field(&opened.get()).finish(),
+        }
+    }
 }
 
 /// Why a request has no usable session. The caller treats all of them alike (log in again);
@@ -91,16 +136,6 @@ pub fn user_claims(
 }
 
 impl Session {
-    /// The user's claims, from the sealed ID token (protocol claims left out).
-    pub fn claims(&self) -> serde_json::Map<String, serde_json::Value> {
-        self.id_token
-            .as_ref()
-            .and_then(KeptIdToken::payload)
-            .and_then(|json| serde_json::from_slice(&json).ok())
-            .map(|all| user_claims(&all))
-            .unwrap_or_default()
-    }
-
     /// When the session ends at the latest, if no request slides it.
     pub fn ends_at(&self, lifetime: &SessionLifetime) -> u64 {
         self.created
@@ -120,10 +155,73 @@ impl Session {
             .ok_or(NoSession::Absent)
     }
 
-    /// Opens a sealed value (already joined from its chunks).
+    /// Opens a sealed value (already joined from its chunks), both parts.
     pub fn open_sealed(keys: &KeyRing, name: &str, sealed: &[u8]) -> Result<Session, NoSession> {
-        let plain = keys.open(name, sealed).map_err(|_| NoSession::Unreadable)?;
-        wire::decode(&plain).ok_or(NoSession::Unreadable)
+        if !keys.is_pair(sealed) {
+            return Self::open_first(keys, name, Rc::from(sealed));
+        }
+        keys.open_pair(name, sealed)
+            .ok()
+            .and_then(|pair| wire::decode_pair(pair.first(), pair.second()))
+            .ok_or(NoSession::Unreadable)
+    }
+
+    /// Opens what every request needs of a sealed value: the second part of a pair stays
+    /// sealed (in `sealed`) until [`Session::cold`] is asked for it.
+    pub fn open_first(keys: &KeyRing, name: &str, sealed: Rc<[u8]>) -> Result<Session, NoSession> {
+        match keys.open_first(name, &sealed) {
+            Ok(Opened::Whole(plain)) => wire::decode(&plain),
+            Ok(Opened::First(plain)) => wire::decode_hot(&plain, sealed),
+            Err(_) => None,
+        }
+        .ok_or(NoSession::Unreadable)
+    }
+
+    /// The refresh token and the ID token, opened from the cookie's second part at the first
+    /// call. Unreadable if that part does not open (tampered on its own).
+    pub fn cold(&self, keys: &KeyRing, name: &str) -> Result<&ColdFields, NoSession> {
+        match &self.cold {
+            Cold::Open(fields) => Ok(fields),
+            Cold::Sealed { cookie, opened, .. } => {
+                if let Some(fields) = opened.get() {
+                    return Ok(fields);
+                }
+                let fields = keys
+                    .open_pair(name, cookie)
+                    .ok()
+                    .and_then(|pair| wire::decode_cold(pair.second()))
+                    .ok_or(NoSession::Unreadable)?;
+                Ok(opened.get_or_init(|| fields))
+            }
+        }
+    }
+
+    /// Whether the session holds a refresh token (known without opening its second part).
+    pub fn has_refresh_token(&self) -> bool {
+        match &self.cold {
+            Cold::Open(fields) => fields.refresh_token.is_some(),
+            Cold::Sealed {
+                has_refresh_token, ..
+            } => *has_refresh_token,
+        }
+    }
+
+    /// The opened cold fields of a test's session.
+    #[cfg(test)]
+    pub fn opened(&self) -> &ColdFields {
+        match &self.cold {
+            Cold::Open(fields) => fields,
+            Cold::Sealed { opened, .. } => opened.get().expect("a second part not opened"),
+        }
+    }
+
+    /// The open cold fields of a session made in a test.
+    #[cfg(test)]
+    pub fn cold_mut(&mut self) -> &mut ColdFields {
+        match &mut self.cold {
+            Cold::Open(fields) => fields,
+            Cold::Sealed { .. } => panic!("a test session with its second part sealed"),
+        }
     }
 
     /// Whether the session is still alive at `now`, and what it needs.
@@ -140,7 +238,7 @@ impl Session {
             return Err(NoSession::Idle);
         }
         if now.saturating_add(lifetime.refresh_leeway) >= self.access_expires_at {
-            if self.refresh_token.is_some() {
+            if self.has_refresh_token() {
                 return Ok(Upkeep::Refresh);
             }
             // Without a refresh token the access token is used up, then the session ends.
@@ -159,14 +257,16 @@ impl Session {
         Ok(Upkeep::None)
     }
 
+    /// The session sealed as a pair (its second part opened first if it is still sealed).
     pub fn seal(
         &self,
         keys: &KeyRing,
         name: &str,
         rng: &mut dyn Random,
     ) -> Result<String, SealError> {
-        let plain = wire::encode(self).ok_or(SealError::Cipher)?;
-        keys.seal(name, &plain, rng)
+        let cold = self.cold(keys, name).map_err(|_| SealError::Unopened)?;
+        let (hot, cold) = wire::encode_pair(self, cold).ok_or(SealError::Cipher)?;
+        keys.seal_pair(name, &hot, &cold, rng)
     }
 
     /// The `Set-Cookie` headers that store this session (in chunks when large) and delete
@@ -230,13 +330,15 @@ mod tests {
         Session {
             access_token: Secret::new("at-123"),
             access_expires_at: 2000,
-            refresh_token: None,
             subject: "alice".into(),
             created: 1000,
             last_seen: 1000,
-            id_token: None,
             sid: "sid-1".into(),
             idp_sid: None,
+            cold: Cold::Open(ColdFields {
+                refresh_token: None,
+                id_token: None,
+            }),
         }
     }
 
@@ -283,7 +385,7 @@ mod tests {
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         let mut s = session();
         let groups: Vec<String> = (0..400).map(|i| format!("team-{i}-readers")).collect();
-        s.id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
+        s.cold_mut().id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
             &json!({"sub": "alice", "groups": groups}),
         )));
         let cookies = s
@@ -333,6 +435,97 @@ mod tests {
         );
     }
 
+    /// `s` with a refresh token and an ID token, as a login leaves it.
+    fn with_tokens(mut s: Session) -> Session {
+        s.cold_mut().refresh_token = Some(Secret::new("rt-secret"));
+        s.cold_mut().id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
+            &json!({"sub": "alice", "name": "Alice"}),
+        )));
+        s
+    }
+
+    #[test]
+    fn the_first_part_opens_without_the_second() {
+        let k = KeyRing::from_base64_list(KEY_A).unwrap();
+        let s = with_tokens(session());
+        let sealed: Rc<[u8]> = Rc::from(s.seal(&k, N, &mut CountingRandom(0)).unwrap().as_bytes());
+        let first = Session::open_first(&k, N, Rc::clone(&sealed)).unwrap();
+        let Cold::Sealed { opened, .. } = &first.cold else {
+            panic!("a pair's second part stays sealed")
+        };
+        assert!(opened.get().is_none());
+        assert!(first.has_refresh_token());
+        assert_eq!(first.check(1001, &lifetime()), Ok(Upkeep::None));
+        assert_eq!(
+            Session {
+                cold: s.cold.clone(),
+                ..first.clone()
+            },
+            s
+        );
+        // Asked for, the second part opens once and stays open.
+        assert_eq!(first.cold(&k, N), Ok(s.opened()));
+        assert_eq!(opened.get(), Some(s.opened()));
+        assert_eq!(Session::open_sealed(&k, N, &sealed), Ok(s.clone()));
+        // The first part holds no token but the access token.
+        let Ok(Opened::First(plain)) = k.open_first(N, &sealed) else {
+            panic!("a pair")
+        };
+        assert!(!plain.windows(9).any(|w| w == b"rt-secret"));
+        assert!(plain.windows(6).any(|w| w == b"at-123"));
+    }
+
+    #[test]
+    fn a_second_part_that_does_not_open_is_no_session_where_it_is_needed() {
+        let k = KeyRing::from_base64_list(KEY_A).unwrap();
+        let other = KeyRing::from_base64_list(KEY_B).unwrap();
+        let s = with_tokens(session());
+        let sealed = s.seal(&k, N, &mut CountingRandom(0)).unwrap();
+        let first = Session::open_first(&k, N, Rc::from(sealed.as_bytes())).unwrap();
+        // Asked with another ring (nothing else can make a first part open and its pair not).
+        assert_eq!(first.cold(&other, N), Err(NoSession::Unreadable));
+        assert_eq!(
+            first.seal(&other, N, &mut CountingRandom(1)),
+            Err(SealError::Unopened)
+        );
+        assert!(first.has_refresh_token(), "known from the first part");
+    }
+
+    #[test]
+    fn a_session_sealed_whole_before_still_opens_and_is_written_as_a_pair() {
+        let k = KeyRing::from_base64_list(KEY_A).unwrap();
+        let s = with_tokens(session());
+        let plain = wire::encode(&s, s.opened()).unwrap();
+        let whole = k.seal(N, &plain, &mut CountingRandom(0)).unwrap();
+        assert!(whole.starts_with("v1."));
+        let first = Session::open_first(&k, N, Rc::from(whole.as_bytes())).unwrap();
+        assert_eq!(first, s, "opened whole at once");
+        let header = header_of(
+            &first
+                .write(&k, &settings(), &Jar::default(), &mut CountingRandom(1))
+                .unwrap(),
+        );
+        assert!(header.starts_with(&format!("{N}=v2.")));
+        assert_eq!(Session::open(&k, N, &jar(&header)), Ok(s));
+    }
+
+    #[test]
+    fn a_rewrite_seals_both_parts_anew() {
+        let k = KeyRing::from_base64_list(KEY_A).unwrap();
+        let s = with_tokens(session());
+        let sealed = s.seal(&k, N, &mut CountingRandom(0)).unwrap();
+        let mut first = Session::open_first(&k, N, Rc::from(sealed.as_bytes())).unwrap();
+        first.last_seen = 1500;
+        let again = first.seal(&k, N, &mut CountingRandom(1)).unwrap();
+        assert_ne!(
+            again.rsplit_once('.').unwrap().1,
+            sealed.rsplit_once('.').unwrap().1
+        );
+        let reopened = Session::open_sealed(&k, N, again.as_bytes()).unwrap();
+        assert_eq!(reopened.last_seen, 1500);
+        assert_eq!(reopened.opened(), s.opened());
+    }
+
     #[test]
     fn lifetime_rules() {
         let l = lifetime();
@@ -360,7 +553,7 @@ mod tests {
         s.last_seen = 1000 + 8 * 3600 - 10;
         assert_eq!(s.check(1000 + 8 * 3600, &l), Err(NoSession::TooOld));
         s.last_seen = 1000;
-        s.refresh_token = Some(Secret::new("rt"));
+        s.cold_mut().refresh_token = Some(Secret::new("rt"));
         s.access_expires_at = 1100;
         assert_eq!(s.check(1039, &l), Ok(Upkeep::None));
         assert_eq!(s.check(1040, &l), Ok(Upkeep::Refresh), "within the leeway");
@@ -395,12 +588,12 @@ mod tests {
     #[test]
     fn claims_come_from_the_sealed_id_token() {
         let mut s = session();
-        assert!(s.claims().is_empty());
-        s.id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
+        assert!(s.opened().claims().is_empty());
+        s.cold_mut().id_token = Some(KeptIdToken::new(&crate::oidc::id_token::test_signer::sign(
             &json!({"iss": "x", "nonce": "n", "sub": "alice", "email": "a@x"}),
         )));
         assert_eq!(
-            serde_json::Value::Object(s.claims()),
+            serde_json::Value::Object(s.opened().claims()),
             json!({"sub": "alice", "email": "a@x"})
         );
         assert_eq!(s.ends_at(&lifetime()), 1000 + 3600);

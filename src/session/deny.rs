@@ -346,19 +346,22 @@ pub fn load(
 mod tests {
     use super::*;
     use crate::secret::Secret;
+    use crate::session::contents::{Cold, ColdFields};
     use crate::store::MemoryStore;
 
     fn session(sid: &str, idp_sid: Option<&str>, sub: &str, created: u64) -> Session {
         Session {
             access_token: Secret::new("at"),
             access_expires_at: 2000,
-            refresh_token: None,
             subject: sub.into(),
             created,
             last_seen: created,
-            id_token: None,
             sid: sid.into(),
             idp_sid: idp_sid.map(str::to_string),
+            cold: Cold::Open(ColdFields {
+                refresh_token: None,
+                id_token: None,
+            }),
         }
     }
 

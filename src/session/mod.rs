@@ -1,5 +1,6 @@
 //! The browser-side state: sealed cookies for the session and for login transactions.
 
+pub mod aead;
 pub mod cache;
 pub mod chunks;
 pub mod contents;

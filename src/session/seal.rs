@@ -3,12 +3,18 @@
 //! Format: `v1.<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`, with the cookie's name as
 //! associated data so a value cannot be moved into another cookie.
 //!
+//! A pair (the session cookie): `v2.<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`, one AEAD
+//! over `len(first) as u16 LE ‖ first ‖ second`. Opening checks the tag over all of it, as
+//! always, but may decrypt the first part alone (`open_first`, through `aead`): a request that
+//! needs only that part pays no keystream for the rest.
+//!
 //! XChaCha20-Poly1305: wasm has no AES instructions, and ChaCha20 in portable code is several
 //! times faster than table-free software AES (see README, *Cookies*, "Sealing"). The
 //! 192-bit nonce makes random nonces safe for any number of cookies under one key.
 //! The keystream is computed four blocks at a time with wasm SIMD (`xchacha20`); the AEAD
 //! construction around it is the `chacha20poly1305` crate's.
 
+use super::aead::Verified;
 use super::xchacha20::XChaCha20Poly1305;
 use crate::random::{Random, RandomUnavailable};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
@@ -19,6 +25,10 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 const VERSION: &str = "v1";
+const PAIR_VERSION: &str = "v2";
+/// A pair's first part's length (u16, little-endian), before it: a cookie of ten chunks is
+/// far shorter than 64 KiB.
+const LEN_LEN: usize = 2;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 const KEY_LEN: usize = 32;
@@ -26,6 +36,17 @@ const KEY_LEN: usize = 32;
 struct Key {
     id: String,
     cipher: XChaCha20Poly1305,
+    /// The key itself, for `aead` (opening a pair's first part).
+    bytes: [u8; KEY_LEN],
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        for b in self.bytes.iter_mut() {
+            // SAFETY: a plain write to a valid byte; volatile so it is not elided.
+            unsafe { core::ptr::write_volatile(b, 0) };
+        }
+    }
 }
 
 /// The cookie keys: the first seals, every one opens, so keys rotate without logging anyone out.
@@ -90,6 +111,87 @@ impl fmt::Display for OpenError {
 pub enum SealError {
     Random(RandomUnavailable),
     Cipher,
+    /// The session's second part, still sealed, did not open (so it cannot be sealed anew).
+    Unopened,
+}
+
+/// What the first part of a sealed value gives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// A value sealed whole (`v1`): all of it.
+    Whole(Vec<u8>),
+    /// A pair (`v2`): its first plaintext; `open_pair` gives both.
+    First(Vec<u8>),
+}
+
+/// Both plaintexts of an opened pair, where they lie.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pair {
+    plain: Vec<u8>,
+    /// Where the first part ends (after the length before it).
+    end: usize,
+}
+
+impl Pair {
+    pub fn first(&self) -> &[u8] {
+        self.plain.get(LEN_LEN..self.end).unwrap_or_default()
+    }
+
+    pub fn second(&self) -> &[u8] {
+        self.plain.get(self.end..).unwrap_or_default()
+    }
+}
+
+/// A sealed value's version, key id and body.
+struct Parts<'a> {
+    version: &'a [u8],
+    kid: &'a [u8],
+    body: &'a [u8],
+}
+
+fn parts(sealed: &[u8]) -> Result<Parts<'_>, OpenError> {
+    let mut parts = sealed.splitn(3, |&b| b == b'.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(version), Some(kid), Some(body)) => Ok(Parts { version, kid, body }),
+        _ => Err(OpenError::Malformed),
+    }
+}
+
+/// Opens `ciphertext ‖ tag` where it lies; the plaintext's length.
+fn decrypt(key: &Key, nonce: &[u8], ad: &[u8], body: &mut [u8]) -> Result<usize, OpenError> {
+    let len = body
+        .len()
+        .checked_sub(TAG_LEN)
+        .ok_or(OpenError::Malformed)?;
+    if nonce.len() != NONCE_LEN {
+        return Err(OpenError::Malformed);
+    }
+    let (ciphertext, tag) = body.split_at_mut(len);
+    key.cipher
+        .decrypt_in_place_detached(
+            XNonce::from_slice(nonce),
+            ad,
+            ciphertext,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| OpenError::Forged)?;
+    Ok(len)
+}
+
+/// Encrypts `message` where it lies; its tag.
+fn encrypt(key: &Key, nonce: &[u8], ad: &[u8], message: &mut [u8]) -> Result<Tag, SealError> {
+    if nonce.len() != NONCE_LEN {
+        return Err(SealError::Cipher);
+    }
+    key.cipher
+        .encrypt_in_place_detached(XNonce::from_slice(nonce), ad, message)
+        .map_err(|_| SealError::Cipher)
+}
+
+fn decode_body(body: &[u8]) -> Result<Vec<u8>, OpenError> {
+    base64_simd::URL_SAFE_NO_PAD
+        .decode_to_vec(body)
+        .map_err(|_| OpenError::Malformed)
 }
 
 impl fmt::Display for SealError {
@@ -97,6 +199,7 @@ impl fmt::Display for SealError {
         match self {
             SealError::Random(e) => e.fmt(f),
             SealError::Cipher => f.write_str("encryption failed"),
+            SealError::Unopened => f.write_str("the session's second part did not open"),
         }
     }
 }
@@ -145,7 +248,15 @@ impl KeyRing {
                     position,
                     len: bytes.len(),
                 })?;
-            keys.push(Key { id, cipher });
+            let bytes: [u8; KEY_LEN] =
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| KeyError::WrongLength {
+                        position,
+                        len: bytes.len(),
+                    })?;
+            keys.push(Key { id, cipher, bytes });
         }
         if keys.is_empty() {
             return Err(KeyError::Empty);
@@ -171,61 +282,148 @@ impl KeyRing {
         rng: &mut dyn Random,
     ) -> Result<String, SealError> {
         let key = self.keys.first().ok_or(SealError::Cipher)?;
+        let body = Self::seal_body(key, name, plaintext, rng)?;
+        Ok(format!("{VERSION}.{}.{body}", key.id))
+    }
+
+    /// Seals two plaintexts as a pair for the cookie called `name` with the first key: the
+    /// first opens alone (`open_first`), both together (`open_pair`).
+    pub fn seal_pair(
+        &self,
+        name: &str,
+        first: &[u8],
+        second: &[u8],
+        rng: &mut dyn Random,
+    ) -> Result<String, SealError> {
+        let key = self.keys.first().ok_or(SealError::Cipher)?;
+        let len = u16::try_from(first.len()).map_err(|_| SealError::Cipher)?;
+        let mut plaintext = Vec::with_capacity(LEN_LEN + first.len() + second.len());
+        plaintext.extend_from_slice(&len.to_le_bytes());
+        plaintext.extend_from_slice(first);
+        plaintext.extend_from_slice(second);
+        let body = Self::seal_body(key, name, &plaintext, rng)?;
+        Ok(format!("{PAIR_VERSION}.{}.{body}", key.id))
+    }
+
+    /// base64url(nonce ‖ ciphertext ‖ tag) under a fresh random nonce.
+    fn seal_body(
+        key: &Key,
+        name: &str,
+        plaintext: &[u8],
+        rng: &mut dyn Random,
+    ) -> Result<String, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill(&mut nonce).map_err(SealError::Random)?;
+        Self::seal_body_with(key, &nonce, name, plaintext)
+    }
+
+    fn seal_body_with(
+        key: &Key,
+        nonce: &[u8; NONCE_LEN],
+        name: &str,
+        plaintext: &[u8],
+    ) -> Result<String, SealError> {
         // nonce ‖ plaintext, encrypted where it lies, then the tag: one buffer, as `open` reads it.
         let mut blob = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-        blob.resize(NONCE_LEN, 0);
-        rng.fill(&mut blob).map_err(SealError::Random)?;
+        blob.extend_from_slice(nonce);
         blob.extend_from_slice(plaintext);
         let (nonce, message) = blob.split_at_mut(NONCE_LEN);
-        let tag = key
-            .cipher
-            .encrypt_in_place_detached(XNonce::from_slice(nonce), name.as_bytes(), message)
-            .map_err(|_| SealError::Cipher)?;
+        let tag = encrypt(key, nonce, name.as_bytes(), message)?;
         blob.extend_from_slice(&tag);
-        Ok(format!(
-            "{VERSION}.{}.{}",
-            key.id,
-            base64_simd::URL_SAFE_NO_PAD.encode_to_string(blob)
-        ))
+        Ok(base64_simd::URL_SAFE_NO_PAD.encode_to_string(blob))
+    }
+
+    fn key(&self, kid: &[u8]) -> Result<&Key, OpenError> {
+        self.keys
+            .iter()
+            .find(|k| k.id.as_bytes() == kid)
+            .ok_or(OpenError::UnknownKey)
     }
 
     /// Opens a value sealed for the cookie called `name` by any key of the ring.
     /// Bytes, as the cookie came: a value that is not base64url is simply malformed.
     pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
-        let mut parts = sealed.splitn(3, |&b| b == b'.');
-        let (Some(version), Some(kid), Some(body)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(OpenError::Malformed);
-        };
+        let Parts { version, kid, body } = parts(sealed)?;
         if version != VERSION.as_bytes() {
             return Err(OpenError::Malformed);
         }
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id.as_bytes() == kid)
-            .ok_or(OpenError::UnknownKey)?;
-        let mut blob = base64_simd::URL_SAFE_NO_PAD
-            .decode_to_vec(body)
-            .map_err(|_| OpenError::Malformed)?;
-        let len = blob.len();
-        if len < NONCE_LEN + TAG_LEN {
+        Self::open_body(self.key(kid)?, name, body)
+    }
+
+    /// Opens base64url(nonce ‖ ciphertext ‖ tag) where it lies: no second copy.
+    fn open_body(key: &Key, name: &str, body: &[u8]) -> Result<Vec<u8>, OpenError> {
+        let mut blob = decode_body(body)?;
+        let (nonce, rest) = blob
+            .split_at_mut_checked(NONCE_LEN)
+            .ok_or(OpenError::Malformed)?;
+        let len = decrypt(key, nonce, name.as_bytes(), rest)?;
+        blob.copy_within(NONCE_LEN..NONCE_LEN + len, 0);
+        blob.truncate(len);
+        Ok(blob)
+    }
+
+    /// Opens a value sealed whole (`seal`), or the first part of a pair (`seal_pair`): the
+    /// tag is checked over the whole pair, the rest is not decrypted.
+    pub fn open_first(&self, name: &str, sealed: &[u8]) -> Result<Opened, OpenError> {
+        let Parts { version, kid, body } = parts(sealed)?;
+        if version == VERSION.as_bytes() {
+            return Self::open_body(self.key(kid)?, name, body).map(Opened::Whole);
+        }
+        if version != PAIR_VERSION.as_bytes() {
             return Err(OpenError::Malformed);
         }
-        // Opened where it lies: no second copy of the ciphertext.
-        let (nonce, rest) = blob.split_at_mut(NONCE_LEN);
-        let (ciphertext, tag) = rest.split_at_mut(len - NONCE_LEN - TAG_LEN);
-        key.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(nonce),
-                name.as_bytes(),
-                ciphertext,
-                Tag::from_slice(tag),
-            )
+        let key = self.key(kid)?;
+        let mut blob = decode_body(body)?;
+        let (nonce, rest) = blob
+            .split_at_mut_checked(NONCE_LEN)
+            .ok_or(OpenError::Malformed)?;
+        let at = rest
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(OpenError::Malformed)?;
+        let (ciphertext, tag) = rest.split_at_mut(at);
+        let (Ok(nonce), Ok(tag)) = (
+            <&[u8; NONCE_LEN]>::try_from(&*nonce),
+            <&[u8; TAG_LEN]>::try_from(&*tag),
+        ) else {
+            return Err(OpenError::Malformed);
+        };
+        let mut plain = Verified::check(&key.bytes, nonce, name.as_bytes(), ciphertext, tag)
             .map_err(|_| OpenError::Forged)?;
-        blob.copy_within(NONCE_LEN..len - TAG_LEN, 0);
-        blob.truncate(len - NONCE_LEN - TAG_LEN);
-        Ok(blob)
+        let len = plain
+            .up_to(LEN_LEN)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_le_bytes)
+            .ok_or(OpenError::Malformed)?;
+        let end = LEN_LEN + usize::from(len);
+        let first = plain.up_to(end).ok_or(OpenError::Malformed)?;
+        Ok(Opened::First(
+            first.get(LEN_LEN..).unwrap_or_default().to_vec(),
+        ))
+    }
+
+    /// Whether `sealed` claims to be a pair (`seal_pair`'s form).
+    pub fn is_pair(&self, sealed: &[u8]) -> bool {
+        parts(sealed).is_ok_and(|p| p.version == PAIR_VERSION.as_bytes())
+    }
+
+    /// Opens both parts of a pair.
+    pub fn open_pair(&self, name: &str, sealed: &[u8]) -> Result<Pair, OpenError> {
+        let Parts { version, kid, body } = parts(sealed)?;
+        if version != PAIR_VERSION.as_bytes() {
+            return Err(OpenError::Malformed);
+        }
+        let plain = Self::open_body(self.key(kid)?, name, body)?;
+        let len = plain
+            .get(..LEN_LEN)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_le_bytes)
+            .ok_or(OpenError::Malformed)?;
+        let end = LEN_LEN + usize::from(len);
+        if end > plain.len() {
+            return Err(OpenError::Malformed);
+        }
+        Ok(Pair { plain, end })
     }
 
     /// Whether `sealed` was made with the sealing key (false means: re-seal when next written).
@@ -375,6 +573,119 @@ mod tests {
         assert_eq!(
             KeyRing::from_base64_list(&format!("{KEY_A},{KEY_A}")).unwrap_err(),
             KeyError::Duplicate { position: 2 }
+        );
+    }
+
+    #[test]
+    fn a_pair_opens_part_by_part() {
+        let r = ring(KEY_A);
+        let sealed = r
+            .seal_pair("c", b"first", b"second", &mut CountingRandom(0))
+            .unwrap();
+        assert!(sealed.starts_with("v2."));
+        assert_eq!(
+            r.open_first("c", sealed.as_bytes()),
+            Ok(Opened::First(b"first".to_vec()))
+        );
+        let pair = r.open_pair("c", sealed.as_bytes()).unwrap();
+        assert_eq!(
+            (pair.first(), pair.second()),
+            (&b"first"[..], &b"second"[..])
+        );
+        assert!(r.is_current(&sealed));
+        // One AEAD over both and a two-byte length: 24 + 2 + 16 bytes besides the parts.
+        let empty = r.seal_pair("c", b"", b"", &mut CountingRandom(0)).unwrap();
+        assert_eq!(empty.len(), "v2.".len() + 8 + 1 + 56);
+        // A first part too long for the length is not sealed.
+        assert_eq!(
+            r.seal_pair("c", &vec![0; 65_536], b"", &mut CountingRandom(0)),
+            Err(SealError::Cipher)
+        );
+        assert_eq!(
+            r.open_first("c", empty.as_bytes()),
+            Ok(Opened::First(Vec::new()))
+        );
+        let pair = r.open_pair("c", empty.as_bytes()).unwrap();
+        assert_eq!((pair.first(), pair.second()), (&b""[..], &b""[..]));
+        // Sealed whole, a value opens whole; it has no second part.
+        let whole = r.seal("c", b"all", &mut CountingRandom(0)).unwrap();
+        assert_eq!(
+            r.open_first("c", whole.as_bytes()),
+            Ok(Opened::Whole(b"all".to_vec()))
+        );
+        assert_eq!(
+            r.open_pair("c", whole.as_bytes()),
+            Err(OpenError::Malformed)
+        );
+        assert_eq!(r.open("c", sealed.as_bytes()), Err(OpenError::Malformed));
+        // Bound to the name and the key, as a value sealed whole.
+        assert_eq!(
+            r.open_first("other", sealed.as_bytes()),
+            Err(OpenError::Forged)
+        );
+        assert_eq!(
+            r.open_pair("other", sealed.as_bytes()),
+            Err(OpenError::Forged)
+        );
+        assert_eq!(
+            ring(KEY_B).open_first("c", sealed.as_bytes()),
+            Err(OpenError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn tampering_a_pair_anywhere_fails_both_openings() {
+        let r = ring(KEY_A);
+        let sealed = r
+            .seal_pair("c", b"first part", b"second part", &mut CountingRandom(0))
+            .unwrap();
+        let body_start = sealed.rfind('.').unwrap() + 1;
+        for i in body_start..sealed.len() {
+            let mut bytes = sealed.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            assert!(r.open_first("c", &bytes).is_err(), "position {i}");
+            assert!(r.open_pair("c", &bytes).is_err(), "position {i}");
+        }
+        for cut in 0..sealed.len() {
+            let cut_value = &sealed.as_bytes()[..cut];
+            assert!(r.open_first("c", cut_value).is_err(), "cut at {cut}");
+            assert!(r.open_pair("c", cut_value).is_err(), "cut at {cut}");
+        }
+        for garbage in ["v2", "v2..", "v2.x.y", "v2.a.b.c", "v3.a.b"] {
+            assert!(r.open_first("c", garbage.as_bytes()).is_err(), "{garbage}");
+            assert!(r.open_pair("c", garbage.as_bytes()).is_err(), "{garbage}");
+        }
+    }
+
+    #[test]
+    fn a_length_past_the_end_is_malformed() {
+        // A value sealed by us whose length says more than there is: only a bug could make
+        // one, but it must not open (nor read past the plaintext).
+        let r = ring(KEY_A);
+        let key = r.keys.first().unwrap();
+        for len in [3u16, 100, u16::MAX] {
+            let mut plaintext = len.to_le_bytes().to_vec();
+            plaintext.extend_from_slice(b"ab");
+            let body = KeyRing::seal_body(key, "c", &plaintext, &mut CountingRandom(0)).unwrap();
+            let sealed = format!("v2.{}.{body}", key.id);
+            assert_eq!(
+                r.open_first("c", sealed.as_bytes()),
+                Err(OpenError::Malformed)
+            );
+            assert_eq!(
+                r.open_pair("c", sealed.as_bytes()),
+                Err(OpenError::Malformed)
+            );
+        }
+        let body = KeyRing::seal_body(key, "c", b"abc", &mut CountingRandom(0)).unwrap();
+        let short = format!("v2.{}.{body}", key.id);
+        assert_eq!(
+            r.open_first("c", short.as_bytes()),
+            Err(OpenError::Malformed)
+        );
+        assert_eq!(
+            r.open_pair("c", short.as_bytes()),
+            Err(OpenError::Malformed)
         );
     }
 

@@ -9,7 +9,8 @@
 //!     ../sigcheck/run.mjs target/wasm32-wasip1/release/opencheck.wasm <part> <N>
 //!
 //! Parts: `base64` (the cookie body), `keystream` (XChaCha20 over the ciphertext), `poly1305`
-//! (the tag over it), `open` (the whole KeyRing::open and plaintext decode), `miss` (the session
+//! (the tag over it), `open` (`Session::open_sealed`: both parts decrypted and decoded), `first`
+//! (`Session::open_first`: the tag over both, the first part alone decrypted and decoded), `miss` (the session
 //! cache with 1,024 entries, 2,048 sessions in turn: every open misses), `hit` (one session
 //! again and again), `seal` (sealing the session, as a login or refresh does), `keep` (the ID
 //! token taken into the session: `KeptIdToken::new`), `none` (the loop alone: the baseline). 20,000 repetitions put the
@@ -19,6 +20,7 @@ use chacha20::cipher::{KeyIvInit, StreamCipher};
 use envoy_bff::random::{Random, RandomUnavailable};
 use envoy_bff::secret::Secret;
 use envoy_bff::session::cache::SessionCache;
+use envoy_bff::session::contents::{Cold, ColdFields};
 use envoy_bff::session::kept_id_token::KeptIdToken;
 use envoy_bff::session::cookie::Jar;
 use envoy_bff::session::xchacha20::XChaCha20;
@@ -26,6 +28,7 @@ use envoy_bff::session::{KeyRing, Session};
 use poly1305::universal_hash::KeyInit;
 use std::hint::black_box;
 use std::process::ExitCode;
+use std::rc::Rc;
 
 const NAME: &str = "__Host-bff-session";
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -52,13 +55,15 @@ fn session() -> Session {
     Session {
         access_token: Secret::new("A".repeat(43)),
         access_expires_at: 4_102_444_800,
-        refresh_token: Some(Secret::new("R".repeat(43))),
         subject: "alice-sub-0001".into(),
         created: 1_800_000_000,
         last_seen: 1_800_000_000,
-        id_token: Some(KeptIdToken::new(&id_token)),
         sid: "x".repeat(22),
         idp_sid: Some("s".repeat(36)),
+        cold: Cold::Open(ColdFields {
+            refresh_token: Some(Secret::new("R".repeat(43))),
+            id_token: Some(KeptIdToken::new(&id_token)),
+        }),
     }
 }
 
@@ -73,7 +78,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let s = session();
-    let Some(id_token) = s.id_token.as_ref().map(|t| t.compact().expose().to_string()) else {
+    let Cold::Open(cold) = &s.cold else {
+        return ExitCode::from(1);
+    };
+    let Some(id_token) = cold.id_token.as_ref().map(|t| t.compact().expose().to_string()) else {
         return ExitCode::from(1);
     };
     let mut rng = XorShift(88_172_645_463_325_252);
@@ -108,12 +116,16 @@ fn main() -> ExitCode {
                 let value = sealed[i % sealed.len()].as_bytes();
                 black_box(Session::open_sealed(&keys, NAME, black_box(value)).is_ok());
             }
+            "first" => {
+                let value = sealed[i % sealed.len()].as_bytes();
+                black_box(Session::open_first(&keys, NAME, Rc::from(black_box(value))).is_ok());
+            }
             "miss" => {
-                black_box(cache.open(&keys, NAME, &Jar::parse(Some(header))).is_ok());
+                black_box(cache.open(&keys, NAME, &Jar::parse(Some(header)), || false).is_ok());
             }
             "hit" => {
                 let first = headers[0].as_bytes();
-                black_box(cache.open(&keys, NAME, &Jar::parse(Some(first))).is_ok());
+                black_box(cache.open(&keys, NAME, &Jar::parse(Some(first)), || false).is_ok());
             }
             "seal" => {
                 black_box(s.seal(&keys, NAME, &mut rng).is_ok());

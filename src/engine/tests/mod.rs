@@ -8,6 +8,7 @@ use crate::oidc::id_token::test_signer;
 use crate::oidc::idp_request::IdpRequest;
 use crate::random::CountingRandom;
 use crate::secret::Secret;
+use crate::session::contents::{Cold, ColdFields};
 use crate::session::KeyRing;
 use crate::store::MemoryStore;
 use serde_json::json;
@@ -229,13 +230,15 @@ fn due_session_cookie() -> String {
     let s = Session {
         access_token: Secret::new("old-at"),
         access_expires_at: T0 + 30,
-        refresh_token: Some(Secret::new("old-rt")),
         subject: "alice".into(),
         created: T0 - 100,
         last_seen: T0 - 10,
-        id_token: None,
         sid: "sid-1".into(),
         idp_sid: None,
+        cold: Cold::Open(ColdFields {
+            refresh_token: Some(Secret::new("old-rt")),
+            id_token: None,
+        }),
     };
     let keys = KeyRing::from_base64_list(KEY_A).unwrap();
     let sealed = s
@@ -676,13 +679,15 @@ fn session_cookie_expiring_at(access_expires_at: u64) -> String {
     let s = Session {
         access_token: Secret::new("fresh-at"),
         access_expires_at,
-        refresh_token: Some(Secret::new("rt")),
         subject: "alice".into(),
         created: T0 - 100,
         last_seen: T0 - 10,
-        id_token: None,
         sid: "sid-logout".into(),
         idp_sid: None,
+        cold: Cold::Open(ColdFields {
+            refresh_token: Some(Secret::new("rt")),
+            id_token: None,
+        }),
     };
     let keys = KeyRing::from_base64_list(KEY_A).unwrap();
     let sealed = s

@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::engine::refresh_claim::READ_EVERY_MS;
+use crate::session::contents::{Cold, ColdFields};
 use std::collections::HashMap;
 
 /// etcd's JSON gateway as far as the filter uses it: leases (run out when the test says),
@@ -297,13 +298,15 @@ fn a_back_channel_logout_ends_the_sessions_of_that_idp_session_once() {
     let s = Session {
         access_token: Secret::new("fresh-at"),
         access_expires_at: T0 + 3600,
-        refresh_token: None,
         subject: "alice".into(),
         created: T0 - 100,
         last_seen: T0 - 10,
-        id_token: None,
         sid: "ours".into(),
         idp_sid: Some("idp-session-1".into()),
+        cold: Cold::Open(ColdFields {
+            refresh_token: None,
+            id_token: None,
+        }),
     };
     let keys = KeyRing::from_base64_list(KEY_A).unwrap();
     let cookie = format!(
