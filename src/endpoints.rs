@@ -43,7 +43,7 @@ pub fn client_jwks(config: &Config, method: &str) -> Reply {
 
 /// `GET {session_path}`: the user's claims and the session's times, never a token.
 pub fn session_info(config: &Config, session: Result<Session, NoSession>) -> Reply {
-    // A session whose second part does not open (tampered) is no session here either.
+    // A session whose second part does not open (see `Session::cold`) is no session here.
     let opened = session.and_then(|s| {
         let claims = s.cold(&config.keys, &config.cookie.name)?.claims();
         Ok((s, claims))
@@ -121,7 +121,8 @@ pub fn logout(
     if !by_script && !sid_matches(req, &session) {
         return Err(Failure::LogoutForbidden);
     }
-    // A second part that does not open: no revocation and no hint, the logout goes on.
+    // A second part that does not open (see `Session::cold`): no revocation and no hint,
+    // the logout goes on.
     let cold = session.cold(&config.keys, &config.cookie.name).ok();
     let revoke = provider.and_then(|p| {
         let endpoint = p.revocation_endpoint.as_ref()?;

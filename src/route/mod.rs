@@ -583,7 +583,7 @@ fn forward(
     let claims = if needs_claims(config, path) {
         match session.cold(&config.keys, &config.cookie.name) {
             Ok(cold) => cold.claims(),
-            // The cookie's second part was tampered with on its own: no claims to go by.
+            // The second part did not open (see `Session::cold`): no claims to go by.
             Err(_) => {
                 let login_url = config.login_path.clone();
                 let failure = Failure::Unauthenticated { login_url };

@@ -157,13 +157,12 @@ impl Session {
 
     /// Opens a sealed value (already joined from its chunks), both parts.
     pub fn open_sealed(keys: &KeyRing, name: &str, sealed: &[u8]) -> Result<Session, NoSession> {
-        if !keys.is_pair(sealed) {
-            return Self::open_first(keys, name, Rc::from(sealed));
+        match keys.open_pair(name, sealed) {
+            Ok(pair) => wire::decode_pair(pair.first(), pair.second()),
+            // Sealed whole, before pairs (or not sealed by us at all).
+            Err(_) => keys.open(name, sealed).ok().and_then(|p| wire::decode(&p)),
         }
-        keys.open_pair(name, sealed)
-            .ok()
-            .and_then(|pair| wire::decode_pair(pair.first(), pair.second()))
-            .ok_or(NoSession::Unreadable)
+        .ok_or(NoSession::Unreadable)
     }
 
     /// Opens what every request needs of a sealed value: the second part of a pair stays
@@ -177,8 +176,9 @@ impl Session {
         .ok_or(NoSession::Unreadable)
     }
 
-    /// The refresh token and the ID token, opened from the cookie's second part at the first
-    /// call. Unreadable if that part does not open (tampered on its own).
+    /// The refresh token and the ID token, decrypted from the cookie's second part at the
+    /// first call. Unreadable if the cookie does not open with `keys` (the opening of its
+    /// first part checked the tag over both, so only another key ring can fail here).
     pub fn cold(&self, keys: &KeyRing, name: &str) -> Result<&ColdFields, NoSession> {
         match &self.cold {
             Cold::Open(fields) => Ok(fields),

@@ -157,35 +157,13 @@ fn parts(sealed: &[u8]) -> Result<Parts<'_>, OpenError> {
     }
 }
 
-/// Opens `ciphertext ‖ tag` where it lies; the plaintext's length.
-fn decrypt(key: &Key, nonce: &[u8], ad: &[u8], body: &mut [u8]) -> Result<usize, OpenError> {
-    let len = body
-        .len()
-        .checked_sub(TAG_LEN)
+/// Where a pair's first part ends in its plaintext, from the length before it.
+fn first_end(len: Option<&[u8]>) -> Result<usize, OpenError> {
+    let len = len
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_le_bytes)
         .ok_or(OpenError::Malformed)?;
-    if nonce.len() != NONCE_LEN {
-        return Err(OpenError::Malformed);
-    }
-    let (ciphertext, tag) = body.split_at_mut(len);
-    key.cipher
-        .decrypt_in_place_detached(
-            XNonce::from_slice(nonce),
-            ad,
-            ciphertext,
-            Tag::from_slice(tag),
-        )
-        .map_err(|_| OpenError::Forged)?;
-    Ok(len)
-}
-
-/// Encrypts `message` where it lies; its tag.
-fn encrypt(key: &Key, nonce: &[u8], ad: &[u8], message: &mut [u8]) -> Result<Tag, SealError> {
-    if nonce.len() != NONCE_LEN {
-        return Err(SealError::Cipher);
-    }
-    key.cipher
-        .encrypt_in_place_detached(XNonce::from_slice(nonce), ad, message)
-        .map_err(|_| SealError::Cipher)
+    Ok(LEN_LEN + usize::from(len))
 }
 
 fn decode_body(body: &[u8]) -> Result<Vec<u8>, OpenError> {
@@ -312,23 +290,16 @@ impl KeyRing {
         plaintext: &[u8],
         rng: &mut dyn Random,
     ) -> Result<String, SealError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        rng.fill(&mut nonce).map_err(SealError::Random)?;
-        Self::seal_body_with(key, &nonce, name, plaintext)
-    }
-
-    fn seal_body_with(
-        key: &Key,
-        nonce: &[u8; NONCE_LEN],
-        name: &str,
-        plaintext: &[u8],
-    ) -> Result<String, SealError> {
         // nonce ‖ plaintext, encrypted where it lies, then the tag: one buffer, as `open` reads it.
         let mut blob = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
-        blob.extend_from_slice(nonce);
+        blob.resize(NONCE_LEN, 0);
+        rng.fill(&mut blob).map_err(SealError::Random)?;
         blob.extend_from_slice(plaintext);
         let (nonce, message) = blob.split_at_mut(NONCE_LEN);
-        let tag = encrypt(key, nonce, name.as_bytes(), message)?;
+        let tag = key
+            .cipher
+            .encrypt_in_place_detached(XNonce::from_slice(nonce), name.as_bytes(), message)
+            .map_err(|_| SealError::Cipher)?;
         blob.extend_from_slice(&tag);
         Ok(base64_simd::URL_SAFE_NO_PAD.encode_to_string(blob))
     }
@@ -353,12 +324,22 @@ impl KeyRing {
     /// Opens base64url(nonce ‖ ciphertext ‖ tag) where it lies: no second copy.
     fn open_body(key: &Key, name: &str, body: &[u8]) -> Result<Vec<u8>, OpenError> {
         let mut blob = decode_body(body)?;
-        let (nonce, rest) = blob
-            .split_at_mut_checked(NONCE_LEN)
-            .ok_or(OpenError::Malformed)?;
-        let len = decrypt(key, nonce, name.as_bytes(), rest)?;
-        blob.copy_within(NONCE_LEN..NONCE_LEN + len, 0);
-        blob.truncate(len);
+        let len = blob.len();
+        if len < NONCE_LEN + TAG_LEN {
+            return Err(OpenError::Malformed);
+        }
+        let (nonce, rest) = blob.split_at_mut(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at_mut(len - NONCE_LEN - TAG_LEN);
+        key.cipher
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                name.as_bytes(),
+                ciphertext,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| OpenError::Forged)?;
+        blob.copy_within(NONCE_LEN..len - TAG_LEN, 0);
+        blob.truncate(len - NONCE_LEN - TAG_LEN);
         Ok(blob)
     }
 
@@ -390,21 +371,11 @@ impl KeyRing {
         };
         let mut plain = Verified::check(&key.bytes, nonce, name.as_bytes(), ciphertext, tag)
             .map_err(|_| OpenError::Forged)?;
-        let len = plain
-            .up_to(LEN_LEN)
-            .and_then(|b| b.try_into().ok())
-            .map(u16::from_le_bytes)
-            .ok_or(OpenError::Malformed)?;
-        let end = LEN_LEN + usize::from(len);
+        let end = first_end(plain.up_to(LEN_LEN))?;
         let first = plain.up_to(end).ok_or(OpenError::Malformed)?;
         Ok(Opened::First(
             first.get(LEN_LEN..).unwrap_or_default().to_vec(),
         ))
-    }
-
-    /// Whether `sealed` claims to be a pair (`seal_pair`'s form).
-    pub fn is_pair(&self, sealed: &[u8]) -> bool {
-        parts(sealed).is_ok_and(|p| p.version == PAIR_VERSION.as_bytes())
     }
 
     /// Opens both parts of a pair.
@@ -414,12 +385,7 @@ impl KeyRing {
             return Err(OpenError::Malformed);
         }
         let plain = Self::open_body(self.key(kid)?, name, body)?;
-        let len = plain
-            .get(..LEN_LEN)
-            .and_then(|b| b.try_into().ok())
-            .map(u16::from_le_bytes)
-            .ok_or(OpenError::Malformed)?;
-        let end = LEN_LEN + usize::from(len);
+        let end = first_end(plain.get(..LEN_LEN))?;
         if end > plain.len() {
             return Err(OpenError::Malformed);
         }
