@@ -166,11 +166,17 @@ impl Session {
     }
 
     /// Opens what every request needs of a sealed value: the second part of a pair stays
-    /// sealed (in `sealed`) until [`Session::cold`] is asked for it.
-    pub fn open_first(keys: &KeyRing, name: &str, sealed: Rc<[u8]>) -> Result<Session, NoSession> {
-        match keys.open_first(name, &sealed) {
+    /// sealed (in `sealed`) until [`Session::cold`] is asked for it. `buf` is room to decode
+    /// into (see [`KeyRing::open_first`]).
+    pub fn open_first(
+        keys: &KeyRing,
+        name: &str,
+        sealed: Rc<[u8]>,
+        buf: &mut Vec<u8>,
+    ) -> Result<Session, NoSession> {
+        match keys.open_first(name, &sealed, buf) {
             Ok(Opened::Whole(plain)) => wire::decode(&plain),
-            Ok(Opened::First(plain)) => wire::decode_hot(&plain, sealed),
+            Ok(Opened::First(plain)) => wire::decode_hot(plain, sealed),
             Err(_) => None,
         }
         .ok_or(NoSession::Unreadable)
@@ -449,7 +455,7 @@ mod tests {
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         let s = with_tokens(session());
         let sealed: Rc<[u8]> = Rc::from(s.seal(&k, N, &mut CountingRandom(0)).unwrap().as_bytes());
-        let first = Session::open_first(&k, N, Rc::clone(&sealed)).unwrap();
+        let first = Session::open_first(&k, N, Rc::clone(&sealed), &mut Vec::new()).unwrap();
         let Cold::Sealed { opened, .. } = &first.cold else {
             panic!("a pair's second part stays sealed")
         };
@@ -468,7 +474,8 @@ mod tests {
         assert_eq!(opened.get(), Some(s.opened()));
         assert_eq!(Session::open_sealed(&k, N, &sealed), Ok(s.clone()));
         // The first part holds no token but the access token.
-        let Ok(Opened::First(plain)) = k.open_first(N, &sealed) else {
+        let mut buf = Vec::new();
+        let Ok(Opened::First(plain)) = k.open_first(N, &sealed, &mut buf) else {
             panic!("a pair")
         };
         assert!(!plain.windows(9).any(|w| w == b"rt-secret"));
@@ -481,7 +488,8 @@ mod tests {
         let other = KeyRing::from_base64_list(KEY_B).unwrap();
         let s = with_tokens(session());
         let sealed = s.seal(&k, N, &mut CountingRandom(0)).unwrap();
-        let first = Session::open_first(&k, N, Rc::from(sealed.as_bytes())).unwrap();
+        let first =
+            Session::open_first(&k, N, Rc::from(sealed.as_bytes()), &mut Vec::new()).unwrap();
         // Asked with another ring (nothing else can make a first part open and its pair not).
         assert_eq!(first.cold(&other, N), Err(NoSession::Unreadable));
         assert_eq!(
@@ -498,7 +506,8 @@ mod tests {
         let plain = wire::encode(&s, s.opened()).unwrap();
         let whole = k.seal(N, &plain, &mut CountingRandom(0)).unwrap();
         assert!(whole.starts_with("v1."));
-        let first = Session::open_first(&k, N, Rc::from(whole.as_bytes())).unwrap();
+        let first =
+            Session::open_first(&k, N, Rc::from(whole.as_bytes()), &mut Vec::new()).unwrap();
         assert_eq!(first, s, "opened whole at once");
         let header = header_of(
             &first
@@ -514,7 +523,8 @@ mod tests {
         let k = KeyRing::from_base64_list(KEY_A).unwrap();
         let s = with_tokens(session());
         let sealed = s.seal(&k, N, &mut CountingRandom(0)).unwrap();
-        let mut first = Session::open_first(&k, N, Rc::from(sealed.as_bytes())).unwrap();
+        let mut first =
+            Session::open_first(&k, N, Rc::from(sealed.as_bytes()), &mut Vec::new()).unwrap();
         first.last_seen = 1500;
         let again = first.seal(&k, N, &mut CountingRandom(1)).unwrap();
         assert_ne!(

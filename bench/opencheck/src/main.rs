@@ -96,6 +96,7 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     };
     let mut cache = SessionCache::new(1024);
+    let mut buf = Vec::new();
     for i in 0..n {
         let header = headers[i % headers.len()].as_bytes();
         match part.as_str() {
@@ -118,7 +119,7 @@ fn main() -> ExitCode {
             }
             "first" => {
                 let value = sealed[i % sealed.len()].as_bytes();
-                black_box(Session::open_first(&keys, NAME, Rc::from(black_box(value))).is_ok());
+                black_box(Session::open_first(&keys, NAME, Rc::from(black_box(value)), &mut buf).is_ok());
             }
             "miss" => {
                 black_box(cache.open(&keys, NAME, &Jar::parse(Some(header)), || false).is_ok());
