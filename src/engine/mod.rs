@@ -63,10 +63,11 @@ use std::time::Duration;
 /// How often the shell's timer calls [`Engine::on_tick`]: the granularity of waits and of
 /// picking up what other workers fetched.
 pub const TICK: Duration = Duration::from_millis(100);
-/// Sessions kept opened per VM: each costs about twice its cookie (2,558 bytes for a 1.3 KB
-/// cookie holding an ID token), so 2.6 MB per worker. A miss costs about a floor request
-/// more than a hit (bench/README.md, "The cost of a cache miss"); second-chance eviction keeps
-/// the users who are making requests.
+/// Sessions kept opened per VM: each costs its sealed cookie and some 300 bytes, about 900 once
+/// its second part is opened (1,385 and 2,006 bytes of the VM's memory for the bench's
+/// 1,092-byte cookie, `bench/opencheck` `memory`), so 1.4 to 2.1 MB per worker. A miss costs
+/// about a floor request more than a hit (bench/README.md, "The cost of a cache miss");
+/// second-chance eviction keeps the users who are making requests.
 const SESSION_CACHE_SIZE: usize = 1024;
 
 /// What became of the request whose headers were just handed in.

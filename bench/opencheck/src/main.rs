@@ -15,6 +15,21 @@
 //! again and again), `seal` (sealing the session, as a login or refresh does), `keep` (the ID
 //! token taken into the session: `KeptIdToken::new`), `none` (the loop alone: the baseline). 20,000 repetitions put the
 //! difference well above the run-to-run noise of Node's start (~1 M instructions).
+//!
+//! `memory` is not a loop to time but a count: the heap a full session cache holds per entry,
+//! in the module's own (wasm32) memory, after `N` distinct sessions (1,024 fills it; up to
+//! 2,048 differ) were opened into a cache of 1,024 as a plain API call opens them (second part
+//! sealed), as a claim route does (both parts), and sealed then opened by a later request (the
+//! session endpoint, logout, refresh). Run it without valgrind:
+//!
+//!   node --disable-warning=ExperimentalWarning ../sigcheck/run.mjs \
+//!     target/wasm32-wasip1/release/opencheck.wasm memory 1024
+//!
+//! It counts through the global allocator below, which every part goes through (the
+//! instruction figures in bench/README.md were measured before it was added): two counter
+//! updates (plain loads, adds and stores in wasm32 without threads) per allocation,
+//! reallocation and free. A miss makes 17 of those, some 150 instructions of ~27,000 (about
+//! the run-to-run noise of the method); a hit 2.
 
 use chacha20::cipher::{KeyIvInit, StreamCipher};
 use envoy_bff::random::{Random, RandomUnavailable};
@@ -26,9 +41,63 @@ use envoy_bff::session::cookie::Jar;
 use envoy_bff::session::xchacha20::XChaCha20;
 use envoy_bff::session::{KeyRing, Session};
 use poly1305::universal_hash::KeyInit;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// The system allocator (wasi-libc's dlmalloc in the module), counting what is live: the bytes
+/// asked for (allocated less freed) and the allocations. The allocator's own overhead per
+/// allocation (its header, rounding up to its alignment) is not included: count it from the
+/// allocations.
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LIVE_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Relaxed);
+            LIVE_ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Relaxed);
+            LIVE_ALLOCATIONS.fetch_add(1, Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Relaxed);
+        LIVE_ALLOCATIONS.fetch_sub(1, Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            // Wrapping: a shrink subtracts.
+            LIVE_BYTES.fetch_add(new_size.wrapping_sub(layout.size()), Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Live bytes and allocations now.
+fn live() -> (usize, usize) {
+    (LIVE_BYTES.load(Relaxed), LIVE_ALLOCATIONS.load(Relaxed))
+}
 
 const NAME: &str = "__Host-bff-session";
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -95,6 +164,9 @@ fn main() -> ExitCode {
     let Ok(blob) = base64_simd::URL_SAFE_NO_PAD.decode_to_vec(body) else {
         return ExitCode::from(1);
     };
+    if part == "memory" {
+        return memory(&keys, &headers, n);
+    }
     let mut cache = SessionCache::new(1024);
     let mut buf = Vec::new();
     for i in 0..n {
@@ -144,5 +216,55 @@ fn main() -> ExitCode {
         }
     }
     eprintln!("{part} x {n}: cookie of {} bytes", sealed[0].len());
+    ExitCode::SUCCESS
+}
+
+/// The `memory` part: what a cache of 1,024 holds per entry once `n` of `headers` were opened
+/// into it, for each way a miss can open a session.
+fn memory(keys: &KeyRing, headers: &[String], n: usize) -> ExitCode {
+    if n == 0 {
+        eprintln!("opencheck: memory needs N > 0");
+        return ExitCode::from(2);
+    }
+    let cases: [(&str, bool, bool); 3] = [
+        ("second part sealed (a plain API call)", false, false),
+        ("both parts opened on the miss (a claim route)", true, false),
+        ("second part opened by a later request", false, true),
+    ];
+    for (what, whole, later) in cases {
+        let before = live();
+        let mut cache = SessionCache::new(1024);
+        for i in 0..n {
+            let jar = Jar::parse(Some(headers[i % headers.len()].as_bytes()));
+            let Ok(session) = cache.open(keys, NAME, &jar, || whole) else {
+                eprintln!("opencheck: a session did not open");
+                return ExitCode::from(1);
+            };
+            if later && session.cold(keys, NAME).is_err() {
+                eprintln!("opencheck: a second part did not open");
+                return ExitCode::from(1);
+            }
+        }
+        let after = live();
+        let entries = cache.len();
+        drop(cache);
+        if live() != before {
+            eprintln!("opencheck: the cache did not give back what it held");
+            return ExitCode::from(1);
+        }
+        let bytes = after.0.wrapping_sub(before.0);
+        let allocations = after.1.wrapping_sub(before.1);
+        println!(
+            "{what}: {entries} entries after {n} opens hold {bytes} bytes in {allocations} \
+             allocations: {} bytes, {:.2} allocations per entry",
+            bytes / entries,
+            allocations as f64 / entries as f64,
+        );
+    }
+    println!(
+        "cookie value of {} bytes; size_of::<Session>() = {}",
+        headers[0].len() - NAME.len() - 1,
+        std::mem::size_of::<Session>()
+    );
     ExitCode::SUCCESS
 }
