@@ -579,6 +579,10 @@ def wrk(pin: Pinning, envoy: Envoy, cookie: str | None, duration: int, connectio
 INSTR_VARIANTS = ("a", "b", "c", "d", "g", "d0", "dp", "dq", "s", "p", "k")
 # (g): this many sessions, each sealed anew from (d)'s (bench/reseal), sent in turn on (d)'s Envoy.
 G_SESSIONS = 10_000
+# (g)'s warm-up fills the filter's session cache (SESSION_CACHE_SIZE in src/engine/mod.rs)
+# first, so that every counted request is a miss that also evicts, as on a worker whose cache
+# is full: counted from a cache still filling, the first repeat's misses evicted nothing.
+G_CACHE_FILL = 1_024
 RESEAL = REPO / "target" / "release" / "reseal"
 CALLGRIND = WORK / "callgrind"
 
@@ -755,7 +759,7 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
             # in the counts. The warm-up lets V8 and the caches (Envoy's, the filter's) settle.
             client = KeepAlive(envoy.port, path, headers, cookies=rotation)
             try:
-                client.send(args.instructions_warmup)
+                client.send(args.instructions_warmup + (G_CACHE_FILL if rotation else 0))
                 n = args.instructions_requests
                 idle, load = [], []
                 # With the store: its calls from the first window to the last (at start-up,
@@ -804,7 +808,8 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                "k": 100, "g": 100}
     estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
     log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
-        f"{args.instructions_warmup} warm-up requests, then {args.instructions_repeats} x "
+        f"{args.instructions_warmup} warm-up requests ((g): {G_CACHE_FILL:,} more), then "
+        f"{args.instructions_repeats} x "
         f"{args.instructions_requests} counted, each after {args.instructions_idle:g}s idle; "
         f"~{estimate}s")
     # wrk's Host: what the cookies were made for (the OAuth2 filter's HMAC covers it).
@@ -869,6 +874,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
         "tool": f"{version} --tool=callgrind --smc-check=all-non-file",
         "n": args.instructions_requests,
         "warmup_requests": args.instructions_warmup,
+        "g_warmup_requests": args.instructions_warmup + G_CACHE_FILL,
         "idle_window_s": args.instructions_idle,
         "per_request": rounded(per),
         "added": rounded(added),
