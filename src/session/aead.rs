@@ -7,7 +7,6 @@
 //! keystream (`xchacha20`); the tests below check that this one agrees with it.
 
 use super::xchacha20::XChaCha20;
-use crate::byte_loops;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use poly1305::universal_hash::{KeyInit, UniversalHash};
 use poly1305::Poly1305;
@@ -54,7 +53,7 @@ impl<'a> Verified<'a> {
         aad_len.copy_from_slice(&(aad.len() as u64).to_le_bytes());
         text_len.copy_from_slice(&(ciphertext.len() as u64).to_le_bytes());
         mac.update(&[lengths.into()]);
-        if !tags_equal(&mac.finalize().into(), tag) {
+        if !bool::from(mac.finalize().as_slice().ct_eq(tag)) {
             return Err(Forged);
         }
         Ok(Verified {
@@ -80,17 +79,6 @@ impl<'a> Verified<'a> {
         let ciphertext: &'a [u8] = self.ciphertext;
         ciphertext.get(..end)
     }
-}
-
-/// The tags compared in constant time, eight bytes at a time (subtle's slice comparison goes
-/// byte by byte, each through an optimisation barrier: some 250 instructions more per cookie).
-fn tags_equal(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
-    let halves = |t: &[u8; TAG_LEN]| {
-        let (lo, hi) = t.split_at(8);
-        (byte_loops::word(lo), byte_loops::word(hi))
-    };
-    let ((a0, a1), (b0, b1)) = (halves(a), halves(b));
-    bool::from(a0.ct_eq(&b0) & a1.ct_eq(&b1))
 }
 
 fn wipe(bytes: &mut [u8]) {
