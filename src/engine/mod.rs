@@ -433,7 +433,14 @@ impl Engine {
                 }
                 self.fetch_if_due(host);
                 if self.meta.recently_failed(host.now_ms()) {
-                    return Some(unavailable(&headers));
+                    // This VM's own fetch failed moments ago, but another worker may have
+                    // fetched since and this VM's tick not yet read it.
+                    self.meta.sync(&self.config, &self.ns, host);
+                    if self.meta.provider.is_none() {
+                        return Some(unavailable(&headers));
+                    }
+                    let decision = self.decide(&headers, host.now_ms() / 1000, false, host);
+                    return self.carry_out(context_id, headers, decision, true, host);
                 }
                 let until_ms = self.wait_bound(host);
                 self.waiting.insert(

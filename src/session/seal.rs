@@ -167,8 +167,17 @@ fn first_end(len: Option<&[u8]>) -> Result<usize, OpenError> {
 }
 
 fn decode_body(body: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let mut blob = Vec::new();
+    decode_body_into(body, &mut blob)?;
+    Ok(blob)
+}
+
+/// Decodes into `buf`, its old contents dropped and its room kept.
+fn decode_body_into(body: &[u8], buf: &mut Vec<u8>) -> Result<(), OpenError> {
+    buf.clear();
     base64_simd::URL_SAFE_NO_PAD
-        .decode_to_vec(body)
+        .decode_append(body, buf)
+        .map(|_| ())
         .map_err(|_| OpenError::Malformed)
 }
 
@@ -361,10 +370,7 @@ impl KeyRing {
             return Err(OpenError::Malformed);
         }
         let key = self.key(kid)?;
-        buf.clear();
-        base64_simd::URL_SAFE_NO_PAD
-            .decode_append(body, buf)
-            .map_err(|_| OpenError::Malformed)?;
+        decode_body_into(body, buf)?;
         let (nonce, rest) = buf
             .split_at_mut_checked(NONCE_LEN)
             .ok_or(OpenError::Malformed)?;

@@ -514,6 +514,22 @@ fn a_worker_uses_what_another_fetched() {
 }
 
 #[test]
+fn a_worker_whose_fetch_just_failed_takes_what_another_fetched_since() {
+    // Seen in CI: after the IdP came back, one worker had discovery while the other, its own
+    // fetch failed under two seconds before and its tick not yet run, refused logins.
+    let world = World::new();
+    let mut a = world.worker(minimal_json_with_discovery());
+    let mut b = world.worker(minimal_json_with_discovery());
+    b.tick();
+    b.answer("/.well-known/openid-configuration", None, "");
+    world.advance_ms(500);
+    a.learn_provider();
+    let r = settled(b.request(1, wire("/private/login", &[NAV])));
+    assert_eq!(reply(&r).status, 302, "{:?}", reply(&r).body);
+    assert_eq!(b.calls_to("/.well-known/openid-configuration"), 1);
+}
+
+#[test]
 fn an_idp_that_cannot_be_called_fails_fast() {
     let world = World::new();
     let mut w = world.worker(minimal_json_with_discovery());
