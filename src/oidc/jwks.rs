@@ -7,6 +7,7 @@
 //! are left out on purpose: their curve arithmetic would grow the wasm module a lot (P-384
 //! alone by ~150 KB), they are rare for ID tokens, and OIDC Core §15.1 only requires RS256.
 
+use super::p256_key::P256Key;
 use super::rsa_key::RsaKey;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -87,7 +88,8 @@ impl fmt::Display for Alg {
 pub(crate) enum KeyMaterial {
     /// With its Montgomery constants: computed here, once per key, not per token.
     Rsa(RsaKey),
-    P256(p256::ecdsa::VerifyingKey),
+    /// With its multiples for the verification pass, made here once.
+    P256(P256Key),
     Ed25519(ed25519_dalek::VerifyingKey),
 }
 
@@ -197,9 +199,10 @@ impl RawJwk {
             ("RSA", _) => {
                 KeyMaterial::Rsa(RsaKey::new(&b64(self.n.as_ref())?, &b64(self.e.as_ref())?)?)
             }
-            ("EC", Some("P-256")) => KeyMaterial::P256(
-                p256::ecdsa::VerifyingKey::from_sec1_bytes(&uncompressed_point(&self, 32)?).ok()?,
-            ),
+            ("EC", Some("P-256")) => {
+                let (x, y) = coordinates(&self)?;
+                KeyMaterial::P256(P256Key::new(&x, &y)?)
+            }
             ("OKP", Some("Ed25519")) => {
                 let x: [u8; 32] = b64(self.x.as_ref())?.try_into().ok()?;
                 KeyMaterial::Ed25519(ed25519_dalek::VerifyingKey::from_bytes(&x).ok()?)
@@ -215,19 +218,12 @@ impl RawJwk {
     }
 }
 
-/// `0x04 ‖ x ‖ y` (SEC 1 §2.3.3). Each coordinate must have the curve's full size
-/// (RFC 7518 §6.2.1.2–6.2.1.3), so a short `x` cannot borrow a byte from a long `y`.
-fn uncompressed_point(raw: &RawJwk, size: usize) -> Option<Vec<u8>> {
-    let x = b64(raw.x.as_ref())?;
-    let y = b64(raw.y.as_ref())?;
-    if x.len() != size || y.len() != size {
-        return None;
-    }
-    let mut point = Vec::with_capacity(1 + 2 * size);
-    point.push(0x04);
-    point.extend_from_slice(&x);
-    point.extend_from_slice(&y);
-    Some(point)
+/// A P-256 key's `x` and `y`. Each must have the curve's full size (RFC 7518
+/// §6.2.1.2–6.2.1.3), so a short `x` cannot borrow a byte from a long `y`.
+fn coordinates(raw: &RawJwk) -> Option<([u8; 32], [u8; 32])> {
+    let x = b64(raw.x.as_ref())?.try_into().ok()?;
+    let y = b64(raw.y.as_ref())?.try_into().ok()?;
+    Some((x, y))
 }
 
 impl Jwks {

@@ -165,14 +165,12 @@ fn candidates<'a>(jwks: &'a Jwks, alg: Alg, kid: Option<&str>) -> Result<Vec<&'a
 }
 
 fn signature_verifies(key: &Jwk, alg: Alg, input: &[u8], signature: &[u8]) -> bool {
-    use p256::ecdsa::signature::Verifier as _;
     match (&key.material, alg) {
         // Length, range (s < n), padding and hash: src/oidc/rsa_key.rs.
         (KeyMaterial::Rsa(rsa), _) => rsa.verify(alg, input, signature),
         // JWS carries ECDSA signatures as R ‖ S, each the curve's size (RFC 7518 §3.4), not
-        // DER: `from_slice` takes exactly 64 bytes.
-        (KeyMaterial::P256(vk), Alg::Es256) => p256::ecdsa::Signature::from_slice(signature)
-            .is_ok_and(|sig| vk.verify(input, &sig).is_ok()),
+        // DER: exactly 64 bytes, each half in [1, n − 1] (src/oidc/p256_key.rs).
+        (KeyMaterial::P256(key), Alg::Es256) => key.verify(input, signature),
         // Strict verification: also refuses small-order keys and R (RFC 8032 §5.1.7 allows
         // either; honest signers pass both).
         (KeyMaterial::Ed25519(vk), Alg::EdDsa) => ed25519_dalek::Signature::from_slice(signature)
