@@ -322,8 +322,8 @@ fn padded(limbs: &[u32]) -> Vec<u32> {
     out
 }
 
-/// `a < b`, for numbers of the same width.
-fn less_than(a: &[u32], b: &[u32]) -> bool {
+/// `a < b`, for numbers of the same width (little-endian words).
+pub(super) fn less_than(a: &[u32], b: &[u32]) -> bool {
     for (x, y) in a.iter().rev().zip(b.iter().rev()) {
         if x != y {
             return x < y;

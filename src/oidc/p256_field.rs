@@ -10,7 +10,8 @@
 //! Nothing here is constant-time: ES256 verification handles only public values.
 //!
 //! Values are kept below 2^257 ("loose"): a product's limbs are in [0, 2^29) but for the top
-//! one, a sum's or a difference's within 2^24 of that range (see [`fold`]); only
+//! one, a sum's, a difference's or a small multiple's within 2^25 of that range (see
+//! [`fold`]); only
 //! [`Fe::canonical`] gives the value below p, with every limb in range.
 
 const BITS: u32 = 29;
@@ -194,9 +195,7 @@ impl Fe {
         }
         false
     }
-}
 
-impl Fe {
     /// `x⁻¹` for `x ≠ 0`, both in Montgomery form: `x^(p−2)` (Fermat), about 380 products.
     /// Only when tables of points are made, never per check.
     pub fn invert(&self, one: &Fe) -> Fe {
@@ -253,7 +252,9 @@ fn reduce(mut t: [i64; 2 * LIMBS]) -> Fe {
         }
     }
     let mut r = [0i64; LIMBS];
-    r.copy_from_slice(t.get(LIMBS..).unwrap_or(&[0; LIMBS]));
+    for (r, t) in r.iter_mut().zip(t.iter().skip(LIMBS)) {
+        *r = *t;
+    }
     Fe(carried(r))
 }
 

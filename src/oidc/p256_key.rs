@@ -128,7 +128,7 @@ impl P256Key {
         let c = curve();
         let x = Fe::plain_from_be(x)?.to_montgomery(&c.r2);
         let y = Fe::plain_from_be(y)?.to_montgomery(&c.r2);
-        let x3_minus_3x_plus_b = x.square().mul(&x).sub(&x.double().add(&x)).add(&c.b);
+        let x3_minus_3x_plus_b = x.square().mul(&x).sub(&x.times(3)).add(&c.b);
         if !y.square().same(&x3_minus_3x_plus_b) {
             return None;
         }
@@ -231,14 +231,14 @@ fn add(p: &Projective, q: &Projective, b: &Fe) -> Projective {
     let xz_pairs = p.x.add(&p.z).mul(&q.x.add(&q.z)).sub(&xx.add(&zz));
 
     let bzz_part = xz_pairs.sub(&b.mul(&zz));
-    let bzz3_part = bzz_part.double().add(&bzz_part);
+    let bzz3_part = bzz_part.times(3);
     let yy_m_bzz3 = yy.sub(&bzz3_part);
     let yy_p_bzz3 = yy.add(&bzz3_part);
 
-    let zz3 = zz.double().add(&zz);
+    let zz3 = zz.times(3);
     let bxz_part = b.mul(&xz_pairs).sub(&zz3.add(&xx));
-    let bxz3_part = bxz_part.double().add(&bxz_part);
-    let xx3_m_zz3 = xx.double().add(&xx).sub(&zz3);
+    let bxz3_part = bxz_part.times(3);
+    let xx3_m_zz3 = xx.times(3).sub(&zz3);
 
     Projective {
         x: yy_p_bzz3.mul(&xy_pairs).sub(&yz_pairs.mul(&bxz3_part)),

@@ -3,6 +3,8 @@
 //! A few tens of thousands of instructions per check against about two million for the
 //! points, so plain and short wins. Not constant-time: the values are public.
 
+use super::montgomery::less_than;
+
 /// n, little-endian words.
 const N: Scalar = Scalar([
     0xfc63_2551,
@@ -17,7 +19,7 @@ const N: Scalar = Scalar([
 
 /// A 256-bit number, little-endian 32-bit words.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Scalar(pub [u32; 8]);
+pub struct Scalar([u32; 8]);
 
 impl Scalar {
     pub fn from_be(bytes: &[u8; 32]) -> Scalar {
@@ -103,7 +105,7 @@ impl Scalar {
         acc
     }
 
-    pub fn bit(&self, i: usize) -> bool {
+    fn bit(&self, i: usize) -> bool {
         self.0.get(i / 32).is_some_and(|w| w >> (i % 32) & 1 == 1)
     }
 
@@ -123,12 +125,7 @@ impl Scalar {
     }
 
     fn less_than(&self, other: &Scalar) -> bool {
-        for (x, y) in self.0.iter().rev().zip(other.0.iter().rev()) {
-            if x != y {
-                return x < y;
-            }
-        }
-        false
+        less_than(&self.0, &other.0)
     }
 
     /// `self + other` and the carry out.
