@@ -14,6 +14,8 @@ are pinned to different CPUs when the machine has two or more.
     dq (dp) with an Ed25519 DPoP key: an EdDSA proof per request
     g  (d) with 10,000 users: every request carries another of 10,000 sessions, in turn, so the
        VM's cache of opened sessions (1,024) never answers; (instruction counts only)
+    r  (e)'s refresh, counted: one session's chain of refreshes (each request carries the
+       session the answer before it set) on an Envoy under callgrind (instruction counts only)
     e  envoy-bff with a token due for refresh: every request refreshes at the test IdP
     f  envoy-bff's login callback (code exchange + ID token check), by a Python client
     p  (diagnostic) envoy-bff on a path outside its prefix: what it costs before any session work
@@ -113,6 +115,7 @@ NAMES = {
     "c": "Envoy OAuth2 filter, valid session",
     "d": "envoy-bff, valid session, fresh token",
     "g": "envoy-bff, 10,000 sessions in turn",
+    "r": "envoy-bff, token due: a refresh per request",
     "dp": "envoy-bff, DPoP route, ES256 proof per request",
     "dq": "envoy-bff, DPoP route, EdDSA proof per request",
     "s": "envoy-bff, valid session, store configured",
@@ -576,7 +579,7 @@ def wrk(pin: Pinning, envoy: Envoy, cookie: str | None, duration: int, connectio
 
 # What the instruction mode counts: the variants that send one fixed request. (e) and (f) need
 # a new session or code for every request.
-INSTR_VARIANTS = ("a", "b", "c", "d", "g", "d0", "dp", "dq", "s", "p", "k")
+INSTR_VARIANTS = ("a", "b", "c", "d", "g", "r", "d0", "dp", "dq", "s", "p", "k")
 # (g): this many sessions, each sealed anew from (d)'s (bench/reseal), sent in turn on (d)'s Envoy.
 G_SESSIONS = 10_000
 # (g)'s warm-up fills the filter's session cache (SESSION_CACHE_SIZE in src/engine/mod.rs)
@@ -669,6 +672,22 @@ class KeepAlive:
         self.conn.close()
 
 
+class RefreshChain(KeepAlive):
+    """(r): every request carries the session the answer before it set. Its token is always
+    due (refresh_leeway_s 86400) and the IdP rotates the refresh token on every grant, so every
+    request is a real refresh, in a chain of one session."""
+
+    def send(self, n: int) -> None:
+        for _ in range(n):
+            status, body, headers = self.get()
+            renewed = [v.split(";", 1)[0].split("=", 1)[1] for k, v in headers
+                       if k.lower() == "set-cookie" and v.startswith(SESSION + "=")]
+            if status != 200 or body != b"ok\n" or len(renewed) != 1 or not renewed[0]:
+                raise RuntimeError(f"{self.path} answered {status} {body[:200]!r} without one "
+                                   f"renewed session: {headers}")
+            self.headers = {**self.headers, "Cookie": f"{SESSION}={renewed[0]}"}
+
+
 def callgrind_control(option: str, pid: int) -> None:
     # Always with the pid: without one, callgrind_control acts on every callgrind run there is.
     # It exits 0 even when it finds no such run; "OK." is how it says the command was done.
@@ -736,13 +755,15 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
             elif cookies[k]:
                 headers["Cookie"] = cookies[k]
             path = PASS_PATH if k == "p" else BENCH_PATH
+            # (r)'s session must not be spent on the probe: it asks for a path outside the prefix.
+            probe_path, probe_headers = (PASS_PATH, {"Host": hosts[k]}) if k == "r" else (path, headers)
             # Up when the measured request answers 200: start-up under valgrind takes 30-60 s,
             # and (d) also waits for the IdP's discovery document.
             deadline = time.monotonic() + 300
             while True:
                 if not envoy.alive():
                     raise RuntimeError(f"Envoy under callgrind exited:\n{envoy.log()[-3000:]}")
-                probe = KeepAlive(envoy.port, path, headers)
+                probe = KeepAlive(envoy.port, probe_path, probe_headers)
                 try:
                     status, body, _ = probe.get()
                     if status == 200:
@@ -757,7 +778,8 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
                 time.sleep(2)
             # One connection for everything, as wrk keeps its connections: no connection set-up
             # in the counts. The warm-up lets V8 and the caches (Envoy's, the filter's) settle.
-            client = KeepAlive(envoy.port, path, headers, cookies=rotation)
+            client = (RefreshChain(envoy.port, path, headers) if k == "r"
+                      else KeepAlive(envoy.port, path, headers, cookies=rotation))
             try:
                 client.send(args.instructions_warmup + (G_CACHE_FILL if rotation else 0))
                 n = args.instructions_requests
@@ -805,7 +827,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
     # then ~27 s per variant measured ((dp) and (dq) sign a proof per request: their counted
     # requests take longer than that, by how much the first run's wall_s will tell).
     startup = {"a": 20, "b": 60, "c": 35, "d": 100, "d0": 100, "dp": 100, "dq": 100, "s": 100,
-               "k": 100, "g": 100}
+               "k": 100, "g": 100, "r": 100}
     estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
     log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
         f"{args.instructions_warmup} warm-up requests ((g): {G_CACHE_FILL:,} more), then "
@@ -859,7 +881,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                 return None
             return round(added[x] / added[y], 4)
         pairs = (("d", "b"), ("d", "c"), ("c", "b"), ("p", "b"), ("k", "b"), ("k", "d"),
-                 ("s", "b"), ("s", "d"), ("g", "b"), ("g", "d")) + (BEFORE_PAIRS if "d0" in keys else ()) + (
+                 ("s", "b"), ("s", "d"), ("g", "b"), ("g", "d"), ("r", "b")) + (BEFORE_PAIRS if "d0" in keys else ()) + (
             DPOP_PAIRS if any(k in keys for k in DPOP_VARIANTS) else ())
         ratios = {f"{x}/{y}": ratio(x, y) for x, y in pairs}
         return per, added, ratios
@@ -1211,10 +1233,12 @@ def main(argv=None) -> int:
                                if k in NAMES and k != "a"}
     if not args.instructions_only:
         skipped.setdefault("g", "counted with --instructions-only only")
+        skipped.setdefault("r", "counted with --instructions-only only")
     if "d" in skipped:
         skipped.setdefault("g", "needs (d)'s Envoy and session")
         skipped.setdefault("p", "needs (d)")
         skipped.setdefault("k", "needs (d)'s session")
+        skipped.setdefault("r", "logs in through (d)'s Envoy")
     if args.instructions_only:
         # (e), (es) and (f) need a new session or code for every request: no fixed request to count.
         skipped.setdefault("e", "not measured with --instructions-only")
@@ -1294,6 +1318,11 @@ def main(argv=None) -> int:
             if "g" not in skipped:
                 envoys["g"] = envoys["d"]
                 cookies["g"] = many_sessions(cookies["d"], G_SESSIONS)
+            if "r" not in skipped:
+                # A session of its own (same keys, issuer and client as (e)'s): its chain of
+                # refreshes starts from it on (r)'s Envoy under callgrind.
+                cookies["r"] = bff_login(envoys["d"])
+                envoys["r"] = envoys["d"]
         if "d0" in envoys:
             # Its own login: the change may have changed the session cookie.
             cookies["d0"] = bff_login(envoys["d0"])
@@ -1367,7 +1396,7 @@ def main(argv=None) -> int:
                 # The first and the last of its sessions do what (d)'s does.
                 for cookie in (cookies[k][0], cookies[k][-1]):
                     check_variant(k, envoys[k], cookie)
-            elif k not in REFRESH_VARIANTS:
+            elif k not in REFRESH_VARIANTS and k != "r":
                 check_variant(k, envoys[k], cookies[k])
         log("every variant checked once through the echo upstream: " + ", ".join(variants))
 
@@ -1476,6 +1505,8 @@ def main(argv=None) -> int:
                                            **{"idp_timeout_ms": 60000, **args.d_config})], None)
             cg_filters["k"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], idp_timeout_ms=60000,
                                            policies=CLIENT_POLICIES)], None)
+            cg_filters["r"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], idp_timeout_ms=60000,
+                                           session={"refresh_leeway_s": 86400})], None)
             cg_filters["s"] = ([bff_filter(idp.issuer, loaded["envoy_bff.wasm"], idp_timeout_ms=60000,
                                            store=STORE)], None)
             for k in DPOP_VARIANTS:
