@@ -8,7 +8,11 @@
 //!   refreshes are in flight (the entry is created when the filter starts, because the host
 //!   writes a *missing* key unconditionally, so only an existing entry gives mutual exclusion);
 //! - the winner publishes the outcome in a result slot (a fixed ring of slots keeps shared
-//!   memory bounded) and then drops its claim;
+//!   memory bounded) and then drops its claim. A slot is two entries: a head of a few dozen
+//!   bytes (when, whose, what) and, for a renewed session, a body with its sealed value. A
+//!   lookup reads up to eight heads, of other sessions' results mostly (with many users the
+//!   ring is full of live ones), and a body only when the head is its own: each read is a copy
+//!   out of the host, and a renewed session is a kilobyte;
 //! - the others poll the slot until the outcome appears or their wait runs out.
 
 use crate::secret::Secret;
@@ -128,18 +132,65 @@ fn slot_key(ns: &str, id: &RefreshId, probe: u64) -> String {
     format!("{ns}.refresh.{}", (id.slot() + probe) % SLOTS)
 }
 
-/// A slot's content: whose result, and whether it is still live at `now`.
-fn read_slot(store: &dyn SharedStore, key: &str, now: u64) -> Option<(String, Outcome, bool)> {
+/// What a slot's head says: the outcome, or that a renewed session lies in the slot's body.
+#[derive(Debug)]
+enum Head {
+    Outcome(Outcome),
+    Renewed,
+}
+
+const RENEWED: &str = "renewed";
+
+impl Head {
+    fn of(outcome: &Outcome) -> String {
+        match outcome {
+            Outcome::Renewed(_) => RENEWED.to_string(),
+            other => other.encode(),
+        }
+    }
+
+    /// A head, or a whole outcome (a renewed session included: what the slot's one entry held
+    /// before heads and bodies, still read while such entries live).
+    fn decode(s: &str) -> Option<Head> {
+        if s == RENEWED {
+            return Some(Head::Renewed);
+        }
+        Outcome::decode(s).map(Head::Outcome)
+    }
+
+    fn ttl(&self) -> u64 {
+        match self {
+            Head::Outcome(outcome) => outcome.ttl(),
+            Head::Renewed => RESULT_TTL_S,
+        }
+    }
+}
+
+/// Where a slot's renewed session lies.
+fn body_key(slot_key: &str) -> String {
+    format!("{slot_key}.body")
+}
+
+/// A slot's head: whose result, what it says, and whether it is still live at `now`.
+fn read_slot(store: &dyn SharedStore, key: &str, now: u64) -> Option<(String, Head, bool)> {
     let (entry, _) = store.get(key)?;
     let (at, body) = unstamp(&entry)?;
-    let (owner, outcome) = std::str::from_utf8(body).ok()?.split_once('\n')?;
-    let outcome = Outcome::decode(outcome)?;
-    let live = match outcome {
+    let (owner, head) = std::str::from_utf8(body).ok()?.split_once('\n')?;
+    let head = Head::decode(head)?;
+    let live = match head {
         // Remembered for the rest of the access token's life.
-        Outcome::Superseded { until } => now < until,
-        _ => now < at.saturating_add(outcome.ttl()),
+        Head::Outcome(Outcome::Superseded { until }) => now < until,
+        _ => now < at.saturating_add(head.ttl()),
     };
-    Some((owner.to_string(), outcome, live))
+    Some((owner.to_string(), head, live))
+}
+
+/// The renewed session in a slot's body, if the body is `id`'s (another session's result may
+/// have taken the slot since its head was read).
+fn read_body(store: &dyn SharedStore, key: &str, id: &RefreshId) -> Option<Outcome> {
+    let (entry, _) = store.get(&body_key(key))?;
+    let (owner, sealed) = std::str::from_utf8(&entry).ok()?.split_once('\n')?;
+    (owner == id.0).then(|| Outcome::Renewed(sealed.to_string()))
 }
 
 /// Creates the claim list if it does not exist yet. Called when the filter starts (Envoy
@@ -151,12 +202,16 @@ pub fn prepare(store: &dyn SharedStore, ns: &str) {
 
 /// The outcome published for `id`, if it is recent enough to act on.
 pub fn lookup(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Option<Outcome> {
-    (0..PROBES).find_map(
-        |probe| match read_slot(store, &slot_key(ns, id, probe), now) {
-            Some((owner, outcome, live)) if owner == id.0 => live.then_some(outcome),
+    (0..PROBES).find_map(|probe| {
+        let key = slot_key(ns, id, probe);
+        match read_slot(store, &key, now)? {
+            (owner, head, true) if owner == id.0 => match head {
+                Head::Outcome(outcome) => Some(outcome),
+                Head::Renewed => read_body(store, &key, id),
+            },
             _ => None,
-        },
-    )
+        }
+    })
 }
 
 /// Live claims: `(id, claimed at)` per line.
@@ -216,7 +271,6 @@ pub fn claim(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Cla
 
 /// Publishes the winner's outcome, then drops its claim.
 pub fn publish(store: &dyn SharedStore, ns: &str, id: &RefreshId, outcome: &Outcome, now: u64) {
-    let body = format!("{}\n{}", id.0, outcome.encode());
     // The first slot that is free, stale or ours: another session's live result must not be
     // overwritten (its old cookies would refresh again with a rotated token). With every
     // probe taken, the home slot gives way.
@@ -227,7 +281,13 @@ pub fn publish(store: &dyn SharedStore, ns: &str, id: &RefreshId, outcome: &Outc
             None => true,
         })
         .unwrap_or_else(|| slot_key(ns, id, 0));
-    let _ = store.set(&free, &stamped(now, body.as_bytes()), None);
+    // The body first: a request that reads the new head finds the body it names.
+    if let Outcome::Renewed(sealed) = outcome {
+        let body = format!("{}\n{sealed}", id.0);
+        let _ = store.set(&body_key(&free), body.as_bytes(), None);
+    }
+    let head = format!("{}\n{}", id.0, Head::of(outcome));
+    let _ = store.set(&free, &stamped(now, head.as_bytes()), None);
     release(store, ns, id, now);
 }
 
@@ -378,6 +438,95 @@ mod tests {
             lookup(&store, NS, &b, 101),
             Some(Outcome::Renewed("v1.b".into()))
         );
+    }
+
+    /// A store that counts the bytes its reads hand back: what a host copies into the VM.
+    #[derive(Default)]
+    struct CountingStore {
+        inner: MemoryStore,
+        bytes_read: Cell<usize>,
+    }
+
+    impl SharedStore for CountingStore {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+            let got = self.inner.get(key);
+            let n = got.as_ref().map_or(0, |(v, _)| v.len());
+            self.bytes_read.set(self.bytes_read.get() + n);
+            got
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_lookup_reads_the_heads_and_only_its_own_body() {
+        let store = CountingStore::default();
+        let mine = id("mine");
+        // Eight other sessions' renewed results in the probes of `mine`'s home slot.
+        let others: Vec<RefreshId> = (0..100_000)
+            .map(|i| id(&format!("o{i}")))
+            .filter(|o| o.slot() == mine.slot())
+            .take(PROBES as usize)
+            .collect();
+        assert_eq!(others.len(), PROBES as usize);
+        let sealed = |o: &RefreshId| Outcome::Renewed(format!("v2.k.{}{}", o.0, "A".repeat(1000)));
+        for o in &others {
+            publish(&store, NS, o, &sealed(o), 100);
+        }
+        for o in &others {
+            assert_eq!(lookup(&store, NS, o, 101), Some(sealed(o)));
+        }
+        store.bytes_read.set(0);
+        assert_eq!(lookup(&store, NS, &mine, 101), None);
+        let heads = store.bytes_read.get();
+        assert!(heads < 8 * 64, "{heads} bytes read for eight heads");
+        // With every probe live, the home slot gives way; its body is then mine.
+        publish(&store, NS, &mine, &sealed(&mine), 102);
+        store.bytes_read.set(0);
+        assert_eq!(lookup(&store, NS, &mine, 103), Some(sealed(&mine)));
+        assert!(store.bytes_read.get() < 64 + 1100);
+        assert_eq!(lookup(&store, NS, &others[0], 103), None);
+        assert_eq!(
+            lookup(&store, NS, &others[1], 103),
+            Some(sealed(&others[1]))
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_the_heads_owners_is_not_read_as_theirs() {
+        let store = MemoryStore::default();
+        let (a, b) = (id("a"), id("b"));
+        let key = slot_key(NS, &a, 0);
+        store
+            .set(
+                &key,
+                &stamped(100, format!("{}\nrenewed", a.0).as_bytes()),
+                None,
+            )
+            .unwrap();
+        store
+            .set(&body_key(&key), format!("{}\nv2.k.b", b.0).as_bytes(), None)
+            .unwrap();
+        assert_eq!(lookup(&store, NS, &a, 101), None);
+        // A head without its body at all: nothing either.
+        store.set(&body_key(&key), b"", None).unwrap();
+        assert_eq!(lookup(&store, NS, &a, 101), None);
+    }
+
+    #[test]
+    fn a_slot_written_whole_by_an_earlier_module_still_reads() {
+        let store = MemoryStore::default();
+        let a = id("a");
+        let whole = format!("{}\nrenewed v2.k.sealed", a.0);
+        store
+            .set(&slot_key(NS, &a, 0), &stamped(100, whole.as_bytes()), None)
+            .unwrap();
+        assert_eq!(
+            lookup(&store, NS, &a, 101),
+            Some(Outcome::Renewed("v2.k.sealed".into()))
+        );
+        assert_eq!(lookup(&store, NS, &a, 100 + RESULT_TTL_S), None);
     }
 
     #[test]
