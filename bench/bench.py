@@ -577,8 +577,9 @@ def wrk(pin: Pinning, envoy: Envoy, cookie: str | None, duration: int, connectio
 
 # --- instruction counts (callgrind) ---------------------------------------------------------
 
-# What the instruction mode counts: the variants that send one fixed request. (e) and (f) need
-# a new session or code for every request.
+# What the instruction mode counts: the variants that send one fixed request (g: one of a fixed
+# list in turn), and (r), a chain of refreshes, each request with the session the one before
+# got. (e) and (f) need a new session or code for every request from many clients at once.
 INSTR_VARIANTS = ("a", "b", "c", "d", "g", "r", "d0", "dp", "dq", "s", "p", "k")
 # (g): this many sessions, each sealed anew from (d)'s (bench/reseal), sent in turn on (d)'s Envoy.
 G_SESSIONS = 10_000
