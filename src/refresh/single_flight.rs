@@ -237,31 +237,25 @@ fn render_claims(claims: &[(String, u64)]) -> Vec<u8> {
 
 /// Tries to become the one request that refreshes `id`.
 pub fn claim(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Claim {
-    if let Some(outcome) = lookup(store, ns, id, now) {
-        return Claim::Done(outcome);
-    }
     for _ in 0..CAS_ATTEMPTS {
         let Some((value, cas)) = store.get(&claims_key(ns)) else {
             // The list is missing (it should not be): without it there is no safe claim.
             prepare(store, ns);
             continue;
         };
+        // Looked up after the list is read: an outcome published before that is found here,
+        // and one published since was followed by its claim's release, a change of the list
+        // that fails our compare-and-swap below. So a claim that succeeds needs no second look.
+        if let Some(outcome) = lookup(store, ns, id, now) {
+            return Claim::Done(outcome);
+        }
         let mut claims = parse_claims(&value, now);
         if claims.iter().any(|(c, _)| *c == id.0) {
             return Claim::Taken;
         }
         claims.push((id.0.clone(), now));
         match store.set(&claims_key(ns), &render_claims(&claims), Some(cas)) {
-            Ok(()) => {
-                // Between our lookup and our claim another request may have finished.
-                return match lookup(store, ns, id, now) {
-                    Some(outcome) => {
-                        release(store, ns, id, now);
-                        Claim::Done(outcome)
-                    }
-                    None => Claim::Won,
-                };
-            }
+            Ok(()) => return Claim::Won,
             Err(StoreError::CasMismatch) => continue,
             Err(StoreError::Failed) => break,
         }
@@ -491,6 +485,46 @@ mod tests {
             lookup(&store, NS, &others[1], 103),
             Some(sealed(&others[1]))
         );
+    }
+
+    /// A store where another worker, holding the claim, publishes its outcome and releases
+    /// the claim between our read of the list and our compare-and-swap on it, once.
+    struct FinishingStore {
+        inner: CountingStore,
+        finish: Cell<bool>,
+        gets: Cell<usize>,
+    }
+
+    impl SharedStore for FinishingStore {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+            self.gets.set(self.gets.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+            if key == claims_key(NS) && self.finish.replace(false) {
+                let other = Outcome::Renewed("v2.k.theirs".into());
+                publish(&self.inner, NS, &id("rt"), &other, 100);
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn an_outcome_published_while_claiming_is_found_and_a_won_claim_looks_once() {
+        let store = FinishingStore {
+            inner: CountingStore::default(),
+            finish: Cell::new(true),
+            gets: Cell::new(0),
+        };
+        prepare(&store, NS);
+        assert_eq!(
+            claim(&store, NS, &id("rt"), 100),
+            Claim::Done(Outcome::Renewed("v2.k.theirs".into()))
+        );
+        // Uncontended: the list once, each probe's head once, no second look after winning.
+        store.gets.set(0);
+        assert_eq!(claim(&store, NS, &id("other"), 100), Claim::Won);
+        assert_eq!(store.gets.get(), 1 + PROBES as usize);
     }
 
     #[test]
