@@ -1,3 +1,6 @@
+//! `jwe`'s tests: compiled only under `#[cfg(test)]` (`#[path = "jwe_tests.rs"] mod tests;` at the
+//! end of jwe.rs), never into the module, so their unwraps cannot panic in Envoy.
+
 use super::*;
 use rsa::pkcs8::DecodePrivateKey;
 use serde_json::Value;
