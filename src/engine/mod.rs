@@ -464,8 +464,8 @@ impl Engine {
                     return self.carry_out(context_id, headers, decision, provider_awaited, host);
                 }
                 let (id, session) = (needed.id.clone(), needed.session.clone());
-                if claim == Claim::Won {
-                    self.refreshes_due.push(*needed);
+                if let Claim::Won(seen) = claim {
+                    self.refreshes_due.push(RefreshNeeded { seen, ..*needed });
                     host.nudge();
                 }
                 let until_ms = self.wait_bound(host);
@@ -686,7 +686,7 @@ impl Engine {
                     Level::Error,
                     &format!("bff: cannot call the token endpoint to refresh: {why}"),
                 );
-                self.refreshed_by_us(&needed.id, in_store, Outcome::Unavailable, host);
+                self.refreshed_by_us(&needed, in_store, Outcome::Unavailable, host);
             }
         }
     }
@@ -719,27 +719,28 @@ impl Engine {
             Outcome::Superseded { .. } => Counter::RefreshesSuperseded,
             _ => Counter::RefreshesFailed,
         });
-        self.refreshed_by_us(&needed.id, in_store, outcome, host);
+        self.refreshed_by_us(needed, in_store, outcome, host);
     }
 
     /// The outcome of a refresh this VM sent: for the other replicas too when it claimed it
     /// in the store.
     fn refreshed_by_us(
         &mut self,
-        id: &RefreshId,
+        needed: &RefreshNeeded,
         in_store: bool,
         outcome: Outcome,
         host: &mut dyn Host,
     ) {
         if in_store {
-            self.publish_in_store(id, &outcome, host);
+            self.publish_in_store(&needed.id, &outcome, host);
         }
-        self.refreshed(id, outcome, host);
+        self.refreshed(needed, outcome, host);
     }
 
     /// Publishes a refresh's outcome to every worker and hands it to this VM's waiters.
-    fn refreshed(&mut self, id: &RefreshId, outcome: Outcome, host: &mut dyn Host) {
-        refresh::publish(host.store(), &self.ns, id, &outcome, host.now_ms() / 1000);
+    fn refreshed(&mut self, needed: &RefreshNeeded, outcome: Outcome, host: &mut dyn Host) {
+        let (id, now) = (&needed.id, host.now_ms() / 1000);
+        refresh::publish(host.store(), &self.ns, id, &outcome, needed.seen, now);
         self.wake(None, Some((id, &outcome)), host);
     }
 

@@ -171,7 +171,7 @@ impl Engine {
     /// (read again later), or a value that does not open (go on alone).
     fn found(&mut self, claiming: Claiming, value: &[u8], host: &mut dyn Host) {
         match in_store::open(&self.config.keys, &claiming.needed.id, value) {
-            Some(Entry::Done(outcome)) => self.refreshed(&claiming.needed.id, outcome, host),
+            Some(Entry::Done(outcome)) => self.refreshed(&claiming.needed, outcome, host),
             Some(Entry::Claimed) => self.read_later(claiming, host),
             None => {
                 self.store_failed(
@@ -201,7 +201,7 @@ impl Engine {
 
     fn claim_again(&mut self, mut claiming: Claiming, host: &mut dyn Host) {
         if host.now_ms() >= claiming.give_up_ms {
-            return self.refreshed(&claiming.needed.id, Outcome::Unavailable, host);
+            return self.refreshed(&claiming.needed, Outcome::Unavailable, host);
         }
         if claiming.claims >= MAX_CLAIMS {
             self.store_failed("a refresh claim that keeps vanishing", ALONE, host);
@@ -217,7 +217,7 @@ impl Engine {
         let at = host.now_ms().saturating_add(READ_EVERY_MS);
         if at >= claiming.give_up_ms {
             // The waiting requests go on with the current token while it lasts.
-            return self.refreshed(&claiming.needed.id, Outcome::Unavailable, host);
+            return self.refreshed(&claiming.needed, Outcome::Unavailable, host);
         }
         claiming.step = Step::Read;
         claiming.retried = false;

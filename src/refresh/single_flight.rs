@@ -12,7 +12,8 @@
 //!   bytes (when, whose, what) and, for a renewed session, a body with its sealed value. A
 //!   lookup reads up to eight heads, of other sessions' results mostly (with many users the
 //!   ring is full of live ones), and a body only when the head is its own: each read is a copy
-//!   out of the host, and a renewed session is a kilobyte;
+//!   out of the host, and a renewed session is a kilobyte. The winner's claim looked the slots
+//!   up already, so its publish writes where that look saw room without reading them all again;
 //! - the others poll the slot until the outcome appears or their wait runs out.
 
 use crate::secret::Secret;
@@ -113,12 +114,26 @@ impl Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This request refreshes; it must `publish` afterwards.
-    Won,
+    /// This request refreshes; it must `publish` afterwards, handing it what the claim saw.
+    Won(Seen),
     /// Another request is refreshing: wait for its outcome.
     Taken,
     /// A recent outcome exists: use it.
     Done(Outcome),
+}
+
+/// The result slots as a claim's lookup saw them, for `publish` to write without searching
+/// again (each head read is a copy out of the host: with the ring full of live results, the
+/// search read eight heads the lookup had just read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Seen {
+    /// Not looked at: `publish` searches.
+    #[default]
+    Unknown,
+    /// This probe was the first free, stale or ours.
+    Free(u64),
+    /// Every probe held another session's live result.
+    Full,
 }
 
 fn claims_key(ns: &str) -> String {
@@ -171,8 +186,14 @@ fn body_key(slot_key: &str) -> String {
     format!("{slot_key}.body")
 }
 
-/// A slot's head: whose result, what it says, and whether it is still live at `now`.
-fn read_slot(store: &dyn SharedStore, key: &str, now: u64) -> Option<(String, Head, bool)> {
+/// A slot's head: whether the result is `id`'s, what it says, and whether it is still live
+/// at `now`.
+fn read_slot(
+    store: &dyn SharedStore,
+    key: &str,
+    id: &RefreshId,
+    now: u64,
+) -> Option<(bool, Head, bool)> {
     let (entry, _) = store.get(key)?;
     let (at, body) = unstamp(&entry)?;
     let (owner, head) = std::str::from_utf8(body).ok()?.split_once('\n')?;
@@ -182,7 +203,15 @@ fn read_slot(store: &dyn SharedStore, key: &str, now: u64) -> Option<(String, He
         Head::Outcome(Outcome::Superseded { until }) => now < until,
         _ => now < at.saturating_add(head.ttl()),
     };
-    Some((owner.to_string(), head, live))
+    Some((owner == id.0, head, live))
+}
+
+/// Whether `publish` may write `id`'s result in the slot: it is free, stale or `id`'s.
+fn usable(store: &dyn SharedStore, key: &str, id: &RefreshId, now: u64) -> bool {
+    match read_slot(store, key, id, now) {
+        Some((mine, _, live)) => mine || !live,
+        None => true,
+    }
 }
 
 /// The renewed session in a slot's body, if the body is `id`'s (another session's result may
@@ -202,16 +231,39 @@ pub fn prepare(store: &dyn SharedStore, ns: &str) {
 
 /// The outcome published for `id`, if it is recent enough to act on.
 pub fn lookup(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Option<Outcome> {
-    (0..PROBES).find_map(|probe| {
+    look(store, ns, id, now).ok()
+}
+
+/// The outcome published for `id`, or what the probes looked like for publishing one.
+fn look(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Result<Outcome, Seen> {
+    let mut seen = Seen::Full;
+    for probe in 0..PROBES {
         let key = slot_key(ns, id, probe);
-        match read_slot(store, &key, now)? {
-            (owner, head, true) if owner == id.0 => match head {
+        let Some((mine, head, live)) = read_slot(store, &key, id, now) else {
+            seen = first_free(seen, probe);
+            continue;
+        };
+        if mine || !live {
+            seen = first_free(seen, probe);
+        }
+        if mine && live {
+            let found = match head {
                 Head::Outcome(outcome) => Some(outcome),
                 Head::Renewed => read_body(store, &key, id),
-            },
-            _ => None,
+            };
+            if let Some(outcome) = found {
+                return Ok(outcome);
+            }
         }
-    })
+    }
+    Err(seen)
+}
+
+fn first_free(seen: Seen, probe: u64) -> Seen {
+    match seen {
+        Seen::Free(_) => seen,
+        _ => Seen::Free(probe),
+    }
 }
 
 /// Live claims: `(id, claimed at)` per line.
@@ -246,16 +298,17 @@ pub fn claim(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Cla
         // Looked up after the list is read: an outcome published before that is found here,
         // and one published since was followed by its claim's release, a change of the list
         // that fails our compare-and-swap below. So a claim that succeeds needs no second look.
-        if let Some(outcome) = lookup(store, ns, id, now) {
-            return Claim::Done(outcome);
-        }
+        let seen = match look(store, ns, id, now) {
+            Ok(outcome) => return Claim::Done(outcome),
+            Err(seen) => seen,
+        };
         let mut claims = parse_claims(&value, now);
         if claims.iter().any(|(c, _)| *c == id.0) {
             return Claim::Taken;
         }
         claims.push((id.0.clone(), now));
         match store.set(&claims_key(ns), &render_claims(&claims), Some(cas)) {
-            Ok(()) => return Claim::Won,
+            Ok(()) => return Claim::Won(seen),
             Err(StoreError::CasMismatch) => continue,
             Err(StoreError::Failed) => break,
         }
@@ -263,18 +316,38 @@ pub fn claim(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Cla
     Claim::Taken
 }
 
-/// Publishes the winner's outcome, then drops its claim.
-pub fn publish(store: &dyn SharedStore, ns: &str, id: &RefreshId, outcome: &Outcome, now: u64) {
+/// Publishes the winner's outcome, then drops its claim. `seen`: what its claim saw.
+pub fn publish(
+    store: &dyn SharedStore,
+    ns: &str,
+    id: &RefreshId,
+    outcome: &Outcome,
+    seen: Seen,
+    now: u64,
+) {
     // The first slot that is free, stale or ours: another session's live result must not be
     // overwritten (its old cookies would refresh again with a rotated token). With every
-    // probe taken, the home slot gives way.
-    let free = (0..PROBES)
-        .map(|probe| slot_key(ns, id, probe))
-        .find(|key| match read_slot(store, key, now) {
-            Some((owner, _, live)) => owner == id.0 || !live,
-            None => true,
-        })
-        .unwrap_or_else(|| slot_key(ns, id, 0));
+    // probe taken, the home slot gives way. The claim's look is taken as it was (the refresh
+    // came between; results live for minutes) except that a slot it saw free is read again, as
+    // another session may have published there since.
+    let search = || {
+        (0..PROBES)
+            .map(|probe| slot_key(ns, id, probe))
+            .find(|key| usable(store, key, id, now))
+            .unwrap_or_else(|| slot_key(ns, id, 0))
+    };
+    let free = match seen {
+        Seen::Free(probe) => {
+            let key = slot_key(ns, id, probe);
+            if usable(store, &key, id, now) {
+                key
+            } else {
+                search()
+            }
+        }
+        Seen::Full => slot_key(ns, id, 0),
+        Seen::Unknown => search(),
+    };
     // The body first: a request that reads the new head finds the body it names.
     if let Outcome::Renewed(sealed) = outcome {
         let body = format!("{}\n{sealed}", id.0);
@@ -311,7 +384,7 @@ mod tests {
         prepare(&store, "ns");
         let id = RefreshId::of(&Secret::new("rotated-away"));
         let lost = Outcome::Superseded { until: 1300 };
-        publish(&store, "ns", &id, &lost, 1000);
+        publish(&store, "ns", &id, &lost, Seen::Unknown, 1000);
         assert_eq!(lookup(&store, "ns", &id, 1299), Some(lost.clone()));
         assert_eq!(lookup(&store, "ns", &id, 1300), None);
         assert_eq!(claim(&store, "ns", &id, 1200), Claim::Done(lost));
@@ -338,17 +411,21 @@ mod tests {
         let store = MemoryStore::default();
         prepare(&store, NS);
         let rt = id("rt");
-        assert_eq!(claim(&store, NS, &rt, 100), Claim::Won);
+        assert_eq!(claim(&store, NS, &rt, 100), Claim::Won(Seen::Free(0)));
         for _ in 0..19 {
             assert_eq!(claim(&store, NS, &rt, 100), Claim::Taken);
         }
         // Another session refreshes independently.
-        assert_eq!(claim(&store, NS, &id("other"), 100), Claim::Won);
+        assert_eq!(
+            claim(&store, NS, &id("other"), 100),
+            Claim::Won(Seen::Free(0))
+        );
         publish(
             &store,
             NS,
             &rt,
             &Outcome::Renewed("v1.k.sealed".into()),
+            Seen::Unknown,
             101,
         );
         assert_eq!(
@@ -361,24 +438,30 @@ mod tests {
         );
         // Results age out; "unavailable" quickly, so the next request tries again.
         assert_eq!(lookup(&store, NS, &rt, 101 + RESULT_TTL_S), None);
-        publish(&store, NS, &rt, &Outcome::Unavailable, 200);
+        publish(&store, NS, &rt, &Outcome::Unavailable, Seen::Unknown, 200);
         assert_eq!(
             claim(&store, NS, &rt, 201),
             Claim::Done(Outcome::Unavailable)
         );
-        assert_eq!(claim(&store, NS, &rt, 200 + UNAVAILABLE_TTL_S), Claim::Won);
+        assert_eq!(
+            claim(&store, NS, &rt, 200 + UNAVAILABLE_TTL_S),
+            Claim::Won(Seen::Free(0))
+        );
     }
 
     #[test]
     fn an_abandoned_claim_expires() {
         let store = MemoryStore::default();
         prepare(&store, NS);
-        assert_eq!(claim(&store, NS, &id("rt"), 100), Claim::Won);
+        assert_eq!(claim(&store, NS, &id("rt"), 100), Claim::Won(Seen::Free(0)));
         assert_eq!(
             claim(&store, NS, &id("rt"), 100 + CLAIM_TTL_S - 1),
             Claim::Taken
         );
-        assert_eq!(claim(&store, NS, &id("rt"), 100 + CLAIM_TTL_S), Claim::Won);
+        assert_eq!(
+            claim(&store, NS, &id("rt"), 100 + CLAIM_TTL_S),
+            Claim::Won(Seen::Free(0))
+        );
     }
 
     /// A store whose compare-and-swap loses a race on purpose: another worker writes the
@@ -422,11 +505,18 @@ mod tests {
             .map(|i| id(&format!("b{i}")))
             .find(|b| b.slot() == a.slot())
             .unwrap();
-        publish(&store, NS, &a, &Outcome::Ended, 100);
+        publish(&store, NS, &a, &Outcome::Ended, Seen::Unknown, 100);
         assert_eq!(lookup(&store, NS, &b, 100), None);
         assert_eq!(lookup(&store, NS, &a, 100), Some(Outcome::Ended));
         // The second session's result goes to the next slot: both stand.
-        publish(&store, NS, &b, &Outcome::Renewed("v1.b".into()), 101);
+        publish(
+            &store,
+            NS,
+            &b,
+            &Outcome::Renewed("v1.b".into()),
+            Seen::Unknown,
+            101,
+        );
         assert_eq!(lookup(&store, NS, &a, 101), Some(Outcome::Ended));
         assert_eq!(
             lookup(&store, NS, &b, 101),
@@ -439,10 +529,12 @@ mod tests {
     struct CountingStore {
         inner: MemoryStore,
         bytes_read: Cell<usize>,
+        reads: Cell<usize>,
     }
 
     impl SharedStore for CountingStore {
         fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+            self.reads.set(self.reads.get() + 1);
             let got = self.inner.get(key);
             let n = got.as_ref().map_or(0, |(v, _)| v.len());
             self.bytes_read.set(self.bytes_read.get() + n);
@@ -458,15 +550,10 @@ mod tests {
         let store = CountingStore::default();
         let mine = id("mine");
         // Eight other sessions' renewed results in the probes of `mine`'s home slot.
-        let others: Vec<RefreshId> = (0..100_000)
-            .map(|i| id(&format!("o{i}")))
-            .filter(|o| o.slot() == mine.slot())
-            .take(PROBES as usize)
-            .collect();
-        assert_eq!(others.len(), PROBES as usize);
+        let others = sharing_home(&mine, PROBES as usize);
         let sealed = |o: &RefreshId| Outcome::Renewed(format!("v2.k.{}{}", o.0, "A".repeat(1000)));
         for o in &others {
-            publish(&store, NS, o, &sealed(o), 100);
+            publish(&store, NS, o, &sealed(o), Seen::Unknown, 100);
         }
         for o in &others {
             assert_eq!(lookup(&store, NS, o, 101), Some(sealed(o)));
@@ -476,7 +563,7 @@ mod tests {
         let heads = store.bytes_read.get();
         assert!(heads < 8 * 64, "{heads} bytes read for eight heads");
         // With every probe live, the home slot gives way; its body is then mine.
-        publish(&store, NS, &mine, &sealed(&mine), 102);
+        publish(&store, NS, &mine, &sealed(&mine), Seen::Unknown, 102);
         store.bytes_read.set(0);
         assert_eq!(lookup(&store, NS, &mine, 103), Some(sealed(&mine)));
         assert!(store.bytes_read.get() < 64 + 1100);
@@ -485,6 +572,79 @@ mod tests {
             lookup(&store, NS, &others[1], 103),
             Some(sealed(&others[1]))
         );
+    }
+
+    /// `n` ids whose home slot is `home`'s.
+    fn sharing_home(home: &RefreshId, n: usize) -> Vec<RefreshId> {
+        let others: Vec<RefreshId> = (0..100_000)
+            .map(|i| id(&format!("o{i}")))
+            .filter(|o| o.slot() == home.slot())
+            .take(n)
+            .collect();
+        assert_eq!(others.len(), n);
+        others
+    }
+
+    #[test]
+    fn a_won_claim_tells_publish_where_to_write() {
+        let store = CountingStore::default();
+        prepare(&store, NS);
+        let mine = id("mine");
+        let others = sharing_home(&mine, PROBES as usize);
+        // Probes 0, 1 and 2 hold results; at `now`, the one in probe 0 is stale.
+        publish(&store, NS, &others[0], &Outcome::Ended, Seen::Unknown, 10);
+        publish(&store, NS, &others[1], &Outcome::Ended, Seen::Unknown, 100);
+        publish(&store, NS, &others[2], &Outcome::Ended, Seen::Unknown, 100);
+        let now = 10 + RESULT_TTL_S;
+        assert_eq!(
+            claim(&store, NS, &others[3], 100),
+            Claim::Won(Seen::Free(3))
+        );
+        assert_eq!(claim(&store, NS, &mine, now), Claim::Won(Seen::Free(0)));
+        // Publishing where the claim saw room reads that head again and no other: then the
+        // claim list, to release the claim.
+        store.reads.set(0);
+        publish(&store, NS, &mine, &Outcome::Ended, Seen::Free(0), now);
+        assert_eq!(store.reads.get(), 1 + 1);
+        assert_eq!(lookup(&store, NS, &mine, now), Some(Outcome::Ended));
+        assert_eq!(lookup(&store, NS, &others[1], now), Some(Outcome::Ended));
+    }
+
+    #[test]
+    fn a_slot_seen_free_but_taken_since_is_not_overwritten() {
+        let store = MemoryStore::default();
+        prepare(&store, NS);
+        let mine = id("mine");
+        let other = sharing_home(&mine, 1).remove(0);
+        assert_eq!(claim(&store, NS, &mine, 100), Claim::Won(Seen::Free(0)));
+        // Another session's refresh finishes first, in the same home slot.
+        publish(&store, NS, &other, &Outcome::Ended, Seen::Unknown, 101);
+        publish(&store, NS, &mine, &Outcome::Unavailable, Seen::Free(0), 102);
+        assert_eq!(lookup(&store, NS, &other, 102), Some(Outcome::Ended));
+        assert_eq!(lookup(&store, NS, &mine, 102), Some(Outcome::Unavailable));
+    }
+
+    #[test]
+    fn with_every_probe_live_the_home_slot_gives_way_without_a_second_search() {
+        let store = CountingStore::default();
+        prepare(&store, NS);
+        let mine = id("mine");
+        let others = sharing_home(&mine, PROBES as usize);
+        for o in &others {
+            publish(&store, NS, o, &Outcome::Ended, Seen::Unknown, 100);
+        }
+        let seen = match claim(&store, NS, &mine, 101) {
+            Claim::Won(seen) => seen,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(seen, Seen::Full);
+        store.reads.set(0);
+        publish(&store, NS, &mine, &Outcome::Ended, seen, 102);
+        // The claim list only (to release the claim): no head read.
+        assert_eq!(store.reads.get(), 1);
+        assert_eq!(lookup(&store, NS, &mine, 102), Some(Outcome::Ended));
+        assert_eq!(lookup(&store, NS, &others[0], 102), None);
+        assert_eq!(lookup(&store, NS, &others[1], 102), Some(Outcome::Ended));
     }
 
     /// A store where another worker, holding the claim, publishes its outcome and releases
@@ -503,7 +663,7 @@ mod tests {
         fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
             if key == claims_key(NS) && self.finish.replace(false) {
                 let other = Outcome::Renewed("v2.k.theirs".into());
-                publish(&self.inner, NS, &id("rt"), &other, 100);
+                publish(&self.inner, NS, &id("rt"), &other, Seen::Unknown, 100);
             }
             self.inner.set(key, value, cas)
         }
@@ -523,7 +683,10 @@ mod tests {
         );
         // Uncontended: the list once, each probe's head once, no second look after winning.
         store.gets.set(0);
-        assert_eq!(claim(&store, NS, &id("other"), 100), Claim::Won);
+        assert_eq!(
+            claim(&store, NS, &id("other"), 100),
+            Claim::Won(Seen::Free(0))
+        );
         assert_eq!(store.gets.get(), 1 + PROBES as usize);
     }
 
@@ -572,6 +735,6 @@ mod tests {
         let rt = id("rt");
         store.set(&slot_key(NS, &rt, 0), b"garbage", None).unwrap();
         assert_eq!(lookup(&store, NS, &rt, 100), None);
-        assert_eq!(claim(&store, NS, &rt, 100), Claim::Won);
+        assert_eq!(claim(&store, NS, &rt, 100), Claim::Won(Seen::Free(0)));
     }
 }

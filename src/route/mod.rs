@@ -14,6 +14,7 @@ use crate::oidc::idp_request::IdpRequest;
 use crate::oidc::{auth_params, challenge, dpop};
 use crate::policy::Policy;
 use crate::refresh::grant::refresh_request;
+use crate::refresh::single_flight::Seen;
 use crate::refresh::{Outcome, RefreshId};
 use crate::reply::{Client, Failure, Reply};
 use crate::request::Request;
@@ -202,6 +203,8 @@ pub struct RefreshNeeded {
     pub id: RefreshId,
     pub session: Session,
     pub request: IdpRequest,
+    /// Where the claim saw room for the outcome (set by the engine when its claim wins).
+    pub seen: Seen,
 }
 
 /// The bearer token a request is to be authenticated by: on a prefix that takes bearer
@@ -347,6 +350,7 @@ pub fn decide(
                             id: RefreshId::of(rt),
                             session: Session::clone(&session),
                             request,
+                            seen: Seen::Unknown,
                         }))
                     }
                     None => forward(config, req, &jar, &session, Vec::new(), now),
