@@ -206,10 +206,16 @@ fn read_slot(
     Some((owner == id.0, head, live))
 }
 
+/// Whether `publish` may write `id`'s result in a slot whose head says `mine` and `live`:
+/// another session's live result must stay.
+fn may_take(mine: bool, live: bool) -> bool {
+    mine || !live
+}
+
 /// Whether `publish` may write `id`'s result in the slot: it is free, stale or `id`'s.
 fn usable(store: &dyn SharedStore, key: &str, id: &RefreshId, now: u64) -> bool {
     match read_slot(store, key, id, now) {
-        Some((mine, _, live)) => mine || !live,
+        Some((mine, _, live)) => may_take(mine, live),
         None => true,
     }
 }
@@ -243,7 +249,7 @@ fn look(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Result<O
             seen = first_free(seen, probe);
             continue;
         };
-        if mine || !live {
+        if may_take(mine, live) {
             seen = first_free(seen, probe);
         }
         if mine && live {
@@ -652,12 +658,10 @@ mod tests {
     struct FinishingStore {
         inner: CountingStore,
         finish: Cell<bool>,
-        gets: Cell<usize>,
     }
 
     impl SharedStore for FinishingStore {
         fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
-            self.gets.set(self.gets.get() + 1);
             self.inner.get(key)
         }
         fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
@@ -674,7 +678,6 @@ mod tests {
         let store = FinishingStore {
             inner: CountingStore::default(),
             finish: Cell::new(true),
-            gets: Cell::new(0),
         };
         prepare(&store, NS);
         assert_eq!(
@@ -682,12 +685,12 @@ mod tests {
             Claim::Done(Outcome::Renewed("v2.k.theirs".into()))
         );
         // Uncontended: the list once, each probe's head once, no second look after winning.
-        store.gets.set(0);
+        store.inner.reads.set(0);
         assert_eq!(
             claim(&store, NS, &id("other"), 100),
             Claim::Won(Seen::Free(0))
         );
-        assert_eq!(store.gets.get(), 1 + PROBES as usize);
+        assert_eq!(store.inner.reads.get(), 1 + PROBES as usize);
     }
 
     #[test]

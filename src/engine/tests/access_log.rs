@@ -1,5 +1,8 @@
 //! What the access log is told of each request: the decision it ended with, and who, for every
 //! kind of ending, paused ones included. Never a token.
+//!
+//! Test code only (`#[cfg(test)] mod tests;` in engine/mod.rs): its unwraps and panics are
+//! assertions and never reach the module.
 
 use super::*;
 use crate::access_log::decision;
