@@ -587,6 +587,11 @@ G_SESSIONS = 10_000
 # first, so that every counted request is a miss that also evicts, as on a worker whose cache
 # is full: counted from a cache still filling, the first repeat's misses evicted nothing.
 G_CACHE_FILL = 1_024
+# (r)'s warm-up refreshes this many more first (SLOTS in src/refresh/single_flight.rs), so that
+# the ring of shared result slots is full (each outcome lives 120 s: at (r)'s 50 to 70
+# refreshes a second under callgrind, most of them still live) and every counted refresh looks
+# through slots written by others and evicts one, as on a busy gateway.
+R_RING_FILL = 4_096
 RESEAL = REPO / "target" / "release" / "reseal"
 CALLGRIND = WORK / "callgrind"
 
@@ -782,7 +787,8 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
             client = (RefreshChain(envoy.port, path, headers) if k == "r"
                       else KeepAlive(envoy.port, path, headers, cookies=rotation))
             try:
-                client.send(args.instructions_warmup + (G_CACHE_FILL if rotation else 0))
+                client.send(args.instructions_warmup + (G_CACHE_FILL if rotation else 0)
+                            + (R_RING_FILL if k == "r" else 0))
                 n = args.instructions_requests
                 idle, load = [], []
                 # With the store: its calls from the first window to the last (at start-up,
@@ -831,7 +837,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                "k": 100, "g": 100, "r": 100}
     estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
     log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
-        f"{args.instructions_warmup} warm-up requests ((g): {G_CACHE_FILL:,} more), then "
+        f"{args.instructions_warmup} warm-up requests ((g): {G_CACHE_FILL:,} more, (r): {R_RING_FILL:,} more), then "
         f"{args.instructions_repeats} x "
         f"{args.instructions_requests} counted, each after {args.instructions_idle:g}s idle; "
         f"~{estimate}s")
@@ -898,6 +904,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
         "n": args.instructions_requests,
         "warmup_requests": args.instructions_warmup,
         "g_warmup_requests": args.instructions_warmup + G_CACHE_FILL,
+        "r_warmup_requests": args.instructions_warmup + R_RING_FILL,
         "idle_window_s": args.instructions_idle,
         "per_request": rounded(per),
         "added": rounded(added),

@@ -6,6 +6,7 @@ use crate::oidc::auth_params;
 use crate::oidc::client_auth::{Audience, ClientAuth, TlsCertificate};
 use crate::oidc::signing_key::SigningKey;
 use crate::policy::{PathPolicy, Policies, Policy};
+use crate::refresh::single_flight;
 use crate::secret::Secret;
 use crate::session::KeyRing;
 use crate::url::AbsoluteUrl;
@@ -63,6 +64,7 @@ struct RawSession {
     max_lifetime_s: Option<u64>,
     inactivity_timeout_s: Option<u64>,
     refresh_leeway_s: Option<u64>,
+    refresh_result_slots: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -355,6 +357,9 @@ pub struct Config {
     pub keys: KeyRing,
     pub upstream_token: TokenHeader,
     pub session: SessionLifetime,
+    /// Slots of the shared ring where refresh outcomes wait for the session's other requests
+    /// (`refresh::single_flight`).
+    pub refresh_result_slots: u64,
     /// The session (user) endpoint.
     pub session_path: String,
     pub logout_path: String,
@@ -722,7 +727,9 @@ impl Config {
             }
             (raw, None) => raw.unwrap_or_default().check(&mut p),
         };
-        let session = raw.session.unwrap_or_default().check(&mut p);
+        let raw_session = raw.session.unwrap_or_default();
+        let refresh_result_slots = raw_session.result_slots(&mut p);
+        let session = raw_session.check(&mut p);
 
         match (idp.client_auth, keys) {
             (Some(client_auth), Some(keys)) if p.0.is_empty() => Ok(Config {
@@ -754,6 +761,7 @@ impl Config {
                 keys,
                 upstream_token,
                 session,
+                refresh_result_slots,
                 session_path,
                 logout_path,
                 backchannel_logout_path,
@@ -1572,6 +1580,19 @@ impl RawUpstreamToken {
 }
 
 impl RawSession {
+    fn result_slots(&self, p: &mut Problems) -> u64 {
+        let slots = self
+            .refresh_result_slots
+            .unwrap_or(single_flight::DEFAULT_SLOTS);
+        if !(64..=65_536).contains(&slots) {
+            p.add(
+                "session.refresh_result_slots",
+                "must be between 64 and 65536",
+            );
+        }
+        slots
+    }
+
     fn check(self, p: &mut Problems) -> SessionLifetime {
         let session = SessionLifetime {
             max_lifetime: self.max_lifetime_s.unwrap_or(8 * 3600),
@@ -2102,6 +2123,16 @@ pub(crate) mod tests {
             fields(&errs),
             vec!["session.inactivity_timeout_s", "session.refresh_leeway_s"]
         );
+        assert_eq!(config_from(minimal_json()).refresh_result_slots, 4096);
+        for (slots, ok) in [(63, false), (64, true), (65_536, true), (65_537, false)] {
+            let mut v = minimal_json();
+            v["session"] = serde_json::json!({ "refresh_result_slots": slots });
+            if ok {
+                assert_eq!(config_from(v).refresh_result_slots, slots);
+            } else {
+                assert_eq!(fields(&errors_of(v)), vec!["session.refresh_result_slots"]);
+            }
+        }
     }
 
     #[test]

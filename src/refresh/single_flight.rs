@@ -8,12 +8,14 @@
 //!   refreshes are in flight (the entry is created when the filter starts, because the host
 //!   writes a *missing* key unconditionally, so only an existing entry gives mutual exclusion);
 //! - the winner publishes the outcome in a result slot (a fixed ring of slots keeps shared
-//!   memory bounded) and then drops its claim. A slot is two entries: a head of a few dozen
-//!   bytes (when, whose, what) and, for a renewed session, a body with its sealed value. A
-//!   lookup reads up to eight heads, of other sessions' results mostly (with many users the
-//!   ring is full of live ones), and a body only when the head is its own: each read is a copy
-//!   out of the host, and a renewed session is a kilobyte. The winner's claim looked the slots
-//!   up already, so its publish writes where that look saw room without reading them all again;
+//!   memory bounded; full, the result among the probes that ends first gives way) and then
+//!   drops its claim. A slot is two entries: a head of a few dozen bytes (when, whose, what)
+//!   and, for a renewed session, a body with its sealed value. A lookup reads up to eight
+//!   heads, of other sessions' results mostly (with many users the ring is full of live ones),
+//!   and a body only when the head is its own: each read is a copy out of the host, and a
+//!   renewed session is a kilobyte. The winner's claim looked the slots up already, so its
+//!   publish writes where that look saw room (or what it saw end first) without reading them
+//!   all again;
 //! - the others poll the slot until the outcome appears or their wait runs out.
 
 use crate::secret::Secret;
@@ -28,13 +30,21 @@ const CLAIM_TTL_S: u64 = 30;
 const RESULT_TTL_S: u64 = 120;
 /// How long "IdP unreachable" stands before the next request tries again.
 const UNAVAILABLE_TTL_S: u64 = 5;
-/// Result slots: memory stays bounded however many sessions refresh.
-const SLOTS: u64 = 512;
+/// Result slots by default (`session.refresh_result_slots`): shared memory stays bounded however many sessions refresh (shared data has
+/// no deletion, so a used slot keeps its last result: for a renewed session its head and a
+/// body as big as the cookie, some 6 MB over the ring for a 1.1 KB cookie). With every slot
+/// live, each publish evicts the result of eight that ends first, so a result stays about
+/// the slots over the refresh rate: 4,096 keep each one at least two seconds at 330 refreshes a
+/// second (issue 16's 100,000 users on 5-minute tokens; see the test below), long enough for
+/// the requests a browser had in flight with the old cookie. 512 lost results within a
+/// publish or two from about 50 a second on.
+pub const DEFAULT_SLOTS: u64 = 4096;
 const CAS_ATTEMPTS: usize = 16;
 
-/// Names one refresh: a digest of the refresh token (never the token itself).
+/// Names one refresh: a digest of the refresh token (never the token itself), and the size of
+/// the ring its outcome goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefreshId(String);
+pub struct RefreshId(String, u64);
 
 impl RefreshId {
     /// The digest as text (URL-safe base64): safe in a shared-data or store key.
@@ -47,14 +57,22 @@ impl RefreshId {
             .chain_update(b"envoy-bff refresh\0")
             .chain_update(refresh_token.expose().as_bytes())
             .finalize();
-        RefreshId(URL_SAFE_NO_PAD.encode(digest.get(..18).unwrap_or_default()))
+        RefreshId(
+            URL_SAFE_NO_PAD.encode(digest.get(..18).unwrap_or_default()),
+            DEFAULT_SLOTS,
+        )
+    }
+
+    /// The same refresh, its outcome in a ring of `slots` (at least one).
+    pub fn in_ring(self, slots: u64) -> RefreshId {
+        RefreshId(self.0, slots.max(1))
     }
 
     fn slot(&self) -> u64 {
         self.0
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-            % SLOTS
+            % self.1
     }
 }
 
@@ -132,8 +150,8 @@ pub enum Seen {
     Unknown,
     /// This probe was the first free, stale or ours.
     Free(u64),
-    /// Every probe held another session's live result.
-    Full,
+    /// Every probe held another session's live result; this probe's ends first.
+    Full(u64),
 }
 
 fn claims_key(ns: &str) -> String {
@@ -144,7 +162,7 @@ fn claims_key(ns: &str) -> String {
 const PROBES: u64 = 8;
 
 fn slot_key(ns: &str, id: &RefreshId, probe: u64) -> String {
-    format!("{ns}.refresh.{}", (id.slot() + probe) % SLOTS)
+    format!("{ns}.refresh.{}", (id.slot() + probe) % id.1)
 }
 
 /// What a slot's head says: the outcome, or that a renewed session lies in the slot's body.
@@ -186,38 +204,84 @@ fn body_key(slot_key: &str) -> String {
     format!("{slot_key}.body")
 }
 
-/// A slot's head: whether the result is `id`'s, what it says, and whether it is still live
-/// at `now`.
-fn read_slot(
-    store: &dyn SharedStore,
-    key: &str,
-    id: &RefreshId,
-    now: u64,
-) -> Option<(bool, Head, bool)> {
+/// What a slot's head says, read by one session at one time.
+struct SlotHead {
+    /// The result is the reading session's.
+    mine: bool,
+    head: Head,
+    /// When the result stops being acted on.
+    ends: u64,
+    /// `ends` is still ahead.
+    live: bool,
+}
+
+impl SlotHead {
+    /// Whether `publish` may write the reading session's result here: another session's
+    /// live result must stay (while there is room elsewhere).
+    fn may_take(&self) -> bool {
+        self.mine || !self.live
+    }
+}
+
+/// A slot's head, as `id` reads it at `now`.
+fn read_slot(store: &dyn SharedStore, key: &str, id: &RefreshId, now: u64) -> Option<SlotHead> {
     let (entry, _) = store.get(key)?;
     let (at, body) = unstamp(&entry)?;
     let (owner, head) = std::str::from_utf8(body).ok()?.split_once('\n')?;
     let head = Head::decode(head)?;
-    let live = match head {
+    let ends = match head {
         // Remembered for the rest of the access token's life.
-        Head::Outcome(Outcome::Superseded { until }) => now < until,
-        _ => now < at.saturating_add(head.ttl()),
+        Head::Outcome(Outcome::Superseded { until }) => until,
+        _ => at.saturating_add(head.ttl()),
     };
-    Some((owner == id.0, head, live))
+    Some(SlotHead {
+        mine: owner == id.0,
+        head,
+        ends,
+        live: now < ends,
+    })
 }
 
-/// Whether `publish` may write `id`'s result in a slot whose head says `mine` and `live`:
-/// another session's live result must stay.
-fn may_take(mine: bool, live: bool) -> bool {
-    mine || !live
+/// Where `publish` may write, from the heads of the probes in order: the first free, stale
+/// or own slot, else the one whose result ends first. With the ring full of live results
+/// (from a few refreshes a second on), that evicts the oldest of the eight rather than
+/// whichever result sits in the home slot, maybe one published a moment ago that requests
+/// still carrying its old cookie are about to look for.
+#[derive(Default)]
+struct Survey {
+    free: Option<u64>,
+    /// `(ends, probe)` of the live result that ends first.
+    soonest: Option<(u64, u64)>,
+}
+
+impl Survey {
+    /// Notes a probe's head (`None`: an empty slot); true once a slot to take is known.
+    fn note(&mut self, probe: u64, slot: Option<&SlotHead>) -> bool {
+        if self.free.is_none() {
+            match slot {
+                Some(s) if !s.may_take() => {
+                    if self.soonest.map_or(true, |(ends, _)| s.ends < ends) {
+                        self.soonest = Some((s.ends, probe));
+                    }
+                }
+                _ => self.free = Some(probe),
+            }
+        }
+        self.free.is_some()
+    }
+
+    fn seen(&self) -> Seen {
+        match (self.free, self.soonest) {
+            (Some(probe), _) => Seen::Free(probe),
+            (None, Some((_, probe))) => Seen::Full(probe),
+            (None, None) => Seen::Full(0),
+        }
+    }
 }
 
 /// Whether `publish` may write `id`'s result in the slot: it is free, stale or `id`'s.
 fn usable(store: &dyn SharedStore, key: &str, id: &RefreshId, now: u64) -> bool {
-    match read_slot(store, key, id, now) {
-        Some((mine, _, live)) => may_take(mine, live),
-        None => true,
-    }
+    read_slot(store, key, id, now).map_or(true, |s| s.may_take())
 }
 
 /// The renewed session in a slot's body, if the body is `id`'s (another session's result may
@@ -242,34 +306,29 @@ pub fn lookup(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Op
 
 /// The outcome published for `id`, or what the probes looked like for publishing one.
 fn look(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Result<Outcome, Seen> {
-    let mut seen = Seen::Full;
+    let mut survey = Survey::default();
     for probe in 0..PROBES {
         let key = slot_key(ns, id, probe);
-        let Some((mine, head, live)) = read_slot(store, &key, id, now) else {
-            seen = first_free(seen, probe);
+        let slot = read_slot(store, &key, id, now);
+        survey.note(probe, slot.as_ref());
+        let Some(SlotHead {
+            mine: true,
+            live: true,
+            head,
+            ..
+        }) = slot
+        else {
             continue;
         };
-        if may_take(mine, live) {
-            seen = first_free(seen, probe);
-        }
-        if mine && live {
-            let found = match head {
-                Head::Outcome(outcome) => Some(outcome),
-                Head::Renewed => read_body(store, &key, id),
-            };
-            if let Some(outcome) = found {
-                return Ok(outcome);
-            }
+        let found = match head {
+            Head::Outcome(outcome) => Some(outcome),
+            Head::Renewed => read_body(store, &key, id),
+        };
+        if let Some(outcome) = found {
+            return Ok(outcome);
         }
     }
-    Err(seen)
-}
-
-fn first_free(seen: Seen, probe: u64) -> Seen {
-    match seen {
-        Seen::Free(_) => seen,
-        _ => Seen::Free(probe),
-    }
+    Err(survey.seen())
 }
 
 /// Live claims: `(id, claimed at)` per line.
@@ -333,27 +392,28 @@ pub fn publish(
 ) {
     // The first slot that is free, stale or ours: another session's live result must not be
     // overwritten (its old cookies would refresh again with a rotated token). With every
-    // probe taken, the home slot gives way. The claim's look is taken as it was (the refresh
-    // came between; results live for minutes) except that a slot it saw free is read again, as
-    // another session may have published there since.
+    // probe taken, the result that ends first gives way (`Survey`). The claim's look is taken
+    // as it was (the refresh came between; results live for minutes) except that a slot it
+    // saw free is read again, as another session may have published there since.
     let search = || {
-        (0..PROBES)
-            .map(|probe| slot_key(ns, id, probe))
-            .find(|key| usable(store, key, id, now))
-            .unwrap_or_else(|| slot_key(ns, id, 0))
-    };
-    let free = match seen {
-        Seen::Free(probe) => {
-            let key = slot_key(ns, id, probe);
-            if usable(store, &key, id, now) {
-                key
-            } else {
-                search()
+        let mut survey = Survey::default();
+        for probe in 0..PROBES {
+            let slot = read_slot(store, &slot_key(ns, id, probe), id, now);
+            if survey.note(probe, slot.as_ref()) {
+                break;
             }
         }
-        Seen::Full => slot_key(ns, id, 0),
-        Seen::Unknown => search(),
+        match survey.seen() {
+            Seen::Free(probe) | Seen::Full(probe) => probe,
+            Seen::Unknown => 0,
+        }
     };
+    let probe = match seen {
+        Seen::Free(probe) if usable(store, &slot_key(ns, id, probe), id, now) => probe,
+        Seen::Full(probe) => probe,
+        Seen::Free(_) | Seen::Unknown => search(),
+    };
+    let free = slot_key(ns, id, probe);
     // The body first: a request that reads the new head finds the body it names.
     if let Outcome::Renewed(sealed) = outcome {
         let body = format!("{}\n{sealed}", id.0);
@@ -568,7 +628,7 @@ mod tests {
         assert_eq!(lookup(&store, NS, &mine, 101), None);
         let heads = store.bytes_read.get();
         assert!(heads < 8 * 64, "{heads} bytes read for eight heads");
-        // With every probe live, the home slot gives way; its body is then mine.
+        // With every probe live (all ending together), the first gives way; its body is mine.
         publish(&store, NS, &mine, &sealed(&mine), Seen::Unknown, 102);
         store.bytes_read.set(0);
         assert_eq!(lookup(&store, NS, &mine, 103), Some(sealed(&mine)));
@@ -643,7 +703,7 @@ mod tests {
             Claim::Won(seen) => seen,
             other => panic!("{other:?}"),
         };
-        assert_eq!(seen, Seen::Full);
+        assert_eq!(seen, Seen::Full(0));
         store.reads.set(0);
         publish(&store, NS, &mine, &Outcome::Ended, seen, 102);
         // The claim list only (to release the claim): no head read.
@@ -651,6 +711,99 @@ mod tests {
         assert_eq!(lookup(&store, NS, &mine, 102), Some(Outcome::Ended));
         assert_eq!(lookup(&store, NS, &others[0], 102), None);
         assert_eq!(lookup(&store, NS, &others[1], 102), Some(Outcome::Ended));
+    }
+
+    #[test]
+    fn with_every_probe_live_the_result_ending_first_gives_way() {
+        let store = CountingStore::default();
+        prepare(&store, NS);
+        let mine = id("mine");
+        let others = sharing_home(&mine, PROBES as usize);
+        // Published in probe order; the one in probe 5 is the oldest, the home slot's newest.
+        for (o, at) in others.iter().zip([107, 106, 105, 104, 103, 100, 102, 101]) {
+            publish(&store, NS, o, &Outcome::Ended, Seen::Unknown, at);
+        }
+        let seen = match claim(&store, NS, &mine, 108) {
+            Claim::Won(seen) => seen,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(seen, Seen::Full(5));
+        store.reads.set(0);
+        publish(&store, NS, &mine, &Outcome::Ended, seen, 108);
+        // The claim list only (to release the claim): no head read.
+        assert_eq!(store.reads.get(), 1);
+        let found = |o: &RefreshId| lookup(&store, NS, o, 108).is_some();
+        assert!(found(&mine));
+        assert!(!found(&others[5]));
+        assert!(others.iter().enumerate().all(|(i, o)| i == 5 || found(o)));
+        // Publish's own search, without a claim's look, picks the same: probe 7 now ends first
+        // (101 + the result's life), then a lost race remembered until 104 ends before it.
+        let late = sharing_home(&mine, PROBES as usize + 2);
+        let (a, b) = (&late[8], &late[9]);
+        publish(&store, NS, a, &Outcome::Ended, Seen::Unknown, 109);
+        assert!(!found(&others[7]) && lookup(&store, NS, a, 109).is_some());
+        let lost = Outcome::Superseded { until: 150 };
+        store
+            .set(
+                &slot_key(NS, &mine, 2),
+                &stamped(
+                    105,
+                    format!("{}\n{}", others[2].0, lost.encode()).as_bytes(),
+                ),
+                None,
+            )
+            .unwrap();
+        publish(&store, NS, b, &Outcome::Ended, Seen::Unknown, 110);
+        assert_eq!(lookup(&store, NS, &others[2], 110), None);
+        assert!(lookup(&store, NS, b, 110).is_some());
+    }
+
+    #[test]
+    fn at_issue_16s_refresh_rate_every_result_is_there_two_seconds_later() {
+        // 330 refreshes a second (100,000 users on 5-minute tokens): the ring is full of live
+        // results after some 4,000 of them, and then each publish evicts one.
+        let store = MemoryStore::default();
+        prepare(&store, NS);
+        let rate = 330;
+        let ids: Vec<RefreshId> = (0..3 * DEFAULT_SLOTS)
+            .map(|i| id(&format!("s{i}")))
+            .collect();
+        for (i, rt) in ids.iter().enumerate() {
+            let now = 1000 + i as u64 / rate;
+            let seen = match claim(&store, NS, rt, now) {
+                Claim::Won(seen) => seen,
+                other => panic!("{other:?}"),
+            };
+            publish(&store, NS, rt, &Outcome::Ended, seen, now);
+            if let Some(earlier) = i.checked_sub(2 * rate as usize).and_then(|j| ids.get(j)) {
+                assert_eq!(
+                    lookup(&store, NS, earlier, now),
+                    Some(Outcome::Ended),
+                    "publish {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_ring_of_any_size_wraps_around() {
+        let store = MemoryStore::default();
+        prepare(&store, NS);
+        // Sixteen sessions in a ring of eight: the probes wrap past its end, and once every
+        // slot is live, each publish evicts the oldest (the first eight, in turn).
+        let ids: Vec<RefreshId> = (0..16).map(|i| id(&format!("w{i}")).in_ring(8)).collect();
+        for (i, rt) in ids.iter().enumerate() {
+            let now = 100 + i as u64;
+            let Claim::Won(seen) = claim(&store, NS, rt, now) else {
+                panic!("{i}")
+            };
+            publish(&store, NS, rt, &Outcome::Ended, seen, now);
+        }
+        let found = |rt: &RefreshId| lookup(&store, NS, rt, 116).is_some();
+        assert!(ids[..8].iter().all(|rt| !found(rt)));
+        assert!(ids[8..].iter().all(found));
+        let slot = |k: u64| store.get(&format!("{NS}.refresh.{k}")).is_some();
+        assert!((0..8).all(slot) && !slot(8));
     }
 
     /// A store where another worker, holding the claim, publishes its outcome and releases

@@ -347,7 +347,7 @@ pub fn decide(
                 (Some(provider), Some(rt)) => match refresh_request(config, provider, &session) {
                     Some(request) => {
                         return Decision::Refresh(Box::new(RefreshNeeded {
-                            id: RefreshId::of(rt),
+                            id: RefreshId::of(rt).in_ring(config.refresh_result_slots),
                             session: Session::clone(&session),
                             request,
                             seen: Seen::Unknown,

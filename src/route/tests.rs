@@ -115,6 +115,17 @@ fn a_due_token_with_a_refresh_token_is_refreshed_first() {
         panic!()
     };
     assert_eq!(needed.id, RefreshId::of(&Secret::new("the-refresh-token")));
+    // In the ring the configuration sizes.
+    let mut v = minimal_json();
+    v["session"] = serde_json::json!({ "refresh_result_slots": 64 });
+    let Decision::Refresh(small) = decide_on(&config_from(v), &h, 1000) else {
+        panic!()
+    };
+    assert_eq!(
+        small.id,
+        RefreshId::of(&Secret::new("the-refresh-token")).in_ring(64)
+    );
+    assert_ne!(small.id, needed.id);
     assert_eq!(
         needed.request.body.as_deref(),
         Some("grant_type=refresh_token&refresh_token=the-refresh-token")
