@@ -788,7 +788,7 @@ def count_envoy(args, procs: ProcessGroup, name: str, keys: str, http_filters: l
                       else KeepAlive(envoy.port, path, headers, cookies=rotation))
             try:
                 client.send(args.instructions_warmup + (G_CACHE_FILL if rotation else 0)
-                            + (R_RING_FILL if k == "r" else 0))
+                            + (args.r_ring_fill if k == "r" else 0))
                 n = args.instructions_requests
                 idle, load = [], []
                 # With the store: its calls from the first window to the last (at start-up,
@@ -837,7 +837,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
                "k": 100, "g": 100, "r": 100}
     estimate = sum(startup[g[0]] for g in groups) + 27 * len(keys)
     log(f"instruction counts under callgrind ({version}): {', '.join(keys)}, "
-        f"{args.instructions_warmup} warm-up requests ((g): {G_CACHE_FILL:,} more, (r): {R_RING_FILL:,} more), then "
+        f"{args.instructions_warmup} warm-up requests ((g): {G_CACHE_FILL:,} more, (r): {args.r_ring_fill:,} more), then "
         f"{args.instructions_repeats} x "
         f"{args.instructions_requests} counted, each after {args.instructions_idle:g}s idle; "
         f"~{estimate}s")
@@ -904,7 +904,7 @@ def instruction_counts(args, procs: ProcessGroup, filters: dict, cookies: dict,
         "n": args.instructions_requests,
         "warmup_requests": args.instructions_warmup,
         "g_warmup_requests": args.instructions_warmup + G_CACHE_FILL,
-        "r_warmup_requests": args.instructions_warmup + R_RING_FILL,
+        "r_warmup_requests": args.instructions_warmup + args.r_ring_fill,
         "idle_window_s": args.instructions_idle,
         "per_request": rounded(per),
         "added": rounded(added),
@@ -1138,6 +1138,10 @@ def main(argv=None) -> int:
                     help="counted repeats per variant (3)")
     ap.add_argument("--instructions-warmup", type=int, default=300,
                     help="requests before the first counted repeat (300)")
+    ap.add_argument("--r-ring-fill", type=int, default=R_RING_FILL,
+                    help=f"(r): refreshes more before counting, to fill the ring of result "
+                         f"slots ({R_RING_FILL:,}; 0 counts a ring still filling, as on a "
+                         f"gateway with few refreshes)")
     ap.add_argument("--instructions-idle", type=float, default=5,
                     help="seconds of each idle window, whose rate is taken off (5)")
     ap.add_argument("--d-config", type=json.loads, default={}, metavar="JSON",

@@ -11,10 +11,12 @@ def test_every_bad_field_is_named_in_one_line(procs):
         "http://127.0.0.1:1", client_id=None, token_endpoint="ftp://idp/token",
         cookie={"same_site": "None", "name": "__Host-s", "secure": False},
         upstream_token={"header": "x-token", "format": "Bearer"},
-        login_path="/elsewhere/login"), cookie_keys="c2hvcnQ=")
+        login_path="/elsewhere/login", session={"refresh_result_slots": 8}),
+        cookie_keys="c2hvcnQ=")
     for field in ["client_id: is required", "token_endpoint: must be an absolute URL",
                   "cookie.same_site", "cookie.secure", "cookie_keys: key #1 decodes to 5 bytes",
-                  "upstream_token.format: must contain {token}", "login_path: must lie under"]:
+                  "upstream_token.format: must contain {token}", "login_path: must lie under",
+                  "session.refresh_result_slots: must be between 64 and 65536"]:
         assert field in line, (field, line)
 
 

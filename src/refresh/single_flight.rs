@@ -12,10 +12,10 @@
 //!   drops its claim. A slot is two entries: a head of a few dozen bytes (when, whose, what)
 //!   and, for a renewed session, a body with its sealed value. A lookup reads up to eight
 //!   heads, of other sessions' results mostly (with many users the ring is full of live ones),
-//!   and a body only when the head is its own: each read is a copy out of the host, and a
-//!   renewed session is a kilobyte. The winner's claim looked the slots up already, so its
-//!   publish writes where that look saw room (or what it saw end first) without reading them
-//!   all again;
+//!   up to the first slot never written, and a body only when the head is its own: each read
+//!   is a copy out of the host, and a renewed session is a kilobyte. The winner's claim looked
+//!   the slots up already, so its publish writes where that look saw room (or what it saw end
+//!   first) without reading them all again;
 //! - the others poll the slot until the outcome appears or their wait runs out.
 
 use crate::secret::Secret;
@@ -30,14 +30,15 @@ const CLAIM_TTL_S: u64 = 30;
 const RESULT_TTL_S: u64 = 120;
 /// How long "IdP unreachable" stands before the next request tries again.
 const UNAVAILABLE_TTL_S: u64 = 5;
-/// Result slots by default (`session.refresh_result_slots`): shared memory stays bounded however many sessions refresh (shared data has
-/// no deletion, so a used slot keeps its last result: for a renewed session its head and a
-/// body as big as the cookie, some 6 MB over the ring for a 1.1 KB cookie). With every slot
-/// live, each publish evicts the result of eight that ends first, so a result stays about
-/// the slots over the refresh rate: 4,096 keep each one at least two seconds at 330 refreshes a
-/// second (issue 16's 100,000 users on 5-minute tokens; see the test below), long enough for
-/// the requests a browser had in flight with the old cookie. 512 lost results within a
-/// publish or two from about 50 a second on.
+/// Result slots unless `session.refresh_result_slots` says otherwise: shared memory stays
+/// bounded however many sessions refresh (shared data has no deletion, so a used slot keeps
+/// its last result: for a renewed session its head and a body as big as the cookie, some 6 MB
+/// over the ring for a 1.1 KB cookie). With every slot live, each publish evicts the result
+/// of eight that ends first, so a result stays about the slots over the refresh rate: 4,096
+/// keep each one at least two seconds at 330 refreshes a second (issue 16's 100,000 users on
+/// 5-minute tokens; see the test below), long enough for the requests a browser had in
+/// flight with the old cookie. 512, evicting the home slot's, lost results within a publish
+/// or two from about 50 a second on.
 pub const DEFAULT_SLOTS: u64 = 4096;
 const CAS_ATTEMPTS: usize = 16;
 
@@ -150,8 +151,9 @@ pub enum Seen {
     Unknown,
     /// This probe was the first free, stale or ours.
     Free(u64),
-    /// Every probe held another session's live result; this probe's ends first.
-    Full(u64),
+    /// Every probe held another session's live result; the one in `probe` ends first, at
+    /// `ends`.
+    Full { probe: u64, ends: u64 },
 }
 
 fn claims_key(ns: &str) -> String {
@@ -225,8 +227,14 @@ impl SlotHead {
 
 /// A slot's head, as `id` reads it at `now`.
 fn read_slot(store: &dyn SharedStore, key: &str, id: &RefreshId, now: u64) -> Option<SlotHead> {
-    let (entry, _) = store.get(key)?;
-    let (at, body) = unstamp(&entry)?;
+    store
+        .get(key)
+        .and_then(|(entry, _)| parse_slot(&entry, id, now))
+}
+
+/// A slot's entry as `id` reads it at `now` (`None`: not a head this module reads).
+fn parse_slot(entry: &[u8], id: &RefreshId, now: u64) -> Option<SlotHead> {
+    let (at, body) = unstamp(entry)?;
     let (owner, head) = std::str::from_utf8(body).ok()?.split_once('\n')?;
     let head = Head::decode(head)?;
     let ends = match head {
@@ -244,9 +252,9 @@ fn read_slot(store: &dyn SharedStore, key: &str, id: &RefreshId, now: u64) -> Op
 
 /// Where `publish` may write, from the heads of the probes in order: the first free, stale
 /// or own slot, else the one whose result ends first. With the ring full of live results
-/// (from a few refreshes a second on), that evicts the oldest of the eight rather than
-/// whichever result sits in the home slot, maybe one published a moment ago that requests
-/// still carrying its old cookie are about to look for.
+/// (from some 35 refreshes a second on, with 4,096 slots), that evicts the oldest of eight
+/// rather than whichever result sits in the home slot, maybe one published a moment ago that
+/// requests still carrying its old cookie are about to look for.
 #[derive(Default)]
 struct Survey {
     free: Option<u64>,
@@ -273,15 +281,10 @@ impl Survey {
     fn seen(&self) -> Seen {
         match (self.free, self.soonest) {
             (Some(probe), _) => Seen::Free(probe),
-            (None, Some((_, probe))) => Seen::Full(probe),
-            (None, None) => Seen::Full(0),
+            (None, Some((ends, probe))) => Seen::Full { probe, ends },
+            (None, None) => Seen::Unknown,
         }
     }
-}
-
-/// Whether `publish` may write `id`'s result in the slot: it is free, stale or `id`'s.
-fn usable(store: &dyn SharedStore, key: &str, id: &RefreshId, now: u64) -> bool {
-    read_slot(store, key, id, now).map_or(true, |s| s.may_take())
 }
 
 /// The renewed session in a slot's body, if the body is `id`'s (another session's result may
@@ -309,7 +312,13 @@ fn look(store: &dyn SharedStore, ns: &str, id: &RefreshId, now: u64) -> Result<O
     let mut survey = Survey::default();
     for probe in 0..PROBES {
         let key = slot_key(ns, id, probe);
-        let slot = read_slot(store, &key, id, now);
+        let Some((entry, _)) = store.get(&key) else {
+            // Never written: publish takes the first usable probe and nothing deletes a slot,
+            // so nothing of `id`'s lies further on (while the ring keeps its size).
+            survey.note(probe, None);
+            break;
+        };
+        let slot = parse_slot(&entry, id, now);
         survey.note(probe, slot.as_ref());
         let Some(SlotHead {
             mine: true,
@@ -393,8 +402,10 @@ pub fn publish(
     // The first slot that is free, stale or ours: another session's live result must not be
     // overwritten (its old cookies would refresh again with a rotated token). With every
     // probe taken, the result that ends first gives way (`Survey`). The claim's look is taken
-    // as it was (the refresh came between; results live for minutes) except that a slot it
-    // saw free is read again, as another session may have published there since.
+    // as it was (the refresh came between; results live for minutes) except that the slot it
+    // chose is read again: another session may have published there since (with the ring
+    // full, sessions whose probes overlap pick the same oldest result), and then the search
+    // runs as if nothing had been seen.
     let search = || {
         let mut survey = Survey::default();
         for probe in 0..PROBES {
@@ -404,14 +415,18 @@ pub fn publish(
             }
         }
         match survey.seen() {
-            Seen::Free(probe) | Seen::Full(probe) => probe,
+            Seen::Free(probe) | Seen::Full { probe, .. } => probe,
             Seen::Unknown => 0,
         }
     };
+    let still = |probe: u64, ends: Option<u64>| {
+        read_slot(store, &slot_key(ns, id, probe), id, now)
+            .map_or(true, |s| s.may_take() || ends.is_some_and(|e| s.ends <= e))
+    };
     let probe = match seen {
-        Seen::Free(probe) if usable(store, &slot_key(ns, id, probe), id, now) => probe,
-        Seen::Full(probe) => probe,
-        Seen::Free(_) | Seen::Unknown => search(),
+        Seen::Free(probe) if still(probe, None) => probe,
+        Seen::Full { probe, ends } if still(probe, Some(ends)) => probe,
+        _ => search(),
     };
     let free = slot_key(ns, id, probe);
     // The body first: a request that reads the new head finds the body it names.
@@ -691,7 +706,7 @@ mod tests {
     }
 
     #[test]
-    fn with_every_probe_live_the_home_slot_gives_way_without_a_second_search() {
+    fn with_every_probe_live_publish_reads_one_head_again_not_eight() {
         let store = CountingStore::default();
         prepare(&store, NS);
         let mine = id("mine");
@@ -703,14 +718,50 @@ mod tests {
             Claim::Won(seen) => seen,
             other => panic!("{other:?}"),
         };
-        assert_eq!(seen, Seen::Full(0));
+        // All end together: the first of them.
+        let ends = 100 + RESULT_TTL_S;
+        assert_eq!(seen, Seen::Full { probe: 0, ends });
         store.reads.set(0);
         publish(&store, NS, &mine, &Outcome::Ended, seen, 102);
-        // The claim list only (to release the claim): no head read.
-        assert_eq!(store.reads.get(), 1);
+        // The head it chose, read again, then the claim list (to release the claim).
+        assert_eq!(store.reads.get(), 2);
         assert_eq!(lookup(&store, NS, &mine, 102), Some(Outcome::Ended));
         assert_eq!(lookup(&store, NS, &others[0], 102), None);
         assert_eq!(lookup(&store, NS, &others[1], 102), Some(Outcome::Ended));
+    }
+
+    #[test]
+    fn two_refreshes_that_chose_the_same_oldest_result_do_not_overwrite_each_other() {
+        let store = MemoryStore::default();
+        prepare(&store, NS);
+        let (a, b) = {
+            let mut two = sharing_home(&id("home"), PROBES as usize + 2).split_off(PROBES as usize);
+            (two.remove(0), two.remove(0))
+        };
+        let others = sharing_home(&id("home"), PROBES as usize);
+        for (o, at) in others.iter().zip(100..) {
+            publish(&store, NS, o, &Outcome::Ended, Seen::Unknown, at);
+        }
+        // Both claim while every probe is live: both see probe 0's result end first.
+        let claimed = |rt: &RefreshId| match claim(&store, NS, rt, 110) {
+            Claim::Won(seen) => seen,
+            other => panic!("{other:?}"),
+        };
+        let (seen_a, seen_b) = (claimed(&a), claimed(&b));
+        let first = Seen::Full {
+            probe: 0,
+            ends: 100 + RESULT_TTL_S,
+        };
+        assert_eq!((seen_a, seen_b), (first, first));
+        publish(&store, NS, &a, &Outcome::Ended, seen_a, 111);
+        // Probe 0 is a's now: b's publish finds it taken since and evicts the next oldest.
+        publish(&store, NS, &b, &Outcome::Unavailable, seen_b, 112);
+        assert_eq!(lookup(&store, NS, &a, 112), Some(Outcome::Ended));
+        assert_eq!(lookup(&store, NS, &b, 112), Some(Outcome::Unavailable));
+        assert_eq!(lookup(&store, NS, &others[1], 112), None);
+        assert!(others[2..]
+            .iter()
+            .all(|o| lookup(&store, NS, o, 112).is_some()));
     }
 
     #[test]
@@ -727,11 +778,17 @@ mod tests {
             Claim::Won(seen) => seen,
             other => panic!("{other:?}"),
         };
-        assert_eq!(seen, Seen::Full(5));
+        assert_eq!(
+            seen,
+            Seen::Full {
+                probe: 5,
+                ends: 100 + RESULT_TTL_S
+            }
+        );
         store.reads.set(0);
         publish(&store, NS, &mine, &Outcome::Ended, seen, 108);
-        // The claim list only (to release the claim): no head read.
-        assert_eq!(store.reads.get(), 1);
+        // That head again and the claim list: no search.
+        assert_eq!(store.reads.get(), 2);
         let found = |o: &RefreshId| lookup(&store, NS, o, 108).is_some();
         assert!(found(&mine));
         assert!(!found(&others[5]));
@@ -760,22 +817,30 @@ mod tests {
 
     #[test]
     fn at_issue_16s_refresh_rate_every_result_is_there_two_seconds_later() {
-        // 330 refreshes a second (100,000 users on 5-minute tokens): the ring is full of live
-        // results after some 4,000 of them, and then each publish evicts one.
+        // 330 refreshes a second (100,000 users on 5-minute tokens), each published a tenth of
+        // a second after its claim (the IdP's answer), so 33 are in flight at any time: the
+        // ring is full of live results after some 4,000 of them, and then each publish evicts
+        // one.
         let store = MemoryStore::default();
         prepare(&store, NS);
         let rate = 330;
+        let in_flight = 33;
         let ids: Vec<RefreshId> = (0..3 * DEFAULT_SLOTS)
             .map(|i| id(&format!("s{i}")))
             .collect();
+        let mut claimed = std::collections::VecDeque::new();
         for (i, rt) in ids.iter().enumerate() {
             let now = 1000 + i as u64 / rate;
-            let seen = match claim(&store, NS, rt, now) {
-                Claim::Won(seen) => seen,
+            match claim(&store, NS, rt, now) {
+                Claim::Won(seen) => claimed.push_back((rt, seen)),
                 other => panic!("{other:?}"),
-            };
-            publish(&store, NS, rt, &Outcome::Ended, seen, now);
-            if let Some(earlier) = i.checked_sub(2 * rate as usize).and_then(|j| ids.get(j)) {
+            }
+            if claimed.len() > in_flight {
+                let (done, seen) = claimed.pop_front().unwrap();
+                publish(&store, NS, done, &Outcome::Ended, seen, now);
+            }
+            let two_seconds = 2 * rate as usize + in_flight;
+            if let Some(earlier) = i.checked_sub(two_seconds).and_then(|j| ids.get(j)) {
                 assert_eq!(
                     lookup(&store, NS, earlier, now),
                     Some(Outcome::Ended),
@@ -837,13 +902,45 @@ mod tests {
             claim(&store, NS, &id("rt"), 100),
             Claim::Done(Outcome::Renewed("v2.k.theirs".into()))
         );
-        // Uncontended: the list once, each probe's head once, no second look after winning.
+        // Uncontended: the list once, each probe's head once (every probe written, with stale
+        // results), no second look after winning.
+        let other = id("other");
+        for o in sharing_home(&other, PROBES as usize) {
+            publish(&store.inner, NS, &o, &Outcome::Ended, Seen::Unknown, 100);
+        }
         store.inner.reads.set(0);
-        assert_eq!(
-            claim(&store, NS, &id("other"), 100),
-            Claim::Won(Seen::Free(0))
-        );
+        let now = 100 + RESULT_TTL_S;
+        assert_eq!(claim(&store, NS, &other, now), Claim::Won(Seen::Free(0)));
         assert_eq!(store.inner.reads.get(), 1 + PROBES as usize);
+    }
+
+    #[test]
+    fn a_lookup_stops_at_the_first_slot_never_written() {
+        let store = CountingStore::default();
+        prepare(&store, NS);
+        let mine = id("mine");
+        let others = sharing_home(&mine, 2);
+        for o in &others {
+            publish(&store, NS, o, &Outcome::Ended, Seen::Unknown, 100);
+        }
+        // Probes 0 and 1 hold the others' results, probe 2 was never written: three reads.
+        store.reads.set(0);
+        assert_eq!(lookup(&store, NS, &mine, 101), None);
+        assert_eq!(store.reads.get(), 3);
+        // So does a claim's look (after the list), and it saw probe 2 free.
+        store.reads.set(0);
+        assert_eq!(claim(&store, NS, &mine, 101), Claim::Won(Seen::Free(2)));
+        assert_eq!(store.reads.get(), 1 + 3);
+        publish(&store, NS, &mine, &Outcome::Ended, Seen::Free(2), 102);
+        store.reads.set(0);
+        assert_eq!(lookup(&store, NS, &mine, 102), Some(Outcome::Ended));
+        assert_eq!(store.reads.get(), 3);
+        // Once stale, the slots are still there: a later session's lookup reads past them.
+        let late = sharing_home(&mine, 3).remove(2);
+        let later = 100 + RESULT_TTL_S + 5;
+        store.reads.set(0);
+        assert_eq!(lookup(&store, NS, &late, later), None);
+        assert_eq!(store.reads.get(), 4);
     }
 
     #[test]
